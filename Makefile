@@ -1,0 +1,48 @@
+# Every target bootstraps .venv on first use (and again when pyproject.toml changes).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export GX_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export MPLBACKEND := Agg
+
+.PHONY: help demo test test-fast lint format bench validate clean
+
+help:
+	@echo "make demo       simulate a small fab and run the whole yield job on embedded defaults"
+	@echo "make test       install everything and run the full test suite (slow tests included)"
+	@echo "make test-fast  the tests without the slow statistical and end-to-end ones"
+	@echo "make lint       ruff check and ruff format --check"
+	@echo "make bench      benchmarks against the peers (writes benchmarks/results/)"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/yieldrank demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache
