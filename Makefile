@@ -17,6 +17,7 @@ help:
 	@echo "make test-fast  the tests without the slow statistical and end-to-end ones"
 	@echo "make lint       ruff check and ruff format --check"
 	@echo "make bench      benchmarks against the peers (writes benchmarks/results/)"
+	@echo "make validate   the ranking's statistical validation on simulated fabs (prints its table)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +44,9 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+
+validate: $(STAMP)
+	$(BIN)/python -m flows.analysis.validation
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from flows import __version__
+from flows.demo import DEMO_LOTS, DEMO_SEED
 
 app = typer.Typer(
     name="yieldrank",
@@ -35,15 +37,177 @@ def main(
 
 
 @app.command()
+def run(
+    drops: Annotated[
+        list[Path] | None, typer.Argument(help="Drop folders, merged in the order given.")
+    ] = None,
+    db: Annotated[Path, typer.Option(help="The DuckDB file.")] = Path("runs/yieldrank.duckdb"),
+    out: Annotated[Path, typer.Option(help="Reports go to OUT/<run id>/.")] = Path("runs/reports"),
+    landing: Annotated[
+        Path | None, typer.Option(help="Also take every new drop folder in this folder.")
+    ] = None,
+    task_runner: Annotated[
+        str, typer.Option(help="'threads', or a Dask scheduler address (tcp://host:8786).")
+    ] = "threads",
+    seed: Annotated[int, typer.Option(help="Seed of the interval simulations.")] = 0,
+    lock_wait: Annotated[
+        float | None,
+        typer.Option(help="Seconds to wait for another run's hold on the database [600]."),
+    ] = None,
+) -> None:
+    """Ingest drops, rank the sub-processes and build the report (the `yield_run` flow)."""
+    from flows.terminal import console, run_in_terminal
+
+    if not drops and landing is None:
+        raise typer.BadParameter("give at least one drop folder or --landing")
+    done = run_in_terminal(
+        [str(d) for d in drops or []],
+        db,
+        out,
+        landing=landing,
+        task_runner=task_runner,
+        seed=seed,
+        lock_wait=lock_wait,
+    )
+    report = getattr(done.summary, "report_html", None)
+    if report:
+        typer.echo(f"report: {report}")
+    if not done.ok:
+        console.print(
+            f"[red]yield run failed:[/red] {done.message}", highlight=False, soft_wrap=True
+        )
+        raise typer.Exit(1)
+
+
+@app.command()
 def demo(
     out: Annotated[
         str, typer.Option(help="Folder for the demo's database, drops and reports.")
     ] = "runs/demo",
+    lots: Annotated[int, typer.Option(help="Lots to simulate.")] = DEMO_LOTS,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated fab.")] = DEMO_SEED,
 ) -> None:
     """Simulate a small fab and run the whole yield job on embedded defaults."""
     from flows.demo import run_demo
 
-    run_demo(out)
+    raise typer.Exit(run_demo(out, lots=lots, seed=seed))
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder holding analysis.json.")],
+    db: Annotated[
+        Path | None, typer.Option(help="The run's DuckDB file, for the raw-data charts.")
+    ] = None,
+    index: Annotated[
+        bool, typer.Option(help="Also rebuild index.html over the runs beside RUN_DIR.")
+    ] = True,
+) -> None:
+    """Rebuild RUN_DIR/report.html and report.pdf from RUN_DIR/analysis.json."""
+    from flows.analysis.results import AnalysisResult
+    from flows.report import build_index, build_report
+
+    source = run_dir / "analysis.json"
+    if not source.is_file():
+        typer.echo(f"report: no analysis.json in {run_dir}", err=True)
+        raise typer.Exit(2)
+    try:
+        result = AnalysisResult.from_json(source)
+    except (ValueError, KeyError, TypeError) as exc:
+        typer.echo(f"report: {source} is not an analysis run: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    paths = build_report(result, run_dir, db_path=db)
+    typer.echo(f"report: {paths.html}")
+    typer.echo(f"pdf: {paths.pdf}")
+    if index:
+        typer.echo(f"index: {build_index(run_dir.resolve().parent)}")
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Argument(help="Folder for the drops and truth.json.")],
+    lots: Annotated[int, typer.Option(help="Number of lots.")] = 300,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same fab.")] = 0,
+    null: Annotated[bool, typer.Option("--null", help="Plant no effect (the null fab).")] = False,
+    drops: Annotated[int, typer.Option(help="Number of deliveries the data are split into.")] = 1,
+    fmt: Annotated[str, typer.Option("--format", help="parquet, csv or csv.gz.")] = "parquet",
+    wafers_per_lot: Annotated[int, typer.Option(help="Wafers per lot (1-25).")] = 25,
+) -> None:
+    """Simulate a fab with planted effects; writes contract drops and truth.json to OUT."""
+    from flows.simulate import DEFAULT_PLANTED, simulate_fab
+
+    try:
+        truth = simulate_fab(
+            out,
+            lots,
+            seed,
+            planted=None if null else DEFAULT_PLANTED,
+            n_drops=drops,
+            fmt=fmt,
+            wafers_per_lot=wafers_per_lot,
+        )
+    except (ValueError, FileExistsError) as exc:
+        typer.echo(f"simulate: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"{truth.lots} lots, {truth.wafers} wafers, {truth.step_rows} step rows")
+    for e in truth.planted:
+        where = " ".join(x for x in (e.operation, e.tool_id, e.chamber_id, e.param) if x)
+        typer.echo(f"planted {e.effect} in {e.layer} ({where}): {e.yield_impact:.2f} yield points")
+    for d in truth.drop_dirs:
+        typer.echo(f"drop: {d}")
+
+
+@app.command()
+def ingest(
+    drops: Annotated[list[Path], typer.Argument(help="Drop folders, loaded in the order given.")],
+    db: Annotated[Path, typer.Option(help="The DuckDB file (created if missing).")],
+    docs: Annotated[
+        Path | None, typer.Option(help="Write Great Expectations data docs to this folder.")
+    ] = None,
+    gx: Annotated[
+        bool, typer.Option(help="Also run the GX suites (the SQL rules always run).")
+    ] = True,
+    quarantine_rows: Annotated[
+        bool, typer.Option(help="Quarantine rows breaking a row rule and merge the rest.")
+    ] = False,
+) -> None:
+    """Load fab drops into the database; exit 1 naming every rejected drop."""
+    from flows.ingest import ingest_drops_cli
+
+    raise typer.Exit(ingest_drops_cli(drops, db, docs, gx=gx, quarantine_rows=quarantine_rows))
+
+
+@app.command()
+def status(db: Annotated[Path, typer.Option(help="The DuckDB file.")]) -> None:
+    """List the drop log: every ingest attempt, its status, rows and problems."""
+    from flows.ingest import print_drop_log
+
+    raise typer.Exit(print_drop_log(db))
+
+
+@app.command()
+def analyse(
+    db: Annotated[Path, typer.Option(help="The DuckDB file with the ingested fab data.")],
+    out: Annotated[Path, typer.Option(help="Folder for the ranking CSVs and analysis.json.")],
+    run_id: Annotated[str | None, typer.Option(help="Run id (default: time-stamped).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the interval simulation.")] = 0,
+) -> None:
+    """Fit every layer's HGLMs, rank the sub-processes by yield impact, write the results."""
+    from flows.analysis import analyse as run_analysis
+
+    if not db.exists():
+        typer.echo(f"analyse: no database at {db}: ingest a drop first", err=True)
+        raise typer.Exit(2)
+    result = run_analysis(db, out, run_id=run_id, seed=seed)
+    for r in result.ranking:
+        if r.rank is None:
+            typer.echo(f"  -  {r.layer:<10} not ranked ({r.status}): {r.reason}")
+        else:
+            typer.echo(
+                f"{r.rank:>3}  {r.layer:<10} {r.yield_impact:6.2f} pp "
+                f"[{r.ci_low:.2f}, {r.ci_high:.2f}]  adj. p {r.p_value:.2g}"
+            )
+    typer.echo(f"run {result.run_id}: results in {out}")
 
 
 if __name__ == "__main__":

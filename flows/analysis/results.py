@@ -73,6 +73,9 @@ class LayerFit:
     ci_high: float | None = None
     p_value_raw: float | None = None
     variance_share: float | None = None
+    # chained model only: layer -> {yield_impact, ci_low, ci_high, variance_share}, each layer's
+    # terms estimated with every other layer's in the same model
+    layer_effects: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

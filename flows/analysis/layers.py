@@ -1,0 +1,708 @@
+"""Per-layer HGLMs: the yield model, the process models and the chained model.
+
+`fit_layer` is pure (a frame in, a `LayerFit` out: no database, no Prefect) so that it can run
+on a Dask worker. A statistical failure never raises: the layer comes back with status
+"too_little_data", "not_converged" or "failed" and the reason in plain words.
+
+The yield model of a layer (binomial-beta HGLM, logit link):
+
+    dies_good of dies_total ~ product + metrology (standardised)
+                              + (1|lot) + per operation (1|tool) + (1|tool:chamber)
+                              + (1|wafer)   <- beta over-dispersion, eliminated in closed form
+
+Its likelihood-ratio test compares it with the same model without the layer's terms (product,
+lot and wafer only). The process models fit each inline parameter on its site values with lot,
+wafer, tool and chamber random effects and phi modelled by chamber (a noisy chamber is a
+dispersion finding).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+from scipy import stats
+
+import hglm
+from flows.analysis.frames import CHAMBER, MEAS, SITES, TOOL, FrameLayout, layer_operations
+from flows.analysis.ranking import (
+    ImpactDraws,
+    LayerEffects,
+    MetrologyTerm,
+    RandomGroup,
+    chibar_lrt_pvalue,
+    percentile_interval,
+    simulate_impacts,
+    sort_findings,
+    variance_share,
+    yield_impact,
+)
+from flows.analysis.results import Finding, LayerFit, RandomEffect
+
+# The yield models are fitted by EQL (R hglm's algorithm; beta by h, dispersions by the gamma
+# GLMs on deviance components). With 500+ dies per wafer the HL(0,·) bias that HL(1,1) removes
+# is negligible, and EQL is an order of magnitude faster. Likelihood-ratio tests use p_v(h) at
+# the fitted values (ML-type: the compared models differ in their fixed parts).
+YIELD_METHOD = "EQL"
+PROCESS_METHOD = "EQL"
+N_DRAWS = 200
+
+MIN_WAFERS = 50
+MIN_LOTS = 10
+MIN_MEASURED_WAFERS = 30  # a metrology summary enters the yield model only from this coverage
+MIN_PROCESS_WAFERS = 20
+
+
+class TooLittleData(Exception):
+    """The layer cannot be modelled on these data; the message says why."""
+
+
+@dataclass
+class _Design:
+    """The yield model's frame (pandas, for hglm) and how its columns map back to the fab."""
+
+    data: object  # pandas.DataFrame handed to hglm.fit
+    formula: str
+    base_formula: str
+    # safe column name -> (kind, operation)
+    groups: dict[str, tuple[str, str]] = field(default_factory=dict)
+    metrology: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (op, param)
+    n_wafers: int = 0
+    n_lots: int = 0
+
+
+def _safe(i: int, prefix: str) -> str:
+    return f"{prefix}{i}"
+
+
+def _standardise_metrology(df: pl.DataFrame, col: str, tool_col: str | None) -> pl.Series | None:
+    """Wafer value, else its lot's mean, else its tool's mean, else the median; then scaled.
+
+    Metrology is sampled. A lot ran on one tool per operation, so for an unmeasured wafer the
+    lot mean is the best stand-in, and for an unmeasured lot the mean of the lots that ran
+    on the same tool at the measuring operation (a tool that shifts the parameter shifts it
+    for every lot it runs). Scaled as (x - median) / sd of the measured wafers.
+    """
+    measured = df.get_column(col).drop_nulls()
+    if measured.len() < MIN_MEASURED_WAFERS:
+        return None
+    x = pl.col(col).fill_null(pl.col(col).mean().over("lot_id"))
+    if tool_col is not None and tool_col in df.columns:
+        x = x.fill_null(pl.col(col).mean().over(tool_col))
+    filled = df.select(x.fill_null(measured.median())).to_series()
+    sd = float(measured.std() or 0.0)
+    if not math.isfinite(sd) or sd <= 0:
+        return None
+    return (filled - float(measured.median())) / sd
+
+
+def yield_design(frame: pa.Table | pl.DataFrame) -> _Design:
+    """Build the layer's yield-model frame; raises TooLittleData with the reason."""
+    df = frame if isinstance(frame, pl.DataFrame) else pl.from_arrow(frame)
+    assert isinstance(df, pl.DataFrame)
+    layout = FrameLayout.of(df.columns)
+    df = df.filter(pl.col("dies_total").is_not_null() & (pl.col("dies_total") > 0))
+    n_wafers = df.height
+    n_lots = df.get_column("lot_id").n_unique() if n_wafers else 0
+    if n_wafers < MIN_WAFERS or n_lots < MIN_LOTS:
+        raise TooLittleData(
+            f"{n_wafers} sorted wafers in {n_lots} lots; the yield model needs at least "
+            f"{MIN_WAFERS} wafers in {MIN_LOTS} lots"
+        )
+    cols: dict[str, object] = {
+        "dies_good": df.get_column("dies_good").to_numpy(),
+        "dies_total": df.get_column("dies_total").to_numpy(),
+        "lot_id": df.get_column("lot_id").to_numpy(),
+        "wafer_id": df.get_column("wafer_id").to_numpy(),
+    }
+    fixed = []
+    if df.get_column("product").n_unique() > 1:
+        cols["product"] = df.get_column("product").fill_null("unknown").to_numpy()
+        fixed.append("product")
+    groups: dict[str, tuple[str, str]] = {}
+    for i, op in enumerate(layout.operations):
+        tools = df.get_column(TOOL + op)
+        chambers = df.get_column(CHAMBER + op)
+        if tools.null_count() > 0:
+            # wafers that skipped the operation share one "did not run" level
+            tools = tools.fill_null("(not run)")
+            chambers = chambers.fill_null("(not run)")
+        n_tools = tools.n_unique()
+        if n_tools >= 2:
+            name = _safe(i, "tool_")
+            cols[name] = tools.to_numpy()
+            groups[name] = ("tool", op)
+        if chambers.n_unique() > n_tools:  # some tool has more than one chamber
+            name = _safe(i, "chamber_")
+            cols[name] = chambers.to_numpy()
+            groups[name] = ("chamber", op)
+    metrology: dict[str, tuple[str, str]] = {}
+    for k, (op, param) in enumerate(layout.params):
+        z = _standardise_metrology(df, f"{MEAS}{op}::{param}", TOOL + op)
+        if z is None:
+            continue
+        name = _safe(k, "m_")
+        cols[name] = z.to_numpy()
+        metrology[name] = (op, param)
+    if not groups and not metrology:
+        raise TooLittleData(
+            "no operation of the layer ran on more than one tool or chamber and no metrology "
+            f"parameter was measured on {MIN_MEASURED_WAFERS}+ wafers: nothing to compare"
+        )
+    data = pd.DataFrame(cols)
+    rhs_fixed = " + ".join(fixed + list(metrology)) or "1"
+    base_fixed = " + ".join(fixed) or "1"
+    rand = " + ".join(f"(1|{g})" for g in groups)
+    formula = f"dies_good ~ {rhs_fixed} + (1|lot_id) + {rand + ' + ' if rand else ''}(1|wafer_id)"
+    base = f"dies_good ~ {base_fixed} + (1|lot_id) + (1|wafer_id)"
+    return _Design(data, formula, base, groups, metrology, n_wafers, n_lots)
+
+
+def _fit_binomial(formula: str, data: object) -> hglm.HGLMResult:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hglm.ConvergenceWarning)
+        return hglm.fit(
+            formula,
+            data,
+            family="binomial",
+            rand_family={"wafer_id": "beta"},
+            method=YIELD_METHOD,
+            reml=False,
+            trials="dies_total",
+        )
+
+
+def _joint_pieces(res: hglm.HGLMResult) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per sparse term: (M rows, SE of v given beta) of the prediction distribution.
+
+    TODO(engine): read from a public accessor once hglm exposes the joint prediction
+    covariance of (beta, v); until then the solution's M = H^-1 Z'AX is read off the result,
+    and Var(v | beta) = Var(v - v-hat) - diag(M cov(beta) M'). Empty if unavailable.
+    """
+    try:
+        sol = res.outcome.mean.solution
+        terms = res.model.sparse_terms
+        M = np.asarray(sol.M)
+        cov = np.asarray(res.outcome.cov_beta)
+    except AttributeError:
+        return {}
+    out = {}
+    pos = 0
+    for t in terms:
+        rows = M[pos : pos + t.n_levels]
+        pos += t.n_levels
+        full = res.ranef[t.name]["se"].to_numpy(dtype=float) ** 2
+        shared = np.einsum("ij,jk,ik->i", rows, cov, rows)
+        out[t.name] = (rows, np.sqrt(np.maximum(np.nan_to_num(full - shared), 0.0)))
+    return out
+
+
+def _with_groups(design: _Design, groups: dict[str, tuple[str, str]]) -> _Design:
+    rand = "".join(f" + (1|{g})" for g in groups)
+    fixed = design.formula.split("~", 1)[1].split("+ (1|lot_id)", 1)[0].strip()
+    formula = f"dies_good ~ {fixed} + (1|lot_id){rand} + (1|wafer_id)"
+    return _Design(
+        design.data,
+        formula,
+        design.base_formula,
+        groups,
+        design.metrology,
+        design.n_wafers,
+        design.n_lots,
+    )
+
+
+def _fit_with_screening(design: _Design) -> tuple[hglm.HGLMResult, _Design, list[str]]:
+    """Fit the full model; if the engine fails on it, screen the terms and refit.
+
+    A term whose variance is negligible on its own (lambda below LAMBDA_TEST_FLOOR with
+    only product, lot and wafer beside it) cannot carry yield; when several such terms
+    together make the equations degenerate, they are left out and the rest is refitted.
+    Returns the fit, the design it used and the labels of the terms left out.
+    """
+    try:
+        return _fit_binomial(design.formula, design.data), design, []
+    except Exception:
+        if not design.groups:
+            raise
+    keep: dict[str, tuple[str, str]] = {}
+    for name, where in design.groups.items():
+        alone = _with_groups(design, {name: where})
+        try:
+            lam = float(_fit_binomial(alone.formula, design.data).varcomp["lambda"][name])
+        except Exception:
+            continue
+        if lam >= LAMBDA_TEST_FLOOR:
+            keep[name] = where
+    dropped = [f"{k}:{op}" for n, (k, op) in design.groups.items() if n not in keep]
+    smaller = _with_groups(design, keep)
+    return _fit_binomial(smaller.formula, design.data), smaller, dropped
+
+
+def _effects(
+    res: hglm.HGLMResult, design: _Design, terms: dict[str, tuple[str, str]] | None = None
+) -> LayerEffects:
+    """The layer's terms inside a fitted yield model, as `ranking` needs them."""
+    data = design.data
+    groups_def = design.groups if terms is None else terms
+    ranef = res.ranef
+    eta = res.predict(type="link")
+    fx = res.fixef
+    joint = _joint_pieces(res)
+    groups: list[RandomGroup] = []
+    part = np.zeros(len(eta))
+    for name, (kind, op) in groups_def.items():
+        tab = ranef[name]
+        levels = [str(x) for x in tab.index]
+        pos = {lv: i for i, lv in enumerate(levels)}
+        index = np.array([pos.get(str(x), -1) for x in data[name]], dtype=int)  # type: ignore[index]
+        est = tab["v"].to_numpy(dtype=float)
+        se = np.nan_to_num(tab["se"].to_numpy(dtype=float), nan=0.0)
+        m_rows, cond_se = joint.get(name, (None, None))
+        groups.append(RandomGroup(name, kind, op, levels, index, est, se, m_rows, cond_se))
+        part += np.where(index >= 0, est[np.maximum(index, 0)], 0.0)
+    names = list(fx.index)
+    met_names = [m for m in design.metrology if m in names]
+    metrology = [
+        MetrologyTerm(m, design.metrology[m][1], design.metrology[m][0], data[m].to_numpy())  # type: ignore[index]
+        for m in met_names
+    ]
+    eff = LayerEffects(
+        eta_other=eta,
+        groups=groups,
+        metrology=metrology,
+        beta_all=fx["estimate"].to_numpy(dtype=float),
+        beta_cov=np.asarray(res.outcome.cov_beta, dtype=float),
+        beta_index=[names.index(m) for m in met_names],
+    )
+    for t, b in zip(metrology, eff.beta, strict=True):
+        part += b * t.z
+    eff.eta_other = eta - part
+    return eff
+
+
+def _ranef_records(eff: LayerEffects) -> list[RandomEffect]:
+    out = []
+    for g in eff.groups:
+        for lv, e, s in zip(g.levels, g.estimate, g.se, strict=True):
+            tool, _, chamber = lv.partition(":")
+            out.append(
+                RandomEffect(
+                    term=f"{g.kind}:{g.operation}",
+                    level=lv,
+                    estimate=float(e),
+                    se=float(s),
+                    operation=g.operation,
+                    tool_id=tool,
+                    chamber_id=(chamber or None) if g.kind == "chamber" else None,
+                )
+            )
+    return out
+
+
+def _findings(
+    layer: str, eff: LayerEffects, draws: ImpactDraws, res: hglm.HGLMResult
+) -> list[Finding]:
+    """One finding per under-performing tool or chamber and per metrology parameter."""
+    by_term = {g.term: g for g in eff.groups}
+    fx = res.fixef
+    out: list[Finding] = []
+    for term, lev, point, d in draws.items:
+        lo, hi = percentile_interval(d)
+        if term in by_term:
+            g = by_term[term]
+            if point <= 0:
+                continue  # not worse than its peers
+            est = float(g.estimate[lev])
+            se = float(g.se[lev])
+            p = float(2 * stats.norm.sf(abs(est) / se)) if se > 0 else None
+            tool, _, chamber = g.levels[lev].partition(":")
+            out.append(
+                Finding(
+                    layer=layer,
+                    effect=g.kind,  # type: ignore[arg-type]
+                    estimate=est,
+                    yield_impact=point,
+                    ci_low=lo,
+                    ci_high=hi,
+                    p_value=p,
+                    operation=g.operation,
+                    tool_id=tool,
+                    chamber_id=(chamber or None) if g.kind == "chamber" else None,
+                )
+            )
+        else:
+            m = next(t for t in eff.metrology if t.name == term)
+            row = fx.loc[term]
+            out.append(
+                Finding(
+                    layer=layer,
+                    effect="metrology",
+                    estimate=float(row["estimate"]),
+                    yield_impact=point,
+                    ci_low=lo,
+                    ci_high=hi,
+                    p_value=float(row["p"]),
+                    operation=m.operation,
+                    param=m.param,
+                )
+            )
+    return out
+
+
+def _not_converged_reason(res: hglm.HGLMResult, what: str) -> str:
+    detail = "; ".join(w for w in res.warnings if not w.startswith("singular")) or "no detail"
+    return f"the {what} did not converge after {res.n_iter} iterations ({detail})"
+
+
+def fit_layer(layer: str, frame: pa.Table, *, seed: int = 0) -> LayerFit:
+    """Fit one layer's yield and process models and summarise them (never raises)."""
+    t0 = time.perf_counter()
+    try:
+        design = yield_design(frame)
+    except TooLittleData as exc:
+        return LayerFit(layer=layer, status="too_little_data", reason=str(exc))
+    except Exception as exc:  # a frame the models cannot read is a failure, not a crash
+        return LayerFit(layer=layer, status="failed", reason=f"building the model frame: {exc}")
+    fit = LayerFit(
+        layer=layer,
+        status="ranked",
+        operations=FrameLayout.of(frame.column_names).operations,
+        n_wafers=design.n_wafers,
+        n_lots=design.n_lots,
+        method=f"binomial-beta HGLM ({YIELD_METHOD}), normal lot/tool/chamber effects",
+    )
+    try:
+        base = _fit_binomial(design.base_formula, design.data)
+        res, design, screened = _fit_with_screening(design)
+    except Exception as exc:
+        fit.status, fit.reason = "failed", f"fitting the yield model: {exc}"
+        return fit
+    if screened:
+        fit.method += (
+            f"; terms with negligible variance left out after a failed full fit: {screened}"
+        )
+    fit.converged, fit.n_iter = bool(res.converged), int(res.n_iter)
+    if not res.converged:
+        fit.status, fit.reason = "not_converged", _not_converged_reason(res, "yield model")
+        return fit
+    if not base.converged:
+        fit.status = "not_converged"
+        fit.reason = _not_converged_reason(base, "yield model without the layer's terms")
+        return fit
+    lik = res.likelihood
+    fit.caic = float(lik["caic"])
+    fit.varcomp = {_label(k, design): float(v) for k, v in res.varcomp["lambda"].items()}
+    fit.fixef = {
+        _label(str(k), design): {"estimate": float(r["estimate"]), "se": float(r["se"])}
+        for k, r in res.fixef.iterrows()
+    }
+    t_fit = time.perf_counter()
+    fit.p_value_raw, tests = layer_test(res, base, design)
+    t_test = time.perf_counter()
+    eff = _effects(res, design)
+    fit.ranef = _ranef_records(eff)
+    draws = simulate_impacts(eff, n_draws=N_DRAWS, seed=seed)
+    fit.yield_impact = yield_impact(eff)
+    fit.ci_low, fit.ci_high = percentile_interval(draws.layer_draws)
+    fit.variance_share = variance_share(eff, res.predict(type="link"))
+    findings = _findings(layer, eff, draws, res)
+    t_draws = time.perf_counter()
+    procs, disp_findings = process_models(layer, frame)
+    fit.process_models = procs
+    fit.findings = sort_findings(findings + disp_findings)
+    fit.diagnostics = _diagnostics(res, seed)
+    fit.diagnostics["seconds"] = [time.perf_counter() - t0]
+    fit.diagnostics["seconds_fit_test_draws_process"] = [
+        t_fit - t0,
+        t_test - t_fit,
+        t_draws - t_test,
+        time.perf_counter() - t_draws,
+    ]
+    fit.diagnostics["lrt"] = [tests["joint_statistic"], tests["joint_p"]]
+    return fit
+
+
+LAMBDA_TEST_FLOOR = 1e-4  # below it a term moves no wafer by more than ~1 % of a logit
+
+
+def layer_test(
+    res: hglm.HGLMResult, base: hglm.HGLMResult, design: _Design
+) -> tuple[float, dict[str, float]]:
+    """p-value of "none of the layer's terms affects yield" (likelihood ratio, Bonferroni).
+
+    Each tool or chamber term is tested by the likelihood ratio on p_v(h) of the model
+    without it against the full model (a variance component on its boundary: 50:50 mixture
+    of chi2_0 and chi2_1); each metrology coefficient by its Wald z. The layer's p-value is
+    the smallest term p-value times the number of terms (Bonferroni), which keeps its level
+    under the null and, unlike one joint test over a dozen components, does not dilute a
+    single bad tool among the healthy ones. A term whose lambda is below LAMBDA_TEST_FLOOR
+    is not refitted: dropping it cannot change the likelihood. The joint test of all terms
+    (chi-bar-square mixture) is returned alongside for the record.
+    """
+    lik = res.likelihood
+    joint = 2.0 * (lik["p_v"] - base.likelihood["p_v"])
+    out = {
+        "joint_statistic": float(joint),
+        "joint_p": chibar_lrt_pvalue(joint, len(design.groups), len(design.metrology)),
+    }
+    lam = res.varcomp["lambda"]
+    pvals: list[float] = []
+    for name in design.groups:
+        if float(lam[name]) < LAMBDA_TEST_FLOOR:
+            pvals.append(1.0)
+            continue
+        reduced = design.formula.replace(f" + (1|{name})", "")
+        try:
+            smaller = _fit_binomial(reduced, design.data)
+        except Exception:
+            pvals.append(1.0)
+            continue
+        stat = 2.0 * (lik["p_v"] - smaller.likelihood["p_v"]) if smaller.converged else 0.0
+        p = chibar_lrt_pvalue(stat, 1, 0)
+        out[f"stat:{name}"] = float(stat)
+        pvals.append(p)
+    fx = res.fixef
+    for name in design.metrology:
+        pvals.append(float(fx.loc[name, "p"]) if name in fx.index else 1.0)
+    if not pvals:
+        return 1.0, out
+    return min(1.0, len(pvals) * min(pvals)), out
+
+
+def _label(name: str, design: _Design) -> str:
+    """Readable names for the report: tool_0 -> tool:GATE_ETCH, m_1 -> GATE_CD."""
+    if name in design.groups:
+        kind, op = design.groups[name]
+        return f"{kind}:{op}"
+    if name in design.metrology:
+        return design.metrology[name][1]
+    return name
+
+
+def _diagnostics(res: hglm.HGLMResult, seed: int, n: int = 200) -> dict[str, list[float]]:
+    rng = np.random.default_rng(seed)
+    fitted = np.asarray(res.fitted)
+    pick = rng.choice(len(fitted), size=min(n, len(fitted)), replace=False)
+    return {
+        "fitted": fitted[pick].tolist(),
+        "residuals": np.asarray(res.deviance_residuals)[pick].tolist(),
+    }
+
+
+# --------------------------------------------------------------------------- process models
+
+
+def _site_frame(df: pl.DataFrame, op: str, param: str) -> pl.DataFrame:
+    col = f"{SITES}{op}::{param}"
+    return (
+        df.select(
+            "wafer_id",
+            "lot_id",
+            pl.col(TOOL + op).alias("tool"),
+            pl.col(CHAMBER + op).alias("chamber"),
+            pl.col(col).alias("value"),
+        )
+        .filter(pl.col("value").is_not_null() & pl.col("tool").is_not_null())
+        .explode("value")
+        .filter(pl.col("value").is_not_null())
+    )
+
+
+def _fit_process(formula: str, data: object, family: str, disp: str | None) -> hglm.HGLMResult:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hglm.ConvergenceWarning)
+        return hglm.fit(
+            formula,
+            data,
+            family=family,
+            link="log" if family == "gamma" else None,
+            disp=disp,
+            method=PROCESS_METHOD,
+        )
+
+
+def process_models(layer: str, frame: pa.Table) -> tuple[list[dict], list[Finding]]:
+    """Each inline parameter of the layer: gaussian or gamma by cAIC, phi modelled by chamber.
+
+    Returns the models' summaries and the dispersion findings (the noisiest chamber of each
+    parameter, tested against a constant phi by a likelihood ratio on p_v(h)).
+    """
+    df = pl.from_arrow(frame)
+    assert isinstance(df, pl.DataFrame)
+    layout = FrameLayout.of(df.columns)
+    summaries: list[dict] = []
+    findings: list[Finding] = []
+    for op, param in layout.params:
+        if f"{SITES}{op}::{param}" not in df.columns or TOOL + op not in df.columns:
+            continue
+        sites = _site_frame(df, op, param)
+        n_wafers = sites.get_column("wafer_id").n_unique()
+        summary: dict = {"operation": op, "param": param, "n_wafers": n_wafers}
+        if n_wafers < MIN_PROCESS_WAFERS:
+            summary["status"] = "too_little_data"
+            summary["reason"] = f"{n_wafers} measured wafers (needs {MIN_PROCESS_WAFERS})"
+            summaries.append(summary)
+            continue
+        try:
+            summary.update(_process_model(layer, op, param, sites, findings))
+        except Exception as exc:
+            summary["status"] = "failed"
+            summary["reason"] = str(exc)
+        summaries.append(summary)
+    return summaries, findings
+
+
+def _process_model(
+    layer: str, op: str, param: str, sites: pl.DataFrame, findings: list[Finding]
+) -> dict:
+    data = sites.to_pandas()
+    values = data["value"].to_numpy()
+    terms = ["(1|lot_id)", "(1|wafer_id)"]
+    if data["tool"].nunique() > 1:
+        terms.append("(1|tool)")
+    multi_chamber = data["chamber"].nunique() > data["tool"].nunique()
+    if multi_chamber:
+        terms.append("(1|chamber)")
+    formula = "value ~ 1 + " + " + ".join(terms)
+    disp_col = "chamber" if multi_chamber else "tool" if data["tool"].nunique() > 1 else None
+    disp = f"~ {disp_col}" if disp_col else None
+    families = ["gaussian"] + (["gamma"] if np.all(values > 0) else [])
+    fits = {fam: _fit_process(formula, data, fam, disp) for fam in families}
+    fits = {fam: r for fam, r in fits.items() if r.converged}
+    if not fits:
+        return {"status": "not_converged", "reason": "no process model family converged"}
+    # The stated rule: of the converged families, the one with the smaller cAIC.
+    caic = {fam: float(r.likelihood["caic"]) for fam, r in fits.items()}
+    family = min(caic, key=caic.__getitem__)
+    res = fits[family]
+    out: dict = {
+        "status": "fitted",
+        "family": family,
+        "caic": caic,
+        "formula": formula,
+        "disp": disp,
+        "varcomp": {str(k): float(v) for k, v in res.varcomp["lambda"].items()},
+    }
+    coef = res.disp_coef
+    if disp_col is None or coef is None or len(coef) < 2:
+        return out
+    log_phi = _level_log_phi(coef, data[disp_col])
+    levels = list(log_phi)
+    worst = max(levels, key=log_phi.__getitem__)
+    typical = float(np.median(list(log_phi.values())))
+    ratio = log_phi[worst] - typical
+    # Wald test of the noisiest level against the reference level, Bonferroni over the
+    # levels (the worst was picked after looking): a plain, conservative screen.
+    se = coef["se"].to_numpy(dtype=float)
+    z = ratio / float(np.nanmax(se[1:])) if np.isfinite(se[1:]).any() else float("nan")
+    p = min(1.0, float(2 * stats.norm.sf(abs(z))) * (len(levels) - 1)) if math.isfinite(z) else None
+    out["dispersion"] = {"by": disp_col, "worst": worst, "log_phi_ratio": ratio, "p_value": p}
+    tool, _, chamber = worst.partition(":")
+    findings.append(
+        Finding(
+            layer=layer,
+            effect="dispersion",
+            estimate=float(ratio),  # log of (its phi / the median level's phi)
+            yield_impact=float("nan"),  # noisier, not shifted: no yield impact of its own here
+            ci_low=float("nan"),
+            ci_high=float("nan"),
+            p_value=p,
+            operation=op,
+            tool_id=tool,
+            chamber_id=(chamber or None) if disp_col == "chamber" else None,
+            param=param,
+        )
+    )
+    return out
+
+
+def _level_log_phi(coef: pd.DataFrame, levels: pd.Series) -> dict[str, float]:
+    """log phi per level from treatment-coded coefficients (intercept = first level)."""
+    names = list(coef.index)
+    est = coef["estimate"].to_numpy(dtype=float)
+    out = {}
+    for lv in sorted({str(x) for x in levels}):
+        val = est[0]
+        for n, e in zip(names[1:], est[1:], strict=True):
+            if re.search(rf"\[(T\.)?{re.escape(lv)}\]$", n):
+                val += e
+        out[lv] = float(val)
+    return out
+
+
+# --------------------------------------------------------------------------- chained model
+
+
+def fit_chained(frame_all: pa.Table, *, layers: list[str] | None = None, seed: int = 0) -> LayerFit:
+    """Final yield on every layer's tool, chamber and metrology terms together.
+
+    Each layer's impact, interval and variance share are recomputed from this one model
+    (`layer_effects`), so that a tool whose lots also shared a bad tool elsewhere is not
+    blamed for it. Never raises.
+    """
+    ops_of = layer_operations(frame_all)
+    chosen = {k: v for k, v in ops_of.items() if layers is None or k in layers}
+    df = pl.from_arrow(frame_all)
+    assert isinstance(df, pl.DataFrame)
+    keep_ops = {op for ops in chosen.values() for op in ops}
+    df = df.select([c for c in df.columns if not _op_of(c) or _op_of(c) in keep_ops])
+    fit = LayerFit(
+        layer="(chained)",
+        status="ranked",
+        operations=sorted(keep_ops),
+        method=f"chained binomial-beta HGLM ({YIELD_METHOD}) of layers {sorted(chosen)}",
+    )
+    try:
+        design = yield_design(df)
+    except TooLittleData as exc:
+        fit.status, fit.reason = "too_little_data", str(exc)
+        return fit
+    except Exception as exc:
+        fit.status, fit.reason = "failed", f"building the chained frame: {exc}"
+        return fit
+    fit.n_wafers, fit.n_lots = design.n_wafers, design.n_lots
+    try:
+        res, design, screened = _fit_with_screening(design)
+    except Exception as exc:
+        fit.status, fit.reason = "failed", f"fitting the chained model: {exc}"
+        return fit
+    if screened:
+        fit.method += f"; terms with negligible variance left out: {screened}"
+    fit.converged, fit.n_iter = bool(res.converged), int(res.n_iter)
+    if not res.converged:
+        fit.status, fit.reason = "not_converged", _not_converged_reason(res, "chained model")
+        return fit
+    fit.caic = float(res.likelihood["caic"])
+    eta_total = res.predict(type="link")
+    for layer, ops in chosen.items():
+        groups = {k: v for k, v in design.groups.items() if v[1] in ops}
+        mets = {k: v for k, v in design.metrology.items() if v[0] in ops}
+        sub = _Design(design.data, "", "", groups, mets)
+        eff = _effects(res, sub, groups)
+        draws = simulate_impacts(eff, n_draws=N_DRAWS, seed=seed)
+        lo, hi = percentile_interval(draws.layer_draws)
+        fit.layer_effects[layer] = {
+            "yield_impact": yield_impact(eff),
+            "ci_low": lo,
+            "ci_high": hi,
+            "variance_share": variance_share(eff, eta_total),
+        }
+    return fit
+
+
+def _op_of(column: str) -> str | None:
+    for prefix in (TOOL, CHAMBER):
+        if column.startswith(prefix):
+            return column.removeprefix(prefix)
+    for prefix in (MEAS, SITES):
+        if column.startswith(prefix):
+            return column.removeprefix(prefix).split("::", 1)[0]
+    return None

@@ -1,0 +1,117 @@
+"""``hglm.fit``: formula + data -> fitted HGLM."""
+
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from typing import Any
+
+from hglm.design import build_design
+from hglm.families import RandomFamily, ResponseFamily, response_family
+from hglm.fitting import ConvergenceWarning, Model, fit_eql, fit_hl
+from hglm.formula import parse_formula
+from hglm.results import HGLMResult
+
+METHODS = ("EQL", "HL(0,1)", "HL(1,1)")
+
+
+def _method(method: str) -> str:
+    m = re.sub(r"\s+", "", method).upper()
+    if m in ("HL01",):
+        m = "HL(0,1)"
+    if m in ("HL11",):
+        m = "HL(1,1)"
+    if m not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return m
+
+
+def fit(
+    formula: str,
+    data: Any,
+    family: str | ResponseFamily = "gaussian",
+    link: str | None = None,
+    rand_family: str | RandomFamily | dict[str, str | RandomFamily] = "normal",
+    disp: str | None = None,
+    rand_disp: dict[str, str] | None = None,
+    method: str = "HL(1,1)",
+    reml: bool = True,
+    trials: str | None = None,
+    weights: Any = None,
+    offset: Any = None,
+    max_iter: int = 50,
+) -> HGLMResult:
+    """Fit a hierarchical GLM by h-likelihood.
+
+    ``formula`` uses lme4 syntax for random intercepts, e.g.
+    ``"y ~ x1 + x2 + (1|lot/wafer) + (1|tool)"``; a formula without random terms
+    fits the plain GLM. ``method``: ``"EQL"`` (R hglm's algorithm),
+    ``"HL(0,1)"`` or ``"HL(1,1)"`` (exact adjusted profile likelihoods;
+    ``reml`` chooses p_beta,v(h) or p_v(h) for the dispersions).
+    """
+    t0 = time.perf_counter()
+    meth = _method(method)
+    fam = response_family(family, link)
+    mf = parse_formula(formula)
+    if disp is not None and fam.fixed_dispersion:
+        raise ValueError(f"disp= needs an estimated dispersion; {fam.name} has phi fixed at 1")
+    design = build_design(
+        mf,
+        data,
+        fam,
+        rand_family=rand_family,
+        disp=disp,
+        rand_disp=rand_disp,
+        trials=trials,
+        weights=weights,
+        offset=offset,
+    )
+    model = Model(design)
+    t1 = time.perf_counter()
+    outcome = fit_eql(model, max_iter=max_iter)
+    timings = {"design": t1 - t0, **outcome.timings}
+    if meth != "EQL":
+        start = outcome
+        outcome = fit_hl(model, start, mean_order=1 if meth == "HL(1,1)" else 0, reml=reml)
+        outcome.messages = [m for m in start.messages if "singular" in m] + outcome.messages
+        timings.update(outcome.timings)
+        timings["iterations_eql"] = float(start.n_iter)
+    else:
+        lam = outcome.disp.lam(design)
+        for t, lk in zip(design.terms, lam, strict=True):
+            if t.X_disp.shape[1] == 1 and float(lk[0]) < 1e-6:
+                outcome.messages.append(
+                    f"singular fit: lambda of {t.term.label} is at its lower bound "
+                    f"({float(lk[0]):.3g})"
+                )
+    timings["total"] = time.perf_counter() - t0
+    call = _call_text(formula, fam, rand_family, disp, meth, reml)
+    for msg in outcome.messages:
+        warnings.warn(msg, ConvergenceWarning, stacklevel=2)
+    return HGLMResult(
+        model=model,
+        outcome=outcome,
+        method=meth,
+        reml=reml,
+        call=call,
+        warnings=list(outcome.messages),
+        timings=timings,
+    )
+
+
+def _call_text(
+    formula: str, fam: ResponseFamily, rand_family: Any, disp: Any, method: str, reml: bool
+) -> str:
+    rf = (
+        "{" + ", ".join(f"{k}: {v}" for k, v in rand_family.items()) + "}"
+        if isinstance(rand_family, dict)
+        else str(rand_family)
+    )
+    parts = [f'"{formula}"', f'family="{fam}"', f'rand_family="{rf}"']
+    if disp:
+        parts.append(f'disp="{disp}"')
+    parts.append(f'method="{method}"')
+    if method != "EQL":
+        parts.append(f"reml={reml}")
+    return ", ".join(parts)

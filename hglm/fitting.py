@@ -1,0 +1,878 @@
+"""Fitting HGLMs by h-likelihood: the augmented-GLM IWLS and the dispersion steps.
+
+* ``iwls``: for given dispersions, (beta, v) maximising h (or v only, beta held),
+  by IWLS on the augmented GLM = sparse mixed-model equations (``hglm.mme``).
+* ``fit_eql``: R hglm's EQL algorithm (Lee & Nelder 1996; Ronnegard et al.
+  2010): alternate the IWLS with gamma GLMs for phi and each lambda on
+  deviance components divided by (1 - leverage), weights (1 - leverage)/2.
+* ``fit_hl``: HL(0,1) / HL(1,1): the adjusted profile likelihoods maximised
+  exactly by a quasi-Newton search over the log-dispersion parameters (and,
+  for HL(1,1), beta by p_v(h)), started from EQL; the Hessian of the
+  criterion at the optimum gives standard errors on the log scale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.optimize
+
+from hglm.design import ModelDesign, RandomTermDesign
+from hglm.likelihood import Likelihoods, combine, conditional_loglik, random_loglik
+from hglm.mme import MixedModelEquations, MMESolution, ObservationElimination
+
+LOG_LAMBDA_BOUNDS = (np.log(1e-8), np.log(1e8))
+SINGULAR_LAMBDA = 1e-6
+
+
+class ConvergenceWarning(UserWarning):
+    """A fit stopped before meeting its convergence criterion, or hit a boundary."""
+
+
+# ------------------------------------------------------------------ dispersions
+
+
+@dataclass
+class Dispersions:
+    """phi per row (log-linear model X_disp gamma) and lambda per level of each term."""
+
+    gamma: np.ndarray  # coefficients of log phi ([] when phi is fixed at 1)
+    delta: list[np.ndarray]  # coefficients of log lambda, per term
+    phi_fixed: bool
+
+    def phi(self, design: ModelDesign) -> np.ndarray:
+        if self.phi_fixed:
+            return np.ones(design.n)
+        return np.exp(design.X_disp @ self.gamma)
+
+    def lam(self, design: ModelDesign) -> list[np.ndarray]:
+        return [np.exp(t.X_disp @ d) for t, d in zip(design.terms, self.delta, strict=True)]
+
+    def theta(self) -> np.ndarray:
+        parts = ([] if self.phi_fixed else [self.gamma]) + list(self.delta)
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def with_theta(self, theta: np.ndarray) -> Dispersions:
+        pos = 0
+        gamma = self.gamma
+        if not self.phi_fixed:
+            gamma = theta[: len(self.gamma)].copy()
+            pos = len(self.gamma)
+        delta = []
+        for d in self.delta:
+            delta.append(theta[pos : pos + len(d)].copy())
+            pos += len(d)
+        return Dispersions(gamma, delta, self.phi_fixed)
+
+
+# ------------------------------------------------------------------ mean fit
+
+
+@dataclass
+class MeanFit:
+    beta: np.ndarray
+    v: list[np.ndarray]  # per term, in design order (observation-level term included)
+    eta: np.ndarray
+    mu: np.ndarray
+    solution: MMESolution
+    elimination: ObservationElimination | None
+    a: np.ndarray  # data-row weights (with 1/phi) used in the last solve
+    w_m: list[np.ndarray]  # random-row weights per term used in the last solve
+    iterations: int
+    converged: bool
+
+
+class Model:
+    """A design, its mixed-model equations and the response/random families."""
+
+    def __init__(self, design: ModelDesign) -> None:
+        self.design = design
+        obs = [t for t in design.terms if t.observation_level]
+        if len(obs) > 1:
+            raise ValueError(
+                f"terms {[t.name for t in obs]} each have one level per row; at most one "
+                "observation-level term is identifiable"
+            )
+        self.obs_term: RandomTermDesign | None = obs[0] if obs else None
+        self.sparse_terms = [t for t in design.terms if not t.observation_level]
+        self.mme = MixedModelEquations(design.X, self.sparse_terms)
+        self.family = design.family
+        self.n_random = sum(t.n_levels for t in design.terms)
+
+    # -- helpers -----------------------------------------------------------------------
+    def _term_index(self, term: RandomTermDesign) -> int:
+        return next(i for i, t in enumerate(self.design.terms) if t is term)
+
+    def start_v(self) -> list[np.ndarray]:
+        return [np.full(t.n_levels, t.family.v_of_psi) for t in self.design.terms]
+
+    def linear_predictor(self, beta: np.ndarray, v: list[np.ndarray]) -> np.ndarray:
+        d = self.design
+        eta = d.offset + d.X @ beta
+        for t, vk in zip(d.terms, v, strict=True):
+            eta = eta + vk[t.codes]
+        return eta
+
+    def _random_rows(
+        self, term: RandomTermDesign, v: np.ndarray, lam: np.ndarray, exact: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return term.family.exact_rows(v, lam) if exact else term.family.quasi_rows(v, lam)
+
+    def system(
+        self,
+        eta: np.ndarray,
+        v: list[np.ndarray],
+        phi: np.ndarray,
+        lam: list[np.ndarray],
+        exact: bool,
+        observed: bool = False,
+    ) -> tuple[
+        np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, ObservationElimination | None
+    ]:
+        """Weights and working responses of the augmented GLM at (eta, v).
+
+        Returns (a, z, reduced weight, reduced response, W_M, z_M) for the sparse system.
+        ``observed`` uses the observed instead of the expected information of the data rows
+        (exact Laplace log-determinants)."""
+        d = self.design
+        fam = self.family
+        mu = fam.valid_mu(fam.link.inverse(eta))
+        dmu = fam.link.mu_eta(eta)
+        if observed:
+            a = fam.observed_weight(d.y, eta, mu, d.prior_weights) / phi
+        else:
+            a = fam.working_weight(eta, mu, d.prior_weights) / phi
+            if exact and not fam.canonical:
+                # Newton (observed) weights converge quadratically; use them when positive
+                obs = fam.observed_weight(d.y, eta, mu, d.prior_weights) / phi
+                if np.all(obs > 0):
+                    a = obs
+        # working response = eta + score / weight (the weight may be observed or expected)
+        score = d.prior_weights * (d.y - mu) * dmu / (fam.variance(mu) * phi)
+        z = eta - d.offset + score / a
+        w_parts, z_parts = [], []
+        elim = None
+        for t, vk, lk in zip(d.terms, v, lam, strict=True):
+            wk, zk = self._random_rows(t, vk, lk, exact)
+            if t.observation_level:
+                # one level per row: put the level quantities in row order
+                elim = ObservationElimination(a=a, m=wk[t.codes], z=z, z_e=zk[t.codes])
+            else:
+                w_parts.append(wk)
+                z_parts.append(zk)
+        w_m = np.concatenate(w_parts) if w_parts else np.zeros(0)
+        z_m = np.concatenate(z_parts) if z_parts else np.zeros(0)
+        if elim is not None:
+            return a, z, elim.reduced_weight, elim.reduced_response, w_m, z_m, elim  # type: ignore[return-value]
+        return a, z, a, z, w_m, z_m, None  # type: ignore[return-value]
+
+    def hglm_first_system(
+        self,
+        beta: np.ndarray,
+        v: list[np.ndarray] | None,
+        eta_prev: np.ndarray | None,
+        phi: np.ndarray,
+        lam: list[np.ndarray],
+    ):
+        """The first IWLS step of an EQL round exactly as R hglm 2.2 takes it.
+
+        hglm's GLM.MME builds its first working response from eta = X beta + Z u(v) (u,
+        not v) and z_M = v + (psi - u) / (du/dv at u); its weights come from the previous
+        round (at the very start: from eta = X beta + offset and the quasi rows at psi, with
+        v = linkinv(0)). The fixed point does not depend on this, but hglm stops EQL
+        early (relative change of eta below 1e-6 in squares), so its reported numbers
+        do; mimicking the step makes EQL reproduce hglm to several digits. Returns the
+        system and the eta the first convergence check compares against."""
+        d = self.design
+        fam = self.family
+        first = v is None
+        if first:
+            eta_w = d.offset + d.X @ beta
+            mu_w = fam.valid_mu(fam.link.inverse(eta_w))
+            a = fam.working_weight(eta_w, mu_w, d.prior_weights) / phi
+        else:
+            assert eta_prev is not None
+            mu_w = fam.valid_mu(fam.link.inverse(eta_prev))
+            a = fam.working_weight(eta_prev, mu_w, d.prior_weights) / phi
+        eta_z = d.offset + d.X @ beta
+        rows = []
+        for k, (t, lk) in enumerate(zip(d.terms, lam, strict=True)):
+            f = t.family
+            if f.link.name == "reciprocal":
+                v0 = np.full(t.n_levels, f.v_of_psi) if first else v[k]  # type: ignore[index]
+                rows.append((t, *f.quasi_rows(v0, lk)))
+                eta_z = eta_z + v0[t.codes]
+                continue
+            if first:
+                v0 = np.full(t.n_levels, float(f.link.inverse(np.array(0.0))))
+                psi = np.full(t.n_levels, f.psi)
+                wk = f.du_dv(psi) ** 2 / f.variance(psi) / lk
+            else:
+                v0 = v[k]  # type: ignore[index]
+                wk = f.quasi_rows(v0, lk)[0]
+            u0 = f.link.inverse(v0)
+            eta_z = eta_z + u0[t.codes]
+            zk = v0 + (f.psi - u0) / f.du_dv(u0)
+            rows.append((t, wk, zk))
+        mu_z = fam.valid_mu(fam.link.inverse(eta_z))
+        z = eta_z - d.offset + (d.y - mu_z) / fam.link.mu_eta(eta_z)
+        w_parts, z_parts = [], []
+        elim = None
+        for t, wk, zk in rows:
+            if t.observation_level:
+                elim = ObservationElimination(a=a, m=wk[t.codes], z=z, z_e=zk[t.codes])
+            else:
+                w_parts.append(wk)
+                z_parts.append(zk)
+        w_m = np.concatenate(w_parts) if w_parts else np.zeros(0)
+        z_m = np.concatenate(z_parts) if z_parts else np.zeros(0)
+        if elim is not None:
+            return (a, z, elim.reduced_weight, elim.reduced_response, w_m, z_m, elim), eta_z
+        return (a, z, a, z, w_m, z_m, None), eta_z
+
+    # -- IWLS --------------------------------------------------------------------------
+    def iwls(
+        self,
+        beta: np.ndarray,
+        v: list[np.ndarray],
+        disp: Dispersions,
+        exact: bool,
+        beta_fixed: bool = False,
+        tol: float = 1e-7,
+        max_iter: int = 50,
+        min_iter: int = 1,
+        hglm_start: bool = False,
+        hglm_previous: tuple[list[np.ndarray], np.ndarray] | None = None,
+    ) -> MeanFit:
+        d = self.design
+        phi = disp.phi(d)
+        lam = disp.lam(d)
+        v = [vk.copy() for vk in v]
+        eta = self.linear_predictor(beta, v)
+        converged = False
+        it = 0
+        sol = None
+        elim = None
+        a = np.zeros(d.n)
+        w_m = np.zeros(0)
+        for it in range(1, max_iter + 1):
+            if hglm_start and it == 1:
+                prev_v, prev_eta = hglm_previous if hglm_previous else (None, None)
+                system, eta = self.hglm_first_system(beta, prev_v, prev_eta, phi, lam)
+                a, _z, a_red, r, w_m, z_m, elim = system
+            else:
+                a, _z, a_red, r, w_m, z_m, elim = self.system(eta, v, phi, lam, exact)
+            sol = self.mme.solve(a_red, r, w_m, z_m, beta_fixed=beta if beta_fixed else None)
+            beta_old, v_old = beta, v
+            beta = sol.beta
+            v_sparse = self.mme.split(sol.v)
+            rest = d.X @ beta + self.mme.eta_random(sol.v)
+            new_v: list[np.ndarray] = []
+            it_sparse = iter(v_sparse)
+            for t in d.terms:
+                if t.observation_level:
+                    assert elim is not None
+                    e = np.empty(t.n_levels)
+                    e[t.codes] = elim.back_substitute(rest)
+                    new_v.append(e)
+                else:
+                    new_v.append(next(it_sparse))
+            v = new_v
+            eta_new = self.linear_predictor(beta, v)
+            halved = False
+            if not (hglm_start and it == 1):
+                # step halving: a Fisher step may overshoot where the curvature of log f
+                # decays (beta and gamma random effects far from psi, binary data)
+                h_old = self._h(eta, v_old, phi, lam, exact)
+                for _ in range(30):
+                    h_new = self._h(eta_new, v, phi, lam, exact)
+                    if np.isfinite(h_new) and h_new >= h_old - 1e-10 * abs(h_old):
+                        break
+                    halved = True
+                    beta = 0.5 * (beta + beta_old)
+                    v = [0.5 * (vn + vo) for vn, vo in zip(v, v_old, strict=True)]
+                    eta_new = self.linear_predictor(beta, v)
+            if not np.all(np.isfinite(eta_new)):
+                raise FloatingPointError("the IWLS of the mean model diverged (non-finite eta)")
+            change = float(np.sum((eta_new - eta) ** 2))
+            scale = float(np.sum(eta_new**2))
+            eta = eta_new
+            # relative change, with a floor so that eta near 0 can still converge
+            if it >= min_iter and not halved and change <= tol * max(scale, 1e-6 * d.n):
+                converged = True
+                break
+        assert sol is not None
+        mu = self.family.valid_mu(self.family.link.inverse(eta))
+        wm_list = []
+        for t, lk, vk in zip(d.terms, lam, v, strict=True):
+            wm_list.append(self._random_rows(t, vk, lk, exact)[0])
+        return MeanFit(beta, v, eta, mu, sol, elim, a, wm_list, it, converged)
+
+    def _h(
+        self,
+        eta: np.ndarray,
+        v: list[np.ndarray],
+        phi: np.ndarray,
+        lam: list[np.ndarray],
+        exact: bool,
+    ) -> float:
+        """The function the IWLS maximises: h (exact) or its quasi version (EQL rows)."""
+        d = self.design
+        with np.errstate(all="ignore"):
+            mu = self.family.valid_mu(self.family.link.inverse(eta))
+            value = conditional_loglik(self.family, d.y, mu, phi, d.prior_weights)
+            for t, vk, lk in zip(d.terms, v, lam, strict=True):
+                f = t.family
+                value += float(
+                    np.sum(f.logdensity(vk, lk) if exact else f.quasi_logdensity(vk, lk))
+                )
+        return value if np.isfinite(value) else -np.inf
+
+    # -- quantities at a fit ---------------------------------------------------------------
+    def evaluate(
+        self, fit: MeanFit, disp: Dispersions, exact: bool, observed: bool
+    ) -> tuple[MMESolution, ObservationElimination | None, np.ndarray]:
+        """Factor the equations at the fit (for given dispersions) without moving it.
+
+        Returns the solution pieces (covariance, log-determinants), the elimination and
+        the data-row weights a."""
+        d = self.design
+        phi = disp.phi(d)
+        lam = disp.lam(d)
+        a, _z, a_red, r, w_m, z_m, elim = self.system(fit.eta, fit.v, phi, lam, exact, observed)
+        if observed and (np.any(a_red <= 0) or (elim is not None and np.any(elim.d <= 0))):
+            raise np.linalg.LinAlgError("observed information is not positive")
+        sol = self.mme.solve(a_red, r, w_m, z_m, beta_fixed=fit.beta)
+        return sol, elim, a
+
+    def likelihoods(
+        self,
+        fit: MeanFit,
+        disp: Dispersions,
+        exact: bool,
+        observed: bool,
+        with_leverages: bool = True,
+    ) -> tuple[Likelihoods, np.ndarray, dict[str, np.ndarray]]:
+        """h, p_v(h), p_beta,v(h), cAIC at a fit; also the leverages (cAIC is NaN without)."""
+        d = self.design
+        try:
+            sol, elim, a = self.evaluate(fit, disp, exact, observed)
+        except np.linalg.LinAlgError:
+            sol, elim, a = self.evaluate(fit, disp, exact, observed=False)
+        if with_leverages:
+            lev = self.leverages(sol, elim, a, disp)
+        else:
+            lev = {"data": np.full(d.n, np.nan)}
+        cond = conditional_loglik(self.family, d.y, fit.mu, disp.phi(d), d.prior_weights)
+        rand = random_loglik([t.family for t in d.terms], fit.v, disp.lam(d))
+        logdet_v = sol.logdet_H + (float(np.sum(np.log(elim.d))) if elim is not None else 0.0)
+        lik = combine(
+            cond,
+            rand,
+            logdet_v,
+            logdet_v + sol.logdet_S,
+            self.n_random,
+            d.p,
+            float(np.sum(lev["data"])),
+        )
+        return lik, lev["data"], lev
+
+    def leverages(
+        self,
+        sol: MMESolution,
+        elim: ObservationElimination | None,
+        a: np.ndarray,
+        disp: Dispersions,
+    ) -> dict[str, np.ndarray]:
+        """Diagonal of the augmented hat matrix: data rows and each term's quasi rows."""
+        d = self.design
+        r = self.mme.row_variances(sol)
+        out: dict[str, np.ndarray] = {}
+        out["data"] = elim.data_leverage(r) if elim is not None else a * r
+        level_var = self.mme.level_variances(sol)
+        pos = 0
+        for t in d.terms:
+            if t.observation_level:
+                assert elim is not None
+                quasi = np.empty(t.n_levels)
+                quasi[t.codes] = elim.quasi_leverage(r)
+                var = np.empty(t.n_levels)
+                var[t.codes] = elim.prediction_variance(r)
+                out[t.name] = quasi
+                out[f"var:{t.name}"] = var
+            else:
+                var = level_var[pos : pos + t.n_levels]
+                out[f"var:{t.name}"] = var
+                pos += t.n_levels
+        return out
+
+
+# ------------------------------------------------------------ gamma GLM (dispersions)
+
+
+@dataclass
+class GammaGLM:
+    coef: np.ndarray
+    se: np.ndarray
+    fitted: np.ndarray
+
+
+def fit_gamma_log(y: np.ndarray, w: np.ndarray, X: np.ndarray, max_iter: int = 100) -> GammaGLM:
+    """Gamma GLM with log link and prior weights, by IRLS (R's glm; SEs with dispersion 1).
+
+    With the log link the IRLS weights are the prior weights themselves."""
+    if X.shape[1] == 1 and np.allclose(X, X[0, 0]):
+        # intercept only: the ML fit is the weighted mean
+        mean = float(np.sum(w * y) / np.sum(w))
+        coef = np.array([np.log(mean) / X[0, 0]])
+        se = np.array([np.sqrt(1.0 / np.sum(w * X[:, 0] ** 2))])
+        return GammaGLM(coef, se, np.full(len(y), mean))
+    mu = y.copy()
+    eta = np.log(mu)
+    dev_old = np.inf
+    sw = np.sqrt(w)
+    coef = np.zeros(X.shape[1])
+    for _ in range(max_iter):
+        z = eta + (y - mu) / mu
+        coef, *_ = np.linalg.lstsq(X * sw[:, None], z * sw, rcond=None)
+        eta = X @ coef
+        mu = np.exp(eta)
+        dev = float(np.sum(-2 * w * (np.log(y / mu) - (y - mu) / mu)))
+        if abs(dev - dev_old) / (abs(dev) + 0.1) < 1e-10:
+            break
+        dev_old = dev
+    cov = np.linalg.inv(X.T @ (X * w[:, None]))
+    return GammaGLM(coef, np.sqrt(np.diag(cov)), mu)
+
+
+def fit_glm_start(model: Model) -> tuple[np.ndarray, float]:
+    """GLM of the fixed part alone (R hglm's start): beta and 0.6 * deviance / df."""
+    d = model.design
+    fam = model.family
+    y = d.y
+    if fam.name == "binomial":
+        mu = (d.prior_weights * y + 0.5) / (d.prior_weights + 1)
+    elif fam.name in ("poisson", "gamma"):
+        mu = y + (0.1 if fam.name == "poisson" else 0.0)
+    else:
+        mu = y.copy()
+    if fam.link.name == "log":
+        mu = np.maximum(mu, 1e-8)
+    eta = fam.link.fun(mu)
+    beta = np.zeros(d.p)
+    dev_old = np.inf
+    for _ in range(100):
+        dmu = fam.link.mu_eta(eta)
+        w = fam.working_weight(eta, mu, d.prior_weights)
+        z = eta - d.offset + (y - mu) / dmu
+        sw = np.sqrt(w)
+        beta, *_ = np.linalg.lstsq(d.X * sw[:, None], z * sw, rcond=None)
+        eta = d.offset + d.X @ beta
+        mu = fam.valid_mu(fam.link.inverse(eta))
+        dev = float(np.sum(fam.deviance(y, mu, d.prior_weights)))
+        if abs(dev - dev_old) / (abs(dev) + 0.1) < 1e-10:
+            break
+        dev_old = dev
+    df = max(d.n - d.p, 1)
+    return beta, 0.6 * dev / df
+
+
+# --------------------------------------------------------------------------- EQL
+
+
+@dataclass
+class FitOutcome:
+    """Everything the result object needs from an algorithm."""
+
+    mean: MeanFit
+    disp: Dispersions
+    likelihood: Likelihoods
+    leverages: dict[str, np.ndarray]
+    cov_beta: np.ndarray
+    disp_se: dict[str, np.ndarray]  # "phi" and each term name -> SE of log-scale coefficients
+    converged: bool
+    n_iter: int
+    messages: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    dev_data: np.ndarray | None = None
+
+
+def fit_eql(model: Model, max_iter: int = 50, conv: float = 1e-6) -> FitOutcome:
+    """R hglm's EQL: IWLS for (beta, v), gamma GLMs for the dispersions, until eta settles."""
+    d = model.design
+    fam = model.family
+    t0 = time.perf_counter()
+    beta, disp0 = fit_glm_start(model)
+    k = len(d.terms)
+    lam0 = disp0 * 0.66 / max(k, 1)
+    if lam0 < 1e-4:
+        lam0 = 0.1
+    phi0 = 1.0 if fam.fixed_dispersion else max(disp0, 0.1 if disp0 < 1e-4 else disp0)
+    gamma = np.zeros(d.X_disp.shape[1])
+    if not fam.fixed_dispersion:
+        gamma = np.linalg.lstsq(d.X_disp, np.full(d.n, np.log(phi0)), rcond=None)[0]
+    delta = [
+        np.linalg.lstsq(t.X_disp, np.full(t.n_levels, np.log(lam0)), rcond=None)[0] for t in d.terms
+    ]
+    disp = Dispersions(gamma, delta, fam.fixed_dispersion)
+    v = model.start_v()
+    eta0 = d.offset + d.X @ beta
+    converged = False
+    messages: list[str] = []
+    se: dict[str, np.ndarray] = {}
+    fit: MeanFit | None = None
+    last_lev: dict[str, np.ndarray] = {}
+    it = 0
+    for it in range(1, max_iter + 1):
+        try:
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                new_fit = model.iwls(
+                    beta,
+                    v,
+                    disp,
+                    exact=False,
+                    tol=1e-7,
+                    max_iter=max_iter,
+                    hglm_start=True,
+                    hglm_previous=None if fit is None else (fit.v, fit.eta),
+                )
+            if not np.all(np.isfinite(new_fit.eta)):
+                raise FloatingPointError("non-finite linear predictor")
+            if not new_fit.converged:
+                raise FloatingPointError("inner IWLS did not converge")
+        except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+            # hglm's unguarded first step can overshoot; fall back to the guarded IWLS
+            try:
+                new_fit = model.iwls(beta, v, disp, exact=False, tol=1e-7, max_iter=4 * max_iter)
+            except (np.linalg.LinAlgError, FloatingPointError) as err:
+                if fit is None:
+                    raise RuntimeError(f"the mean model could not be fitted: {err}") from err
+                messages.append(f"EQL stopped at iteration {it}: {err}")
+                break
+        fit = new_fit
+        beta, v = fit.beta, fit.v
+        lev = model.leverages(fit.solution, fit.elimination, fit.a, disp)
+        last_lev = lev
+        new_gamma, new_delta = disp.gamma, []
+        if not fam.fixed_dispersion:
+            dev = np.maximum(fam.deviance(d.y, fit.mu, d.prior_weights), 1e-8)
+            q = np.minimum(lev["data"], 1 - 1e-8)
+            g = fit_gamma_log(dev / (1 - q), (1 - q) / 2, d.X_disp)
+            new_gamma = g.coef
+            se["phi"] = g.se
+        for t, vk in zip(d.terms, v, strict=True):
+            u = t.family.u(vk)
+            dev_m = np.maximum(t.family.deviance(u), 1e-8)
+            q = _term_leverage(model, t, fit, disp, lev)
+            q = np.minimum(q, 1 - 1e-8)
+            g = fit_gamma_log(dev_m / (1 - q), (1 - q) / 2, t.X_disp)
+            new_delta.append(g.coef)
+            se[t.name] = g.se
+        disp = Dispersions(np.asarray(new_gamma), new_delta, fam.fixed_dispersion)
+        change = float(np.sum((eta0 - fit.eta) ** 2))
+        if it > 1 and change < conv * max(float(np.sum(fit.eta**2)), 1e-6 * d.n):
+            converged = True
+            break
+        eta0 = fit.eta
+    assert fit is not None
+    if not converged:
+        messages.append(f"EQL did not converge in {max_iter} iterations")
+    t1 = time.perf_counter()
+    lik, _, lev = model.likelihoods(fit, disp, exact=False, observed=False)
+    # R hglm's cAIC counts the leverages of the last IWLS (before the final dispersion
+    # update); keep that so EQL reproduces it
+    lik = dataclasses.replace(
+        lik, caic=-2.0 * lik.conditional + 2.0 * float(np.sum(last_lev["data"]))
+    )
+    return FitOutcome(
+        mean=fit,
+        disp=disp,
+        likelihood=lik,
+        leverages=lev,
+        cov_beta=fit.solution.cov_beta,
+        disp_se=se,
+        converged=converged,
+        n_iter=it,
+        messages=messages,
+        timings={"eql": t1 - t0, "likelihood": time.perf_counter() - t1},
+    )
+
+
+def _term_leverage(
+    model: Model,
+    term: RandomTermDesign,
+    fit: MeanFit,
+    disp: Dispersions,
+    lev: dict[str, np.ndarray],
+) -> np.ndarray:
+    if term.observation_level:
+        return lev[term.name]
+    k = model._term_index(term)
+    return fit.w_m[k] * lev[f"var:{term.name}"]
+
+
+# ------------------------------------------------------------------------ HL(., 1)
+
+
+class Criterion:
+    """An adjusted profile likelihood as a function of (beta, log-dispersions).
+
+    Each evaluation re-solves the IWLS for v (and beta unless it is a parameter),
+    warm-started from the last solution, then factors the equations with the
+    observed information for the exact Laplace log-determinant."""
+
+    def __init__(
+        self,
+        model: Model,
+        disp: Dispersions,
+        fit: MeanFit,
+        which: str,
+        beta_free: bool,
+        theta_fixed: bool = False,
+    ):
+        self.model = model
+        self.theta_fixed = theta_fixed  # only beta varies (HL(1,1) with REML dispersions)
+        self.base = disp
+        self.which = which  # "p_v" or "p_beta_v"
+        self.beta_free = beta_free  # beta is a parameter of the criterion (HL(1,1))
+        self.fit = fit
+        self.n_eval = 0
+        self.p = model.design.p
+
+    def split(self, x: np.ndarray) -> tuple[np.ndarray | None, Dispersions]:
+        if self.theta_fixed:
+            return x, self.base
+        if self.beta_free:
+            return x[: self.p], self.base.with_theta(x[self.p :])
+        return None, self.base.with_theta(x)
+
+    def solve(self, x: np.ndarray) -> tuple[MeanFit, Dispersions]:
+        beta, disp = self.split(x)
+        start_beta = beta if beta is not None else self.fit.beta
+        fit = self.model.iwls(
+            start_beta,
+            self.fit.v,
+            disp,
+            exact=True,
+            beta_fixed=beta is not None,
+            tol=1e-14,
+            max_iter=200,
+            min_iter=2,
+        )
+        if not fit.converged:
+            fit = self.model.iwls(
+                start_beta,
+                self.model.start_v(),
+                disp,
+                exact=True,
+                beta_fixed=beta is not None,
+                tol=1e-14,
+                max_iter=400,
+                min_iter=2,
+            )
+        return fit, disp
+
+    def __call__(self, x: np.ndarray) -> float:
+        self.n_eval += 1
+        try:
+            fit, disp = self.solve(x)
+            lik, _, _ = self.model.likelihoods(
+                fit, disp, exact=True, observed=True, with_leverages=False
+            )
+        except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+            return -np.inf
+        value = lik.p_v if self.which == "p_v" else lik.p_beta_v
+        if np.isfinite(value) and fit.converged:
+            self.fit = fit
+        return float(value)
+
+    def gradient(self, x: np.ndarray, step: float = 1e-4, f0: float | None = None) -> np.ndarray:
+        """Central differences; forward differences (half the cost) when f(x) is given.
+
+        The inner IWLS converges to ~1e-7 in eta, so f is accurate to ~1e-12 (it is
+        stationary in v); forward differences with step 1e-5 are then accurate enough to
+        locate the optimum."""
+        g = np.zeros_like(x)
+        for i in range(len(x)):
+            e = np.zeros_like(x)
+            if f0 is None:
+                e[i] = step
+                g[i] = (self(x + e) - self(x - e)) / (2 * step)
+            else:
+                e[i] = step / 10
+                g[i] = (self(x + e) - f0) / (step / 10)
+        return g
+
+    def hessian(self, x: np.ndarray, step: float = 1e-3) -> np.ndarray:
+        m = len(x)
+        H = np.zeros((m, m))
+        f0 = self(x)
+        for i in range(m):
+            ei = np.zeros(m)
+            ei[i] = step
+            H[i, i] = (self(x + ei) - 2 * f0 + self(x - ei)) / step**2
+            for j in range(i):
+                ej = np.zeros(m)
+                ej[j] = step
+                H[i, j] = H[j, i] = (
+                    self(x + ei + ej) - self(x + ei - ej) - self(x - ei + ej) + self(x - ei - ej)
+                ) / (4 * step**2)
+        return H
+
+
+def _maximise(crit: Criterion, x0: np.ndarray, bounds: list[tuple[float | None, float | None]]):
+    def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
+        f = crit(x)
+        if not np.isfinite(f):
+            return 1e300, np.zeros_like(x)
+        return -f, -crit.gradient(x, f0=f)
+
+    return scipy.optimize.minimize(
+        fun,
+        x0,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=bounds,
+        options={"maxiter": 200, "ftol": 1e-13, "gtol": 1e-6},
+    )
+
+
+def _stationary(crit: Criterion, res: scipy.optimize.OptimizeResult, bounds: list) -> bool:
+    """Did the search stop at a stationary point even if L-BFGS-B reports otherwise?
+
+    Finite-difference gradients can end the line search 'abnormally' right at the
+    optimum; judge by the central-difference gradient, projected on the bounds."""
+    if res.success:
+        return True
+    g = crit.gradient(res.x)
+    for i, (lo, hi) in enumerate(bounds):
+        at_lo = lo is not None and res.x[i] <= lo + 1e-8 and g[i] < 0
+        at_hi = hi is not None and res.x[i] >= hi - 1e-8 and g[i] > 0
+        if at_lo or at_hi:
+            g[i] = 0.0
+    return bool(np.all(np.isfinite(g)) and np.max(np.abs(g), initial=0.0) < 1e-3)
+
+
+def fit_hl(model: Model, start: FitOutcome, mean_order: int, reml: bool) -> FitOutcome:
+    """HL(mean_order, 1): exact maximisation of p_beta,v(h) (reml) or p_v(h) for the dispersions."""
+    d = model.design
+    t0 = time.perf_counter()
+    disp = start.disp
+    theta0 = disp.theta()
+    messages: list[str] = []
+    n_gamma = 0 if disp.phi_fixed else len(disp.gamma)
+    theta_bounds: list[tuple[float | None, float | None]] = [(-50.0, 50.0)] * n_gamma
+    for t, dk in zip(d.terms, disp.delta, strict=True):
+        intercept_only = t.X_disp.shape[1] == 1
+        theta_bounds += [LOG_LAMBDA_BOUNDS if intercept_only else (None, None)] * len(dk)
+    theta0 = np.clip(
+        theta0,
+        [b[0] if b[0] is not None else -np.inf for b in theta_bounds],
+        [b[1] if b[1] is not None else np.inf for b in theta_bounds],
+    )
+    fit0 = start.mean
+    joint = mean_order == 1 and not reml  # Laplace ML: (beta, theta) maximise p_v(h)
+    which = "p_beta_v" if reml else "p_v"
+    converged = True
+    if joint:
+        crit = Criterion(model, disp, fit0, "p_v", beta_free=True)
+        x0 = np.concatenate([fit0.beta, theta0])
+        joint_bounds = [(None, None)] * d.p + theta_bounds
+        res = _maximise(crit, x0, joint_bounds)
+        res.success = _stationary(crit, res, joint_bounds)
+        x_hat = res.x
+        beta_hat, disp_hat = crit.split(x_hat)
+        theta_hat = x_hat[d.p :]
+    else:
+        crit = Criterion(model, disp, fit0, which, beta_free=False)
+        if len(theta0):
+            res = _maximise(crit, theta0, theta_bounds)
+            res.success = _stationary(crit, res, theta_bounds)
+        else:  # nothing to estimate (a binomial/Poisson GLM without random terms)
+            crit(theta0)
+            res = scipy.optimize.OptimizeResult(x=theta0, success=True, nit=0, message="")
+        theta_hat = res.x
+        disp_hat = disp.with_theta(theta_hat)
+        beta_hat = None
+    if not res.success:
+        converged = False
+        messages.append(f"dispersion optimisation did not converge: {res.message}")
+    n_iter = int(res.nit)
+    t1 = time.perf_counter()
+    if mean_order == 1 and reml:
+        # beta maximises p_v(h) at the REML dispersions
+        bcrit = Criterion(model, disp_hat, crit.fit, "p_v", beta_free=True, theta_fixed=True)
+        bres = _maximise(bcrit, crit.fit.beta.copy(), [(None, None)] * d.p)
+        bres.success = _stationary(bcrit, bres, [(None, None)] * d.p)
+        beta_hat = bres.x[: d.p]
+        if not bres.success:
+            converged = False
+            messages.append(f"p_v(h) maximisation over beta did not converge: {bres.message}")
+        n_iter += int(bres.nit)
+        crit = bcrit
+    # final state at the optimum
+    if beta_hat is not None:
+        fit = model.iwls(
+            beta_hat, crit.fit.v, disp_hat, exact=True, beta_fixed=True, tol=1e-14, max_iter=200
+        )
+    else:
+        fit = model.iwls(crit.fit.beta, crit.fit.v, disp_hat, exact=True, tol=1e-14, max_iter=200)
+    if not fit.converged:
+        converged = False
+        messages.append("the final IWLS for the random effects did not converge")
+    t2 = time.perf_counter()
+    lik, _, lev = model.likelihoods(fit, disp_hat, exact=True, observed=True)
+    # Var(beta) and the prediction variances from the expected information at the optimum
+    final_solution, _, _ = model.evaluate(fit, disp_hat, exact=True, observed=False)
+    # SEs of the log-dispersion parameters from the curvature of the criterion
+    se: dict[str, np.ndarray] = {}
+    try:
+        hcrit = Criterion(model, disp_hat, fit, which, beta_free=False)
+        if joint:
+            hcrit = Criterion(model, disp_hat, fit, "p_v", beta_free=True)
+            H = hcrit.hessian(np.concatenate([fit.beta, theta_hat]))
+            cov = np.linalg.inv(-H)[d.p :, d.p :]
+        else:
+            H = hcrit.hessian(theta_hat)
+            cov = np.linalg.inv(-H)
+        sd = np.sqrt(np.where(np.diag(cov) > 0, np.diag(cov), np.nan))
+    except np.linalg.LinAlgError:
+        sd = np.full(len(theta_hat), np.nan)
+    pos = 0
+    if not disp_hat.phi_fixed:
+        se["phi"] = sd[: len(disp_hat.gamma)]
+        pos = len(disp_hat.gamma)
+    for t, dk in zip(d.terms, disp_hat.delta, strict=True):
+        se[t.name] = sd[pos : pos + len(dk)]
+        pos += len(dk)
+    # singular fits: a variance component at its lower bound
+    for t, lk in zip(d.terms, disp_hat.lam(d), strict=True):
+        if t.X_disp.shape[1] == 1 and float(lk[0]) < SINGULAR_LAMBDA:
+            messages.append(
+                f"singular fit: lambda of {t.term.label} is at its lower bound ({float(lk[0]):.3g})"
+            )
+    return FitOutcome(
+        mean=fit,
+        disp=disp_hat,
+        likelihood=lik,
+        leverages=lev,
+        cov_beta=final_solution.cov_beta,
+        disp_se=se,
+        converged=converged,
+        n_iter=n_iter,
+        messages=messages,
+        timings={"outer": t1 - t0, "beta": t2 - t1, "inference": time.perf_counter() - t2},
+    )
+
+
+def warn_outcome(outcome: FitOutcome) -> None:
+    for msg in outcome.messages:
+        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+
+
+# hglm.inference (another module) imports the criterion under its first name
+_Criterion = Criterion

@@ -1,0 +1,92 @@
+"""Model formulas in lme4 syntax: ``"y ~ x1 + x2 + (1|lot/wafer) + (1|tool)"``.
+
+Only random intercepts ``(1 | g)`` are supported. ``(1 | a/b)`` expands to the
+terms ``a`` and ``a:b`` (b nested in a); ``(1 | a:b)`` is one term whose levels
+are the combinations of a and b.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_RANDOM_RE = re.compile(r"\(\s*([^()|]*?)\s*\|\s*([^()|]+?)\s*\)")
+
+
+@dataclass(frozen=True)
+class RandomTerm:
+    """One random intercept: its levels are the combinations of ``factors``."""
+
+    factors: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return ":".join(self.factors)
+
+    @property
+    def label(self) -> str:
+        return f"(1 | {self.name})"
+
+
+@dataclass(frozen=True)
+class ModelFormula:
+    response: str
+    fixed: str  # right-hand side of the fixed part, formulaic syntax
+    random: tuple[RandomTerm, ...]
+
+    @property
+    def fixed_formula(self) -> str:
+        return f"{self.response} ~ {self.fixed}"
+
+
+def _expand_grouping(expr: str) -> list[RandomTerm]:
+    parts = [p.strip() for p in expr.split("/")]
+    if any(not p for p in parts):
+        raise ValueError(f"malformed grouping {expr!r}")
+    terms: list[RandomTerm] = []
+    prefix: tuple[str, ...] = ()
+    for part in parts:
+        factors = tuple(f.strip() for f in part.split(":"))
+        if any(not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", f) for f in factors):
+            raise ValueError(f"grouping factors must be column names, got {part!r} in {expr!r}")
+        prefix = prefix + factors
+        terms.append(RandomTerm(prefix))
+    return terms
+
+
+def parse_formula(formula: str) -> ModelFormula:
+    """Split a mixed-model formula into response, fixed part and random terms."""
+    if "~" not in formula:
+        raise ValueError(f"formula {formula!r} has no '~'")
+    lhs, rhs = formula.split("~", 1)
+    response = lhs.strip()
+    if not response:
+        raise ValueError(f"formula {formula!r} has no response")
+    terms: list[RandomTerm] = []
+    for m in _RANDOM_RE.finditer(rhs):
+        effect = m.group(1).strip()
+        if effect != "1":
+            raise ValueError(
+                f"only random intercepts (1 | g) are supported, got ({effect} | {m.group(2)})"
+            )
+        terms.extend(_expand_grouping(m.group(2)))
+    fixed = _RANDOM_RE.sub("", rhs)
+    # tidy the '+' left behind by removed random terms
+    fixed = re.sub(r"\+\s*(\+\s*)+", "+ ", fixed)
+    fixed = re.sub(r"^\s*\+|\+\s*$", "", fixed.strip()).strip()
+    if not fixed:
+        fixed = "1"
+    if "|" in fixed:
+        raise ValueError(f"cannot read random part of {formula!r}; write terms as (1 | g)")
+    names = [t.name for t in terms]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise ValueError(f"random term(s) {sorted(dupes)} appear more than once")
+    return ModelFormula(response=response, fixed=fixed, random=tuple(terms))
+
+
+def normalise_term_key(key: str) -> str:
+    """Accept ``"(1|a:b)"``, ``"(1 | a:b)"`` or ``"a:b"`` as the name of a term."""
+    m = re.fullmatch(r"\s*\(\s*1\s*\|\s*(.+?)\s*\)\s*", key)
+    inner = m.group(1) if m else key
+    return ":".join(p.strip() for p in inner.split(":"))

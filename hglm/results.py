@@ -1,0 +1,388 @@
+"""HGLMResult: tables, summary, prediction, residuals and a plain-JSON view of a fit."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from hglm.design import ModelDesign, new_fixed_matrix, new_term_codes
+from hglm.fitting import FitOutcome, Model
+
+
+def _json(x: Any) -> Any:
+    if isinstance(x, float | np.floating):
+        f = float(x)
+        return f if math.isfinite(f) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+@dataclass
+class HGLMResult:
+    """A fitted HGLM. Build it with ``hglm.fit``."""
+
+    model: Model
+    outcome: FitOutcome
+    method: str
+    reml: bool
+    call: str
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def design(self) -> ModelDesign:
+        return self.model.design
+
+    @property
+    def converged(self) -> bool:
+        return self.outcome.converged
+
+    @property
+    def n_iter(self) -> int:
+        return self.outcome.n_iter
+
+    @property
+    def nobs(self) -> int:
+        return self.design.n
+
+    @property
+    def singular(self) -> list[str]:
+        return [w for w in self.warnings if w.startswith("singular fit")]
+
+    @property
+    def df_residual(self) -> int:
+        return round(self.nobs - float(np.sum(self.leverages)))
+
+    @property
+    def _uses_t(self) -> bool:
+        return not self.design.family.fixed_dispersion
+
+    # ----------------------------------------------------------------- tables
+    @property
+    def fixef(self) -> pd.DataFrame:
+        est = self.outcome.mean.beta
+        se = np.sqrt(np.diag(self.outcome.cov_beta))
+        stat = est / se
+        if self._uses_t:
+            p = 2 * stats.t.sf(np.abs(stat), max(self.df_residual, 1))
+            stat_name, p_name = "t", "p"
+        else:
+            p = 2 * stats.norm.sf(np.abs(stat))
+            stat_name, p_name = "z", "p"
+        return pd.DataFrame(
+            {"estimate": est, "se": se, stat_name: stat, p_name: p},
+            index=pd.Index(self.design.fixed_names, name="term"),
+        )
+
+    @property
+    def ranef(self) -> dict[str, pd.DataFrame]:
+        """Per term: v (linear-predictor scale), u = u(v) and the prediction SE of v."""
+        out = {}
+        lev = self.outcome.leverages
+        for t, v in zip(self.design.terms, self.outcome.mean.v, strict=True):
+            out[t.name] = pd.DataFrame(
+                {"v": v, "u": t.family.u(v), "se": np.sqrt(lev[f"var:{t.name}"])},
+                index=pd.Index(t.levels, name=t.name),
+            )
+        return out
+
+    @property
+    def varcomp(self) -> pd.DataFrame:
+        """lambda per random term with its SE on the log scale (intercept-only terms)."""
+        rows = []
+        lam = self.outcome.disp.lam(self.design)
+        for t, lk, dk in zip(self.design.terms, lam, self.outcome.disp.delta, strict=True):
+            se = self.outcome.disp_se.get(t.name, np.full(len(dk), np.nan))
+            rows.append(
+                {
+                    "term": t.name,
+                    "family": str(t.family),
+                    "n_levels": t.n_levels,
+                    "lambda": float(lk[0]) if len(dk) == 1 else float(np.exp(np.mean(np.log(lk)))),
+                    "log_lambda": float(dk[0]) if len(dk) == 1 else np.nan,
+                    "se_log": float(se[0]) if len(dk) == 1 else np.nan,
+                }
+            )
+        return pd.DataFrame(rows).set_index("term")
+
+    @property
+    def rand_disp(self) -> dict[str, pd.DataFrame]:
+        """Coefficients of log lambda for terms with a dispersion model."""
+        out = {}
+        for t, dk in zip(self.design.terms, self.outcome.disp.delta, strict=True):
+            se = self.outcome.disp_se.get(t.name, np.full(len(dk), np.nan))
+            out[t.name] = pd.DataFrame(
+                {"estimate": dk, "se": se}, index=pd.Index(t.disp_names, name="term")
+            )
+        return out
+
+    @property
+    def phi(self) -> float | None:
+        """The dispersion of y | u when it is one number (1 for binomial/Poisson)."""
+        if self.outcome.disp.phi_fixed:
+            return 1.0
+        if self.design.X_disp.shape[1] == 1:
+            return float(np.exp(self.outcome.disp.gamma[0] * self.design.X_disp[0, 0]))
+        return None
+
+    @property
+    def disp_coef(self) -> pd.DataFrame | None:
+        """Coefficients of the dispersion model log phi = X_disp gamma, with SEs."""
+        if self.outcome.disp.phi_fixed:
+            return None
+        se = self.outcome.disp_se.get("phi", np.full(len(self.outcome.disp.gamma), np.nan))
+        return pd.DataFrame(
+            {"estimate": self.outcome.disp.gamma, "se": se},
+            index=pd.Index(self.design.disp_names, name="term"),
+        )
+
+    @property
+    def phi_fitted(self) -> np.ndarray:
+        return self.outcome.disp.phi(self.design)
+
+    @property
+    def likelihood(self) -> dict[str, float]:
+        return self.outcome.likelihood.as_dict()
+
+    # ---------------------------------------------------------- diagnostics
+    @property
+    def fitted(self) -> np.ndarray:
+        """mu on the response scale (a proportion for binomial)."""
+        return self.outcome.mean.mu
+
+    @property
+    def leverages(self) -> np.ndarray:
+        return self.outcome.leverages["data"]
+
+    @property
+    def deviance_components(self) -> np.ndarray:
+        d = self.design
+        return d.family.deviance(d.y, self.fitted, d.prior_weights)
+
+    @property
+    def deviance_residuals(self) -> np.ndarray:
+        return np.sign(self.design.y - self.fitted) * np.sqrt(
+            np.maximum(self.deviance_components, 0)
+        )
+
+    @property
+    def standardized_residuals(self) -> np.ndarray:
+        """Deviance residuals / sqrt(phi (1 - q)) (R hglm's standardised residuals)."""
+        q = np.minimum(self.leverages, 1 - 1e-8)
+        return self.deviance_residuals / np.sqrt(self.phi_fitted * (1 - q))
+
+    # ------------------------------------------------------------- predict
+    def predict(
+        self, newdata: Any = None, type: str = "response", random: bool = True
+    ) -> np.ndarray:
+        """Predictions on the link (``type="link"``) or response scale.
+
+        ``random=False`` leaves out every random term. Levels not seen in the fit, and any
+        observation-level term on new data, get v(psi), the random effect's mean scale
+        (0 for normal, beta and gamma random effects)."""
+        if type not in ("link", "response"):
+            raise ValueError("type must be 'link' or 'response'")
+        d = self.design
+        if newdata is None:
+            eta = self.outcome.mean.eta.copy()
+            if not random:
+                eta = d.offset + d.X @ self.outcome.mean.beta
+        else:
+            X = new_fixed_matrix(d.fixed_spec, newdata)
+            eta = X @ self.outcome.mean.beta
+            n_new = len(eta)
+            if random:
+                for t, v in zip(d.terms, self.outcome.mean.v, strict=True):
+                    if t.observation_level:
+                        eta = eta + t.family.v_of_psi
+                        continue
+                    codes = new_term_codes(t, newdata)
+                    vv = np.where(codes >= 0, v[np.maximum(codes, 0)], t.family.v_of_psi)
+                    eta = eta + vv
+            eta = eta + np.zeros(n_new)
+        if type == "link":
+            return eta
+        return d.family.link.inverse(eta)
+
+    # -------------------------------------------------------------- output
+    def to_dict(self) -> dict[str, Any]:
+        fx = self.fixef
+        vc = self.varcomp
+        out: dict[str, Any] = {
+            "method": self.method,
+            "reml": self.reml,
+            "family": str(self.design.family),
+            "nobs": self.nobs,
+            "fixef": {
+                name: {"estimate": _json(r["estimate"]), "se": _json(r["se"])}
+                for name, r in fx.iterrows()
+            },
+            "varcomp": {
+                name: {
+                    "lambda": _json(r["lambda"]),
+                    "se_log": _json(r["se_log"]),
+                    "family": r["family"],
+                }
+                for name, r in vc.iterrows()
+            },
+            "phi": _json(self.phi) if self.phi is not None else None,
+            "likelihood": {k: _json(v) for k, v in self.likelihood.items()},
+            "converged": bool(self.converged),
+            "n_iter": int(self.n_iter),
+            "warnings": list(self.warnings),
+            "timings": {k: _json(v) for k, v in self.timings.items()},
+        }
+        dc = self.disp_coef
+        if dc is not None and self.phi is None:
+            out["disp"] = {
+                name: {"estimate": _json(r["estimate"]), "se": _json(r["se"])}
+                for name, r in dc.iterrows()
+            }
+        return out
+
+    def summary(self) -> str:
+        """A text summary laid out like R's ``summary.hglm``; also printed."""
+        text = _format_summary(self)
+        print(text)
+        return text
+
+    # ----------------------------------------------- inference (hglm.inference et al.)
+    def simulate(self, n: int = 1, seed: Any = None, new_random_effects: bool = True) -> np.ndarray:
+        """(n, nobs) responses drawn from the fit; see ``hglm.simulate.simulate_responses``."""
+        from hglm.simulate import simulate_responses
+
+        return simulate_responses(self, n, seed=seed, new_random_effects=new_random_effects)
+
+    def bootstrap(self, n: int = 200, func: Any = None, seed: Any = None, **kwargs: Any) -> Any:
+        """Parametric bootstrap of ``func(fit)``; see ``hglm.inference.bootstrap``."""
+        from hglm.inference import bootstrap
+
+        return bootstrap(self, n, func=func, seed=seed, **kwargs)
+
+    def profile_ci(self, parm: list[str] | None = None, level: float = 0.95) -> pd.DataFrame:
+        """Profile-likelihood intervals of lambda and phi; see ``hglm.inference.profile_ci``."""
+        from hglm.inference import profile_ci
+
+        return profile_ci(self, parm=parm, level=level)
+
+    def confint(self, level: float = 0.95, dispersion: str = "profile") -> pd.DataFrame:
+        """Intervals for all parameters; see ``hglm.inference.confint``."""
+        from hglm.inference import confint
+
+        return confint(self, level=level, dispersion=dispersion)
+
+    def marginal_predict(self, newdata: Any = None, **kwargs: Any) -> np.ndarray:
+        """Population-averaged E(y); see ``hglm.marginal.marginal_predict``."""
+        from hglm.marginal import marginal_predict
+
+        return marginal_predict(self, newdata, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<HGLMResult {self.method} {self.call}>"
+
+
+# ------------------------------------------------------------------ summary text
+
+
+def _stars(p: float) -> str:
+    return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else "." if p < 0.1 else ""
+
+
+def _coef_table(df: pd.DataFrame, stat: str | None, pcol: str | None) -> str:
+    lines = []
+    width = max([len(str(i)) for i in df.index] + [4])
+    head = f"{'':{width}} {'Estimate':>10} {'Std. Error':>10}"
+    if stat:
+        head += f" {stat + '-value':>9} {'Pr(>|' + stat + '|)':>10}"
+    lines.append(head)
+    for name, r in df.iterrows():
+        line = f"{name!s:{width}} {r['estimate']:>10.5f} {r['se']:>10.5f}"
+        if stat and pcol:
+            p = r[pcol]
+            ptxt = "< 2e-16" if p < 2e-16 else f"{p:.3g}"
+            line += f" {r[stat]:>9.3f} {ptxt:>10} {_stars(p)}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _format_summary(res: HGLMResult) -> str:
+    out = ["Call:", f"hglm.fit({res.call})", ""]
+    out += ["----------", "MEAN MODEL", "----------", ""]
+    out.append("Summary of the fixed effects estimates:")
+    out.append("")
+    fx = res.fixef
+    stat = "t" if "t" in fx.columns else "z"
+    out.append(_coef_table(fx, stat, "p"))
+    out.append("---")
+    out.append("Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1")
+    if stat == "t":
+        out.append(f"Note: P-values are based on {res.df_residual} degrees of freedom")
+    out.append("")
+    for name, tab in res.ranef.items():
+        out.append(f"Summary of the random effects estimates ({name}, {len(tab)} levels):")
+        shown = tab.head(6)
+        out.append(
+            "\n".join(
+                f"  {lvl!s:>12} {r['u']:>10.4f} (v = {r['v']:.4f}, se {r['se']:.4f})"
+                for lvl, r in shown.iterrows()
+            )
+        )
+        if len(tab) > 6:
+            out.append(f"  ... ({len(tab) - 6} more)")
+        out.append("")
+    out += ["----------------", "DISPERSION MODEL", "----------------", ""]
+    if res.method == "EQL":
+        out.append("NOTE: h-likelihood estimates through EQL can be biased.")
+        out.append("")
+    if res.design.family.fixed_dispersion:
+        out.append("Dispersion parameter for the mean model: fixed at 1")
+    else:
+        phi = res.phi
+        if phi is not None:
+            out.append("Dispersion parameter for the mean model:")
+            out.append(f"[1] {phi:.6g}")
+            out.append("")
+        out.append("Model estimates for the dispersion term:")
+        out.append("")
+        out.append("Link = log")
+        out.append("")
+        out.append("Effects:")
+        out.append(_coef_table(res.disp_coef, None, None))  # type: ignore[arg-type]
+        out.append("")
+    out.append("Dispersion parameter for the random effects:")
+    vc = res.varcomp
+    out.append("[1] " + " ".join(f"{x:.6g}" for x in vc["lambda"]))
+    out.append("")
+    out.append("Dispersion model for the random effects:")
+    out.append("")
+    out.append("Link = log")
+    out.append("")
+    out.append("Effects:")
+    for name, tab in res.rand_disp.items():
+        fam = vc.loc[name, "family"]
+        out.append(f".|{name} ({fam})")
+        out.append(_coef_table(tab, None, None))
+    out.append("")
+    lik = res.likelihood
+    out.append("Likelihoods:")
+    out.append(
+        f"  h = {lik['h']:.4f}   p_v(h) = {lik['p_v']:.4f}   "
+        f"p_beta,v(h) = {lik['p_beta_v']:.4f}   cAIC = {lik['caic']:.4f}"
+    )
+    out.append("")
+    crit = "REML (p_beta,v)" if res.reml else "ML (p_v)"
+    status = "converged" if res.converged else "DID NOT CONVERGE"
+    what = "EQL estimation" if res.method == "EQL" else f"{res.method} ({crit}) estimation"
+    out.append(f"{what} {status} in {res.n_iter} iterations.")
+    for w in res.warnings:
+        out.append(f"Warning: {w}")
+    return "\n".join(out)

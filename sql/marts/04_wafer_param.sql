@@ -1,0 +1,14 @@
+-- The model frame for metrology: one row per wafer, operation and parameter, summarising the
+-- measured sites (mean, standard deviation, count), with the layer of the operation, the lot
+-- and the yield.
+CREATE OR REPLACE VIEW marts.wafer_param AS
+SELECT
+    m.wafer_id, f.lot_id, f.product, o.layer, m.operation, m.param,
+    count(*) AS n_sites,
+    avg(m.value) AS value_mean,
+    stddev_samp(m.value) AS value_sd,
+    f.dies_good, f.dies_total, f.yield
+FROM core.inline_meas AS m
+JOIN marts.wafer_frame AS f USING (wafer_id)
+LEFT JOIN marts.operation_layer AS o USING (operation)
+GROUP BY ALL;

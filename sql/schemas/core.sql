@@ -1,0 +1,2 @@
+-- Schema for the core layer.
+CREATE SCHEMA IF NOT EXISTS core;

@@ -1,0 +1,2 @@
+-- Schema for the marts layer.
+CREATE SCHEMA IF NOT EXISTS marts;

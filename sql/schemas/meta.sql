@@ -1,0 +1,2 @@
+-- Schema for the meta layer.
+CREATE SCHEMA IF NOT EXISTS meta;

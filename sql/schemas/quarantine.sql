@@ -1,0 +1,2 @@
+-- Schema for the quarantine layer.
+CREATE SCHEMA IF NOT EXISTS quarantine;

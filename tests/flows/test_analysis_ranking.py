@@ -1,0 +1,252 @@
+"""Yield impact, intervals, p-values, ranking and the write-back, on numbers built by hand."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import duckdb
+import numpy as np
+import pytest
+from scipy import special, stats
+from statsmodels.stats.multitest import multipletests
+
+from flows.analysis.ranking import (
+    LayerEffects,
+    MetrologyTerm,
+    RandomGroup,
+    chibar_lrt_pvalue,
+    holm_adjust,
+    percentile_interval,
+    rank_layers,
+    simulate_impacts,
+    typical_level,
+    write_results,
+    yield_impact,
+)
+from flows.analysis.results import AnalysisResult, Finding, LayerFit
+
+
+def _group(estimates, index, se=0.0, kind="tool", op="OP"):
+    est = np.asarray(estimates, dtype=float)
+    return RandomGroup(
+        term=f"{kind}_{op}",
+        kind=kind,
+        operation=op,
+        levels=[f"T{i}" for i in range(len(est))],
+        index=np.asarray(index),
+        estimate=est,
+        se=np.full(len(est), se),
+    )
+
+
+def test_typical_level_is_the_median_or_the_better_of_two():
+    assert typical_level(np.array([-0.4, 0.1, 0.0])) == 0.0
+    assert typical_level(np.array([-0.4, 0.1])) == 0.1
+    assert typical_level(np.array([0.3])) == 0.3
+
+
+def test_one_bad_tool_counts_fully_against_its_healthy_peers():
+    rng = np.random.default_rng(1)
+    n = 3000
+    eta_other = 2.0 + rng.normal(0, 0.4, n)
+    index = rng.integers(0, 4, n)
+    est = np.array([-0.35, 0.0, 0.0, 0.0])
+    eff = LayerEffects(eta_other=eta_other, groups=[_group(est, index)])
+    # by hand: the bad tool's wafers brought to the others' level, nothing else moves
+    eta = eta_other + est[index]
+    expected = 100 * np.mean(special.expit(eta_other) - special.expit(eta))
+    assert yield_impact(eff) == pytest.approx(expected, rel=1e-12)
+    assert expected > 0.5
+
+
+def test_healthy_noise_cancels_and_better_tools_count_against():
+    n = 4000
+    index = np.arange(n) % 5
+    eta_other = np.full(n, 2.0)
+    # symmetric spread around the median: the gains and losses nearly cancel
+    eff = LayerEffects(eta_other=eta_other, groups=[_group([-0.1, -0.05, 0, 0.05, 0.1], index)])
+    assert abs(yield_impact(eff)) < 0.02
+    # a layer whose tools are all at the median has no impact at all
+    flat = LayerEffects(eta_other=eta_other, groups=[_group([0.2] * 5, index)])
+    assert yield_impact(flat) == 0.0
+
+
+def test_metrology_brought_to_its_median():
+    n = 1000
+    z = np.linspace(-2, 2, n)
+    beta = np.array([-0.3])
+    eff = LayerEffects(
+        eta_other=np.full(n, 1.5),
+        metrology=[MetrologyTerm("m_0", "CD", "OP", z)],
+        beta_all=beta,
+        beta_cov=np.array([[0.0]]),
+        beta_index=[0],
+    )
+    contrib = -0.3 * z
+    eta = 1.5 + contrib
+    expected = 100 * np.mean(special.expit(1.5 + np.median(contrib)) - special.expit(eta))
+    assert yield_impact(eff) == pytest.approx(expected, rel=1e-12)
+
+
+def test_interval_collapses_without_uncertainty_and_widens_with_it():
+    rng = np.random.default_rng(2)
+    n = 2000
+    index = rng.integers(0, 3, n)
+    est = np.array([-0.4, 0.0, 0.05])
+    sure = LayerEffects(eta_other=np.full(n, 2.0), groups=[_group(est, index, se=0.0)])
+    d = simulate_impacts(sure, n_draws=50, seed=0)
+    lo, hi = percentile_interval(d.layer_draws)
+    assert lo == pytest.approx(d.layer) and hi == pytest.approx(d.layer)
+    unsure = LayerEffects(eta_other=np.full(n, 2.0), groups=[_group(est, index, se=0.1)])
+    d2 = simulate_impacts(unsure, n_draws=400, seed=0)
+    lo2, hi2 = percentile_interval(d2.layer_draws)
+    assert lo2 < d2.layer < hi2
+    # the per-level items add up to the layer (one group, each wafer in one level)
+    assert sum(v for _, _, v, _ in d.items) == pytest.approx(d.layer, abs=0.05)
+
+
+def test_joint_draws_keep_a_shared_shift_shared():
+    # All levels move together with beta (M = 1): the intercept absorbs a common shift, the
+    # comparison with the typical level does not change, so neither does the impact.
+    n = 1500
+    index = np.arange(n) % 3
+    group = _group([-0.3, 0.0, 0.1], index, se=0.5)
+    group.m_rows = np.ones((3, 1))
+    group.cond_se = np.zeros(3)
+    eff = LayerEffects(
+        eta_other=np.full(n, 2.0), groups=[group], beta_all=np.zeros(1), beta_cov=np.eye(1)
+    )
+    d = simulate_impacts(eff, n_draws=100, seed=3)
+    assert d.layer > 0.5
+    assert np.ptp(d.layer_draws) < 1e-9
+
+
+def test_chibar_pvalue_matches_its_definition_and_a_simulation():
+    t = 3.2
+    assert chibar_lrt_pvalue(t, 1) == pytest.approx(0.5 * stats.chi2.sf(t, 1))
+    assert chibar_lrt_pvalue(t, 0, 2) == pytest.approx(stats.chi2.sf(t, 2))
+    assert chibar_lrt_pvalue(-1.0, 1) == 1.0
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((200_000, 2))
+    sim = np.sum(np.maximum(z, 0) ** 2, axis=1)  # two independent boundary components
+    assert chibar_lrt_pvalue(t, 2) == pytest.approx(np.mean(sim >= t), abs=0.003)
+
+
+def test_holm_matches_statsmodels():
+    p = [0.01, 0.04, 0.03, 0.5, 0.001, 0.2]
+    expected = multipletests(p, method="holm")[1]
+    assert np.allclose(holm_adjust(p), expected)
+
+
+def _fit(layer, impact, p, status="ranked", findings=()):
+    return LayerFit(
+        layer=layer,
+        status=status,
+        reason=None if status == "ranked" else "too few wafers",
+        yield_impact=impact,
+        ci_low=None if impact is None else impact - 0.5,
+        ci_high=None if impact is None else impact + 0.5,
+        p_value_raw=p,
+        variance_share=0.1,
+        findings=list(findings),
+    )
+
+
+def _finding(layer, impact, tool="T1"):
+    return Finding(
+        layer=layer,
+        effect="tool",
+        estimate=-0.2,
+        yield_impact=impact,
+        ci_low=impact - 0.1,
+        ci_high=impact + 0.1,
+        p_value=0.01,
+        operation="OP",
+        tool_id=tool,
+    )
+
+
+def test_rank_layers_orders_adjusts_and_keeps_unranked_layers():
+    fits = [
+        _fit("A", 0.4, 1e-6, findings=[_finding("A", 0.1, "T1"), _finding("A", 0.3, "T2")]),
+        _fit("B", 1.2, 0.30),
+        _fit("C", 0.9, 1e-4, findings=[_finding("C", 0.8)]),
+        _fit("D", None, None, status="too_little_data"),
+    ]
+    ranking, findings = rank_layers(fits, None)
+    assert [r.layer for r in ranking] == ["C", "A", "B", "D"]  # significant first, by impact
+    assert [r.rank for r in ranking] == [1, 2, 3, None]
+    assert ranking[-1].status == "too_little_data" and ranking[-1].reason == "too few wafers"
+    adjusted = dict(zip("ABC", holm_adjust([1e-6, 0.30, 1e-4]), strict=True))
+    assert {r.layer: r.p_value for r in ranking[:3]} == pytest.approx(adjusted)
+    assert [(f.layer, f.tool_id) for f in findings] == [("C", "T1"), ("A", "T2"), ("A", "T1")]
+
+
+def test_chained_model_replaces_the_impact_of_significant_layers_only():
+    fits = [_fit("A", 0.4, 1e-6), _fit("B", 0.2, 0.5)]
+    chained = LayerFit(layer="(chained)", status="ranked")
+    chained.layer_effects = {
+        "A": {"yield_impact": 0.3, "ci_low": 0.1, "ci_high": 0.5, "variance_share": 0.2},
+        "B": {"yield_impact": 0.05, "ci_low": -0.1, "ci_high": 0.2, "variance_share": 0.01},
+    }
+    ranking, _ = rank_layers(fits, chained)
+    by = {r.layer: r for r in ranking}
+    assert by["A"].yield_impact == 0.3 and by["A"].variance_share == 0.2
+    assert by["B"].yield_impact == 0.2 and by["B"].variance_share == 0.01
+
+
+def _result(run_id, impact=0.5):
+    fits = [
+        _fit("A", impact, 1e-6, findings=[_finding("A", 0.3)]),
+        _fit("B", None, None, status="not_converged"),
+    ]
+    nan_finding = Finding(
+        layer="A",
+        effect="dispersion",
+        estimate=0.7,
+        yield_impact=math.nan,
+        ci_low=math.nan,
+        ci_high=math.nan,
+        p_value=0.01,
+        operation="OP",
+        tool_id="T1",
+        chamber_id="CH2",
+        param="CD",
+    )
+    fits[0].findings.append(nan_finding)
+    ranking, findings = rank_layers(fits, None)
+    return AnalysisResult(
+        run_id=run_id,
+        created_at="2026-01-01T00:00:00+00:00",
+        ranking=ranking,
+        findings=findings,
+        layers=fits,
+    )
+
+
+def test_write_results_replaces_only_its_run(tmp_path):
+    db = tmp_path / "fab.duckdb"
+    write_results(db, _result("run-1", 0.5), tmp_path / "r1")
+    write_results(db, _result("run-2", 0.7), tmp_path / "r2")
+    write_results(db, _result("run-1", 0.9), tmp_path / "r1")  # re-run replaces run-1
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT run_id, rank, layer, yield_impact FROM subprocess_ranking "
+            "WHERE rank IS NOT NULL ORDER BY run_id"
+        ).fetchall()
+        n_findings = con.execute(
+            "SELECT run_id, count(*), count(yield_impact) FROM findings GROUP BY run_id ORDER BY 1"
+        ).fetchall()
+    finally:
+        con.close()
+    assert rows == [("run-1", 1, "A", 0.9), ("run-2", 1, "A", 0.7)]
+    # the dispersion finding has no yield impact: NULL, not NaN
+    assert n_findings == [("run-1", 2, 1), ("run-2", 2, 1)]
+    with (tmp_path / "r1" / "subprocess_ranking.csv").open() as fh:
+        table = list(csv.DictReader(fh))
+    assert [r["layer"] for r in table] == ["A", "B"]
+    assert table[1]["rank"] == "" and table[1]["status"] == "not_converged"
+    back = AnalysisResult.from_json(tmp_path / "r1" / "analysis.json")
+    assert back.ranking[0].yield_impact == 0.9 and back.layers[1].status == "not_converged"
