@@ -12,6 +12,7 @@ over-dispersion term and one wafer-level covariate.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-SHARED_DATA = Path("/work/shared/data")
+SHARED_DATA = (
+    Path(os.environ.get("YIELDRANK_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+    / "data"
+)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -334,8 +335,9 @@ def main(argv: list[str] | None = None) -> dict:
         if p in R_PACKAGES:
             availability[p] = r_package_available(p)
     out = args.out
-    work = out / "work"
-    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    # the children's own JSON answers; everything in them ends up in results.json
+    work = Path(tempfile.mkdtemp(prefix="hglm-bench-"))
     report = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} ({os.cpu_count()} cores, Python {platform.python_version()})",
@@ -391,6 +393,7 @@ def main(argv: list[str] | None = None) -> dict:
             runs.append(run)
             save()
     save()
+    shutil.rmtree(work, ignore_errors=True)
     print(to_markdown(report))
     fab = [c.key for c in cases if c.key in {"6", "7"}]
     if args.linalg and fab:

@@ -26,6 +26,7 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +37,14 @@ from typing import Any, Literal
 import duckdb
 
 from flows.db import connect, quote_ident, quote_literal
-from flows.validate import TABLES, Problem, TableContract, load_contract, validate
+from flows.validate import (
+    TABLES,
+    GxTableReport,
+    Problem,
+    TableContract,
+    load_contract,
+    validate,
+)
 
 DropStatus = Literal["merged", "already_merged", "rejected"]
 OnBadRows = Literal["reject", "quarantine"]
@@ -80,6 +88,7 @@ class IngestResult:
     merged_counts: dict[str, int] = field(default_factory=dict)  # rows that changed core
     problems: list[Problem] = field(default_factory=list)
     quarantined_rows: int = 0
+    gx: list[GxTableReport] = field(default_factory=list)  # kept in meta.gx_results
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -636,11 +645,13 @@ def ingest_drop(
         t = lap("land", t)
         say("validating")
         displays = {table: src.display for table, src in sources.items()}
+        gx_reports: list[GxTableReport] = []
         try:
             check = validate(
                 con, landed, sources=displays, gx=gx, docs_dir=docs_dir, gx_max_rows=gx_max_rows
             )
             problems.extend(check.problems)
+            gx_reports = check.gx
         except duckdb.Error as exc:  # a Parquet page that only breaks when it is read
             corrupt = _find_unreadable(con, drop, sources, landed, exc)
             broken += corrupt
@@ -651,7 +662,7 @@ def ingest_drop(
         reject = bool(file_level) or (bool(row_level) and on_bad_rows == "reject")
         result = IngestResult(
             drop_id, drop, digest, "rejected" if reject else "merged", 0, row_counts,
-            problems=problems, timings=timings,
+            problems=problems, gx=gx_reports, timings=timings,
         )  # fmt: skip
         if reject:
             say("rejected: keeping the drop in quarantine")
@@ -883,7 +894,11 @@ def _log(
     *,
     in_transaction: bool = False,
 ) -> None:
-    """Append the attempt to meta.drop_log (inside the caller's transaction if it has one)."""
+    """Append the attempt to meta.drop_log, and what GX found to meta.gx_results.
+
+    Inside the caller's transaction if it has one, so an attempt's GX results exist exactly
+    when its drop log row does.
+    """
     if not in_transaction:
         con.execute("BEGIN TRANSACTION")
         result.attempt_id = _next_attempt(con)
@@ -905,8 +920,53 @@ def _log(
             json.dumps(result.timings),
         ],
     )
+    _save_gx_results(con, result)
     if not in_transaction:
         con.execute("COMMIT")
+
+
+def _save_gx_results(con: duckdb.DuckDBPyConnection, result: IngestResult) -> None:
+    rows = [
+        [
+            result.attempt_id,
+            result.drop_id,
+            report.table,
+            report.table,  # one suite per table, named after it
+            e.index,
+            e.type,
+            json.dumps(e.columns),
+            e.rule,
+            e.success,
+            e.element_count,
+            e.unexpected_count,
+            e.unexpected_percent,
+            json.dumps(_plain(e.partial_unexpected)),
+            e.exception,
+            report.rows_checked,
+            report.rows_total,
+        ]
+        for report in result.gx
+        for e in report.expectations
+    ]
+    if rows:
+        con.executemany(
+            "INSERT INTO meta.gx_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+
+def _plain(value: Any) -> Any:
+    """A GX example value as JSON can hold it: numpy scalars as numbers, NaN and timestamps as
+    text (JSON has no NaN; DuckDB would refuse the row, and with it the attempt's log)."""
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):
+        value = value.item()  # numpy scalar
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    return str(value)
 
 
 def _reject(

@@ -8,9 +8,10 @@ as concurrent tasks, content-keyed caching of fits, artifacts, logs, run states.
 
 Where the work runs:
 - Everything that touches the DuckDB file runs in the flow's own process, which holds
-  the file for the whole run (`hold_database`). DuckDB allows one writing process per
-  file; a second run waits for the hold up to a configurable time, then fails naming
-  the database and the process that holds it.
+  the file (`hold_database`) read-write while it ingests and analyses, read-only while
+  the report reads it. DuckDB allows one writing process per file; a second run waits
+  for the hold up to a configurable time (YIELDRANK_DB_LOCK_WAIT, --lock-wait), then
+  fails naming the database and the process that holds it.
 - Per-layer fits are submitted to the flow's task runner: threads by default, or an
   existing Dask cluster (`task_runner="tcp://host:8786"`). They receive the layer's
   model frame as an Arrow table and return a `LayerFit`; they never see the database.
@@ -42,7 +43,7 @@ from prefect.artifacts import (
 )
 from prefect.futures import as_completed
 from prefect.states import Completed, Failed
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows import __version__
 from flows.analysis.results import AnalysisResult, LayerFit
@@ -188,7 +189,7 @@ def _fit_chained_cache_key(context: Any, parameters: dict[str, Any]) -> str:
 # Task runners
 
 
-def make_task_runner(spec: str = "threads", max_workers: int | None = None):
+def make_task_runner(spec: str = "threads", max_workers: int | None = None) -> TaskRunner:
     """`threads` (default) or the address of a running Dask scheduler, e.g. tcp://host:8786.
 
     A Dask cluster's workers must reach this run's Prefect API (PREFECT_API_URL) and

@@ -49,7 +49,7 @@ from flows.report_charts import (
     variance_components,
     yield_by_tool,
 )
-from flows.report_data import DropRecord, ReportDatabase, Unavailable
+from flows.report_data import DropRecord, GxSuiteRun, ReportDatabase, Unavailable
 
 REPORTS_DIR = Path(__file__).resolve().parent.parent / "reports"
 TEMPLATES_DIR = REPORTS_DIR / "templates"
@@ -222,6 +222,7 @@ class ReportModel:
     drops: Table | Unavailable
     problems: Table | None
     expectations: Table | Unavailable
+    failed_expectations: Table | None
     data_docs: str | None
     method: list[tuple[str, str]]
     impact_definition: str
@@ -253,7 +254,7 @@ def assemble(
         ]
         drops = db.drops() if isinstance(db, ReportDatabase) else db
         db_facts = db.data_facts() if isinstance(db, ReportDatabase) else []
-        gx_rows = db.gx_results() if isinstance(db, ReportDatabase) else db
+        gx_runs = db.gx_results() if isinstance(db, ReportDatabase) else db
 
     quality = result.data_summary.get("data_quality")
     quality = quality if isinstance(quality, dict) else {"outcome": quality}
@@ -264,14 +265,15 @@ def assemble(
         sentences=_sentences(ranked, findings_by_layer, anchors),
         no_ranking_reason=None if ranked else "no layer could be ranked in this run (see below)",
         data_facts=_data_facts(result.data_summary, db_facts),
-        quality_outcome=_quality_outcome(quality.get("outcome"), drops),
+        quality_outcome=_quality_outcome(quality.get("outcome"), drops, gx_runs),
         ranking=_ranking_table(ranked, findings_by_layer),
         pareto=_pareto(ranked),
         layers=layers,
         unranked=_unranked_table(result, fits),
         drops=_drops_table(drops),
         problems=_problems_table(drops),
-        expectations=_expectations_table(quality.get("expectations"), gx_rows),
+        expectations=_expectations_table(quality.get("expectations"), gx_runs),
+        failed_expectations=_failed_expectations_table(gx_runs),
         chained=_chained_section(fits.get(CHAINED)),
         data_docs=_data_docs_link(quality.get("data_docs"), out_dir),
         method=_method_facts(result.method),
@@ -627,7 +629,11 @@ def _day(value: Any) -> str | None:
     return text[:10] if re.match(r"\d{4}-\d{2}-\d{2}", text) else text
 
 
-def _quality_outcome(outcome: Any, drops: list[DropRecord] | Unavailable) -> str:
+def _quality_outcome(
+    outcome: Any,
+    drops: list[DropRecord] | Unavailable,
+    gx_runs: list[GxSuiteRun] | Unavailable | None = None,
+) -> str:
     parts = [str(outcome)] if outcome else []
     if isinstance(drops, list) and drops:
         counts: dict[str, int] = {}
@@ -640,6 +646,20 @@ def _quality_outcome(outcome: Any, drops: list[DropRecord] | Unavailable) -> str
             f"{len(drops)} ingestion attempt{plural} in the database: {attempts}; "
             f"{quarantined:,} rows in quarantine"
         )
+    if isinstance(gx_runs, list) and gx_runs:
+        evaluated = sum(r.evaluated for r in gx_runs)
+        failed = sum(len(r.failed) for r in gx_runs)
+        if failed:
+            broken = sum(1 for r in gx_runs if r.failed)
+            parts.append(
+                f"Great Expectations: {failed:,} of {evaluated:,} expectations failed, "
+                f"in {broken} of {len(gx_runs)} suite runs"
+            )
+        else:
+            parts.append(
+                f"Great Expectations: all {evaluated:,} expectations passed "
+                f"in {len(gx_runs)} suite runs"
+            )
     return "; ".join(parts) if parts else "not recorded for this run"
 
 
@@ -708,8 +728,11 @@ def _problems_table(drops: list[DropRecord] | Unavailable) -> Table | None:
 
 
 def _expectations_table(
-    expectations: Any, from_db: list[dict[str, Any]] | Unavailable
+    expectations: Any, from_db: list[GxSuiteRun] | Unavailable
 ) -> Table | Unavailable:
+    """Per drop and suite, what GX found: from meta.gx_results, else as the run recorded it."""
+    if isinstance(from_db, list) and from_db:
+        return _gx_runs_table(from_db)
     if not expectations:
         expectations = from_db
     if isinstance(expectations, Unavailable):
@@ -728,6 +751,86 @@ def _expectations_table(
         col = table.header.index("success")
         table.flagged = {i for i, row in enumerate(table.rows) if row[col] == "no"}
     return table
+
+
+def _gx_runs_table(runs: list[GxSuiteRun]) -> Table:
+    rows = [
+        [
+            r.drop_id,
+            r.status or "–",
+            r.suite,
+            fmt_num(r.evaluated),
+            fmt_num(r.passed),
+            fmt_num(len(r.failed)),
+            _rows_checked(r),
+        ]
+        for r in runs
+    ]
+    sampled = [r for r in runs if r.sampled]
+    note = None
+    if sampled:
+        note = (
+            f"Great Expectations checked a sample in {len(sampled)} of {len(runs)} suite runs: "
+            "the first rows of the table, in file order (rows checked < rows delivered). "
+            "The contract's SQL rules, which decide whether a drop merges, checked every row."
+        )
+    return Table(
+        ["drop", "status", "suite", "expectations", "passed", "failed", "rows checked"],
+        rows,
+        numeric={3, 4, 5},
+        flagged={i for i, r in enumerate(runs) if r.failed},
+        note=note,
+    )
+
+
+def _rows_checked(run: GxSuiteRun) -> str:
+    if run.sampled:
+        return f"{run.rows_checked:,} of {run.rows_total:,} (sample)"
+    return f"all {run.rows_total:,}"
+
+
+def _failed_expectations_table(runs: list[GxSuiteRun] | Unavailable | None) -> Table | None:
+    """Every expectation GX found broken, with how many rows and a few offending values."""
+    if not isinstance(runs, list):
+        return None
+    rows = [
+        [
+            r.drop_id,
+            r.suite,
+            f.expectation,
+            f.rule or "–",
+            fmt_num(f.unexpected_count),
+            fmt_num(f.unexpected_percent),
+            _examples(f.examples) if f.examples or not f.exception else f.exception,
+            _rows_checked(r),
+        ]
+        for r in runs
+        for f in r.failed
+    ]
+    if not rows:
+        return None
+    return Table(
+        [
+            "drop",
+            "suite",
+            "expectation",
+            "rule",
+            "unexpected rows",
+            "unexpected %",
+            "example values",
+            "rows checked",
+        ],
+        rows,
+        numeric={4, 5},
+        flagged=set(range(len(rows))),
+    )
+
+
+def _examples(values: list[Any], shown: int = 5) -> str:
+    if not values:
+        return "–"
+    text = ", ".join(fmt_num(v) if not isinstance(v, list) else str(v) for v in values[:shown])
+    return text + (", …" if len(values) > shown else "")
 
 
 def _data_docs_link(path: Any, out_dir: Path) -> str | None:

@@ -28,7 +28,7 @@ QUARANTINE_ROWS = "quarantine.rows"
 QUARANTINE_FILES = "quarantine.files"
 WAFER_FRAME = "marts.wafer_frame"
 STEP_HISTORY = "core.step_history"
-GX_RESULTS = "meta.gx_results"  # optional: one row per suite run, if the data layer keeps them
+GX_RESULTS = "meta.gx_results"  # one row per attempt x suite x expectation (older dbs: none)
 
 MAX_PARAMS_PER_LAYER = 4  # metrology panels per layer: the ones the model used come first
 
@@ -53,6 +53,37 @@ class DropRecord:
     problems: list[dict[str, Any]] = field(default_factory=list)  # rule, file, rows, message
     quarantined_rows: int = 0
     quarantined_files: int = 0
+
+
+@dataclass
+class FailedExpectation:
+    """One expectation GX found broken in one suite run."""
+
+    expectation: str  # "expect_column_values_to_be_between(slot)"
+    rule: str | None
+    unexpected_count: int | None
+    unexpected_percent: float | None
+    examples: list[Any]
+    exception: str | None = None
+
+
+@dataclass
+class GxSuiteRun:
+    """One suite (one table) run by Great Expectations on one ingestion attempt."""
+
+    attempt_id: int
+    drop_id: str
+    status: str | None  # of the attempt, from the drop log
+    suite: str
+    evaluated: int
+    passed: int
+    rows_checked: int
+    rows_total: int
+    failed: list[FailedExpectation] = field(default_factory=list)
+
+    @property
+    def sampled(self) -> bool:
+        return self.rows_checked < self.rows_total
 
 
 class ReportDatabase:
@@ -219,12 +250,50 @@ class ReportDatabase:
                 facts.append(("date range (in the database)", f"{first} to {last}"))
         return facts
 
-    def gx_results(self) -> list[dict[str, Any]] | Unavailable:
+    def gx_results(self) -> list[GxSuiteRun] | Unavailable:
+        """What Great Expectations found, per attempt and suite, in drop-log order."""
         if gone := self.missing(GX_RESULTS):
             return Unavailable(f"the database keeps none ({gone.why})")
-        cur = self.con.execute(f"SELECT * FROM {GX_RESULTS}")
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        status = "NULL"
+        join = ""
+        if not self.missing(DROP_LOG):
+            status, join = "d.status", f"LEFT JOIN {DROP_LOG} AS d USING (attempt_id)"
+        try:
+            rows = self.con.execute(
+                f"""SELECT g.attempt_id, g.drop_id, {status}, g.suite, g.expectation_type,
+                           g.column_names, g.rule, g.success, g.unexpected_count,
+                           g.unexpected_percent, g.partial_unexpected, g.exception_message,
+                           g.rows_checked, g.rows_total
+                    FROM {GX_RESULTS} AS g {join}
+                    ORDER BY g.attempt_id, g.suite, g.expectation_index"""
+            ).fetchall()
+        except duckdb.Error as exc:
+            return Unavailable(f"reading {GX_RESULTS} failed: {exc}")
+        runs: dict[tuple[int, str], GxSuiteRun] = {}
+        for (
+            attempt_id, drop_id, drop_status, suite, kind, columns, rule, success,
+            unexpected, percent, examples, exception, checked, total,
+        ) in rows:  # fmt: skip
+            run = runs.setdefault(
+                (attempt_id, suite),
+                GxSuiteRun(attempt_id, drop_id, drop_status, suite, 0, 0, checked, total),
+            )
+            run.evaluated += 1
+            if success:
+                run.passed += 1
+                continue
+            names = json.loads(columns) if isinstance(columns, str) else columns
+            run.failed.append(
+                FailedExpectation(
+                    f"{kind}({', '.join(map(str, names or []))})",
+                    rule,
+                    unexpected,
+                    percent,
+                    json.loads(examples) if isinstance(examples, str) else list(examples or []),
+                    exception,
+                )
+            )
+        return list(runs.values())
 
 
 def _logged_problems(value: Any) -> list[dict[str, Any]]:

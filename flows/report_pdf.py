@@ -419,6 +419,9 @@ def _story(model: ReportModel, rendered: dict[int, RenderedChart]) -> Iterator[B
         yield table(model.problems)
     yield heading("Great Expectations results", 3)
     yield from _table_or_na(model.expectations)
+    if model.failed_expectations:
+        yield heading("Failing expectations", 3)
+        yield table(model.failed_expectations)
     if model.data_docs:
         yield paragraph(f"Great Expectations data docs: {model.data_docs}")
     else:

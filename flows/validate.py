@@ -36,6 +36,7 @@ TABLES = ("lots", "wafers", "step_history", "inline_meas", "sort_yield", "sort_d
 SQL_TYPES = {"str": "VARCHAR", "int": "BIGINT", "float": "DOUBLE", "ts": "TIMESTAMP"}
 N_EXAMPLES = 5
 GX_CHUNK_ROWS = 250_000
+GX_PARTIAL_EXAMPLES = 20  # unexpected values kept per expectation (GX's own default)
 
 Severity = Literal["error", "warning"]
 
@@ -101,6 +102,51 @@ class Problem:
 
 
 @dataclass
+class GxExpectationResult:
+    """One expectation of a suite, its GX results summed over the chunks GX was fed.
+
+    Counts are None for expectations on the table's shape (a column exists, its dtype),
+    which GX answers with an observed value rather than rows.
+    """
+
+    index: int  # position in the suite
+    type: str
+    columns: list[str]
+    rule: str | None  # the suite's name for it, as the SQL rules and quarantine use it
+    success: bool = True
+    element_count: int | None = None
+    missing_count: int | None = None
+    unexpected_count: int | None = None
+    partial_unexpected: list[Any] = field(default_factory=list)
+    exception: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.type}({', '.join(self.columns)})"
+
+    @property
+    def unexpected_percent(self) -> float | None:
+        """Of the non-missing values GX saw, as GX states it for a single batch."""
+        if self.unexpected_count is None or not self.element_count:
+            return None
+        checked = self.element_count - (self.missing_count or 0)
+        return 100.0 * self.unexpected_count / checked if checked else None
+
+    def add(self, chunk: Any) -> None:
+        """Fold in the result of this expectation on one more chunk."""
+        self.success &= bool(chunk.success)
+        info = chunk.exception_info or {}
+        if info.get("raised_exception") and self.exception is None:
+            self.exception = str(info.get("exception_message") or "raised an exception")[:500]
+        res = chunk.result or {}
+        for name in ("element_count", "missing_count", "unexpected_count"):
+            if res.get(name) is not None:
+                setattr(self, name, (getattr(self, name) or 0) + int(res[name]))
+        room = GX_PARTIAL_EXAMPLES - len(self.partial_unexpected)
+        self.partial_unexpected += list(res.get("partial_unexpected_list") or [])[:room]
+
+
+@dataclass
 class GxTableReport:
     """What Great Expectations said about one table (over the rows it was shown)."""
 
@@ -109,6 +155,8 @@ class GxTableReport:
     rows_checked: int
     chunks: int
     failed: dict[str, int]  # "expectation_type(column)" -> unexpected rows
+    rows_total: int = 0  # rows of the table in the drop; GX saw `rows_checked` of them
+    expectations: list[GxExpectationResult] = field(default_factory=list)
 
 
 @dataclass
@@ -591,11 +639,22 @@ def run_gx(
         vd = context.validation_definitions.add(
             gx.ValidationDefinition(name=f"validate_{table}", data=batch, suite=suite)
         )
+        (rows_total,) = con.execute(f"SELECT count(*) FROM landing_{table}").fetchall()[0]
         cols = ", ".join(quote_ident(c) for c in tc.names)
         limit = f" LIMIT {int(max_rows)}" if max_rows is not None else ""
         reader = con.sql(
             f"SELECT {cols} FROM landing_{table}{limit}"  # insertion (file) order
         ).to_arrow_reader(chunk_rows)
+        results = {
+            _expectation_key(exp["type"], exp["kwargs"]): GxExpectationResult(
+                i, exp["type"], _columns_of(exp["kwargs"]), exp.get("meta", {}).get("rule")
+            )
+            for i, exp in enumerate(tc.expectations)
+        }
+        if len(results) < len(tc.expectations):  # their results could not be told apart
+            raise ValueError(
+                f"expectations/{table}.json states one expectation type twice on the same columns"
+            )
         failed: dict[str, int] = {}
         rows = chunks = 0
         success = True
@@ -609,14 +668,31 @@ def run_gx(
             chunks += 1
             success &= bool(result.success)
             for r in result.results:
+                config = r.expectation_config
+                results[_expectation_key(config.type, config.kwargs)].add(r)
                 if not r.success:
                     kw = r.expectation_config.kwargs
                     name = f"{r.expectation_config.type}({kw.get('column') or kw.get('column_A')})"
                     failed[name] = failed.get(name, 0) + int(r.result.get("unexpected_count") or 0)
-        reports.append(GxTableReport(table, success, rows, chunks, failed))
+        reports.append(
+            GxTableReport(
+                table, success, rows, chunks, failed, int(rows_total), list(results.values())
+            )
+        )
     if docs_dir is not None:
         context.build_data_docs()
     return reports
+
+
+def _columns_of(kwargs: dict[str, Any]) -> list[str]:
+    if "column_list" in kwargs:
+        return list(kwargs["column_list"])
+    return [kwargs[k] for k in ("column", "column_A", "column_B") if k in kwargs]
+
+
+def _expectation_key(kind: str, kwargs: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """An expectation of a suite as GX hands it back (GX adds kwargs of its own)."""
+    return kind, tuple(_columns_of(kwargs))
 
 
 def _rebatch(reader, rows: int):

@@ -22,6 +22,7 @@ import numpy as np
 import scipy.optimize
 
 from hglm.design import ModelDesign, RandomTermDesign
+from hglm.gradient import Evaluation, GradientUnavailable, criterion_gradient
 from hglm.likelihood import Likelihoods, combine, conditional_loglik, random_loglik
 from hglm.mme import MixedModelEquations, MMESolution, ObservationElimination
 
@@ -367,19 +368,25 @@ class Model:
             lev = self.leverages(sol, elim, a, disp)
         else:
             lev = {"data": np.full(d.n, np.nan)}
+        lik = self.combine_likelihoods(fit, disp, sol, elim, float(np.sum(lev["data"])))
+        return lik, lev["data"], lev
+
+    def combine_likelihoods(
+        self,
+        fit: MeanFit,
+        disp: Dispersions,
+        sol: MMESolution,
+        elim: ObservationElimination | None,
+        leverage_sum: float = np.nan,
+    ) -> Likelihoods:
+        """h, p_v(h), p_beta,v(h) (and cAIC given the leverage sum) from a factored system."""
+        d = self.design
         cond = conditional_loglik(self.family, d.y, fit.mu, disp.phi(d), d.prior_weights)
         rand = random_loglik([t.family for t in d.terms], fit.v, disp.lam(d))
         logdet_v = sol.logdet_H + (float(np.sum(np.log(elim.d))) if elim is not None else 0.0)
-        lik = combine(
-            cond,
-            rand,
-            logdet_v,
-            logdet_v + sol.logdet_S,
-            self.n_random,
-            d.p,
-            float(np.sum(lev["data"])),
+        return combine(
+            cond, rand, logdet_v, logdet_v + sol.logdet_S, self.n_random, d.p, leverage_sum
         )
-        return lik, lev["data"], lev
 
     def leverages(
         self,
@@ -623,7 +630,10 @@ class Criterion:
 
     Each evaluation re-solves the IWLS for v (and beta unless it is a parameter),
     warm-started from the last solution, then factors the equations with the
-    observed information for the exact Laplace log-determinant."""
+    observed information for the exact Laplace log-determinant. The gradient is
+    analytic (``hglm.gradient``) and reuses that factor; central differences
+    remain as ``numeric_gradient`` (the test oracle, and the fallback where the
+    observed information is not positive)."""
 
     def __init__(
         self,
@@ -641,7 +651,10 @@ class Criterion:
         self.beta_free = beta_free  # beta is a parameter of the criterion (HL(1,1))
         self.fit = fit
         self.n_eval = 0
+        self.n_grad = 0
         self.p = model.design.p
+        self.timings = {"iwls": 0.0, "factorise": 0.0, "gradient": 0.0}
+        self._last: tuple[np.ndarray, float, np.ndarray | None] | None = None
 
     def split(self, x: np.ndarray) -> tuple[np.ndarray | None, Dispersions]:
         if self.theta_fixed:
@@ -676,60 +689,110 @@ class Criterion:
             )
         return fit, disp
 
-    def __call__(self, x: np.ndarray) -> float:
+    def _evaluate(self, x: np.ndarray, with_gradient: bool) -> tuple[float, np.ndarray | None]:
+        """The criterion at x and, if asked and available, its analytic gradient."""
         self.n_eval += 1
+        t0 = time.perf_counter()
         try:
             fit, disp = self.solve(x)
-            lik, _, _ = self.model.likelihoods(
-                fit, disp, exact=True, observed=True, with_leverages=False
-            )
         except (np.linalg.LinAlgError, FloatingPointError, ValueError):
-            return -np.inf
-        value = lik.p_v if self.which == "p_v" else lik.p_beta_v
-        if np.isfinite(value) and fit.converged:
-            self.fit = fit
-        return float(value)
+            self.timings["iwls"] += time.perf_counter() - t0
+            return -np.inf, None
+        t1 = time.perf_counter()
+        self.timings["iwls"] += t1 - t0
+        observed = True
+        try:
+            try:
+                sol, elim, a = self.model.evaluate(fit, disp, exact=True, observed=True)
+            except np.linalg.LinAlgError:
+                observed = False
+                sol, elim, a = self.model.evaluate(fit, disp, exact=True, observed=False)
+        except (np.linalg.LinAlgError, FloatingPointError, ValueError):
+            self.timings["factorise"] += time.perf_counter() - t1
+            return -np.inf, None
+        lik = self.model.combine_likelihoods(fit, disp, sol, elim)
+        t2 = time.perf_counter()
+        self.timings["factorise"] += t2 - t1
+        value = float(lik.p_v if self.which == "p_v" else lik.p_beta_v)
+        if not (np.isfinite(value) and fit.converged):
+            return value, None
+        self.fit = fit
+        grad = None
+        if with_gradient and observed:
+            try:
+                grad = criterion_gradient(
+                    self.model,
+                    fit,
+                    disp,
+                    Evaluation(sol, elim, a),
+                    self.which,
+                    self.beta_free,
+                    theta_free=not self.theta_fixed,
+                )
+                self.n_grad += 1
+            except GradientUnavailable:
+                grad = None
+            if grad is not None and not np.all(np.isfinite(grad)):
+                grad = None
+        self.timings["gradient"] += time.perf_counter() - t2
+        return value, grad
 
-    def gradient(self, x: np.ndarray, step: float = 1e-4, f0: float | None = None) -> np.ndarray:
-        """Central differences; forward differences (half the cost) when f(x) is given.
+    def __call__(self, x: np.ndarray) -> float:
+        return self._evaluate(x, with_gradient=False)[0]
+
+    def value_and_gradient(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """f(x) and its gradient (analytic; central differences where unavailable)."""
+        x = np.asarray(x, dtype=float)
+        if self._last is not None and np.array_equal(self._last[0], x):
+            f, g = self._last[1], self._last[2]
+        else:
+            f, g = self._evaluate(x, with_gradient=True)
+        if g is None and np.isfinite(f):
+            g = self.numeric_gradient(x)
+        if g is None:
+            g = np.zeros_like(x)
+        self._last = (x.copy(), f, g)
+        return f, g
+
+    def gradient(self, x: np.ndarray) -> np.ndarray:
+        return self.value_and_gradient(x)[1]
+
+    def numeric_gradient(self, x: np.ndarray, step: float = 1e-4) -> np.ndarray:
+        """Central differences: the oracle the analytic gradient is tested against.
 
         The inner IWLS converges to ~1e-7 in eta, so f is accurate to ~1e-12 (it is
-        stationary in v); forward differences with step 1e-5 are then accurate enough to
-        locate the optimum."""
+        stationary in v)."""
         g = np.zeros_like(x)
         for i in range(len(x)):
             e = np.zeros_like(x)
-            if f0 is None:
-                e[i] = step
-                g[i] = (self(x + e) - self(x - e)) / (2 * step)
-            else:
-                e[i] = step / 10
-                g[i] = (self(x + e) - f0) / (step / 10)
+            e[i] = step
+            g[i] = (self(x + e) - self(x - e)) / (2 * step)
         return g
 
     def hessian(self, x: np.ndarray, step: float = 1e-3) -> np.ndarray:
+        """Differences of the gradient: central for a few parameters, forward (from the
+        stationary point, step/10) for many, where 2m evaluations would dominate a fit."""
         m = len(x)
         H = np.zeros((m, m))
-        f0 = self(x)
+        central = m <= 12
+        g0 = None if central else self.gradient(x)
         for i in range(m):
-            ei = np.zeros(m)
-            ei[i] = step
-            H[i, i] = (self(x + ei) - 2 * f0 + self(x - ei)) / step**2
-            for j in range(i):
-                ej = np.zeros(m)
-                ej[j] = step
-                H[i, j] = H[j, i] = (
-                    self(x + ei + ej) - self(x + ei - ej) - self(x - ei + ej) + self(x - ei - ej)
-                ) / (4 * step**2)
-        return H
+            e = np.zeros(m)
+            if central:
+                e[i] = step
+                H[:, i] = (self.gradient(x + e) - self.gradient(x - e)) / (2 * step)
+            else:
+                e[i] = step / 10
+                H[:, i] = (self.gradient(x + e) - g0) / (step / 10)
+        return 0.5 * (H + H.T)
 
 
 def _maximise(crit: Criterion, x0: np.ndarray, bounds: list[tuple[float | None, float | None]]):
     def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
-        f = crit(x)
+        f, g = crit.value_and_gradient(x)
         if not np.isfinite(f):
             return 1e300, np.zeros_like(x)
-        return -f, -crit.gradient(x, f0=f)
+        return -f, -g
 
     return scipy.optimize.minimize(
         fun,
@@ -737,15 +800,15 @@ def _maximise(crit: Criterion, x0: np.ndarray, bounds: list[tuple[float | None, 
         jac=True,
         method="L-BFGS-B",
         bounds=bounds,
-        options={"maxiter": 200, "ftol": 1e-13, "gtol": 1e-6},
+        options={"maxiter": 500, "ftol": 1e-13, "gtol": 1e-6},
     )
 
 
 def _stationary(crit: Criterion, res: scipy.optimize.OptimizeResult, bounds: list) -> bool:
     """Did the search stop at a stationary point even if L-BFGS-B reports otherwise?
 
-    Finite-difference gradients can end the line search 'abnormally' right at the
-    optimum; judge by the central-difference gradient, projected on the bounds."""
+    The line search can end 'abnormally' right at the optimum, where the criterion is flat
+    to rounding; judge by the gradient, projected on the bounds."""
     if res.success:
         return True
     g = crit.gradient(res.x)

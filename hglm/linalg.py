@@ -182,7 +182,7 @@ class _DenseAncestors:
     size: int
     pieces: tuple[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray], ...]
 
-    def assemble(self, z_blocks: list[np.ndarray]) -> np.ndarray:
+    def assemble(self, z_blocks: dict[int, np.ndarray]) -> np.ndarray:
         dense = np.full((self.size, self.size), np.nan)
         for k, block_rows, block_cols, d_rows, d_cols in self.pieces:
             part = z_blocks[k][block_rows[:, None], block_cols[None, :]]
@@ -284,14 +284,15 @@ class _SupernodalPattern:
             rows = indices[(indptr[starts[chosen]] + 1)[:, None] + np.arange(r)]
             self.schedule.append(_ColumnBatch(offsets[chosen], position[rows]))
 
-    def blocks(self, buffer: np.ndarray) -> list[np.ndarray]:
-        """Views of the flat buffer as one (height x width) dense block per supernode."""
-        return [
-            buffer[o : o + h * w].reshape(h, w)
-            for o, h, w in zip(
-                self.offsets.tolist(), self.heights.tolist(), self.widths.tolist(), strict=True
+    def blocks(self, buffer: np.ndarray) -> dict[int, np.ndarray]:
+        """Views of the flat buffer as (height x width) dense blocks, for the supernodes that
+        are not batched leaves (nothing reads a leaf's block)."""
+        return {
+            k: buffer[sn.offset : sn.offset + len(sn.rows) * sn.width].reshape(
+                len(sn.rows), sn.width
             )
-        ]
+            for k, sn in self.supernodes.items()
+        }
 
 
 # Gathered entries of Z_RR per batch step: bounds the memory of a batch to ~32 MB.
@@ -299,7 +300,7 @@ _BATCH_ENTRIES = 4_000_000
 
 
 def _invert_supernode(
-    sn: _Supernode, lblk: np.ndarray, zblk: np.ndarray, z_blocks: list[np.ndarray]
+    sn: _Supernode, lblk: np.ndarray, zblk: np.ndarray, z_blocks: dict[int, np.ndarray]
 ) -> None:
     width = sn.width
     r = len(sn.rows) - width
@@ -388,6 +389,8 @@ class SparseCholesky:
         with _cholmod_options(**_FACTOR_OPTIONS):
             self._factor = cvxopt.cholmod.symbolic(matrix, uplo="L")
         self._pattern: _SupernodalPattern | None = None
+        self._l_indptr = self._l_indices = np.zeros(0, dtype=np.int64)
+        self._quadratic_form_plan: tuple | None = None
         self._factorise(matrix)
         self._perm = _permutation(self._factor, self._n)
 
@@ -474,17 +477,31 @@ class SparseCholesky:
     def _selected_inverse_buffer(self) -> np.ndarray:
         if self._selinv is None:
             factor, self._l_perm = self._factor_csc()
-            if self._pattern is None:
-                self._pattern = _SupernodalPattern(factor.indptr, factor.indices)
-                self._l_indptr, self._l_indices = factor.indptr, factor.indices
-            elif not (
+            if self._pattern is None or not (
                 np.array_equal(factor.indptr, self._l_indptr)
                 and np.array_equal(factor.indices, self._l_indices)
-            ):  # pragma: no cover - CHOLMOD's pattern depends on the symbolic analysis only
+            ):  # the pattern of L depends on the symbolic analysis only: built once
                 self._pattern = _SupernodalPattern(factor.indptr, factor.indices)
                 self._l_indptr, self._l_indices = factor.indptr, factor.indices
+                self._full_pattern = self._symmetric_pattern()
             self._selinv = _selected_inverse_buffer(self._pattern, factor.data)
         return self._selinv
+
+    def _symmetric_pattern(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """CSC structure of L + L' in the original ordering, and where each of its entries sits
+        in the selected-inverse buffer (so that every later call is a single gather)."""
+        col = _major_index(self._l_indptr)
+        row = self._l_indices
+        off = row != col
+        rows = self._l_perm[np.concatenate((row, col[off]))]
+        cols = self._l_perm[np.concatenate((col, row[off]))]
+        source = np.concatenate((self._pattern.dest, self._pattern.dest[off]))
+        # integer data survive the conversion exactly: they carry each entry's buffer position
+        order = sp.csc_matrix(
+            (np.arange(1, len(rows) + 1, dtype=np.int64), (rows, cols)), shape=(self._n, self._n)
+        )
+        order.sort_indices()
+        return order.indptr, order.indices, source[order.data - 1]
 
     def selected_inverse(self) -> sp.csc_matrix:
         """Entries of A^{-1} on the pattern of L + L' (symmetric, full, original ordering).
@@ -492,18 +509,26 @@ class SparseCholesky:
         Every entry where A is non-zero is present (explicit zeros of the pattern are kept)."""
         if self._selinv_csc is None:
             buffer = self._selected_inverse_buffer()
-            values = buffer[self._pattern.dest]
-            col = _major_index(self._l_indptr)
-            row = self._l_indices
-            off = row != col
-            rows = self._l_perm[np.concatenate((row, col[off]))]
-            cols = self._l_perm[np.concatenate((col, row[off]))]
-            full = sp.csc_matrix(
-                (np.concatenate((values, values[off])), (rows, cols)), shape=(self._n, self._n)
+            indptr, indices, where = self._full_pattern
+            self._selinv_csc = sp.csc_matrix(
+                (buffer[where], indices.copy(), indptr.copy()), shape=(self._n, self._n)
             )
-            full.sort_indices()
-            self._selinv_csc = full
         return self._selinv_csc
+
+    def row_quadratic_forms(self, T: sp.spmatrix | sp.sparray) -> np.ndarray:
+        """diag(T A^{-1} T') from the selected inverse, as the module function
+        row_quadratic_forms(T, self.selected_inverse()) computes it, but the set-up that depends
+        only on T and the pattern (distinct rows, where each pair sits in S) is kept for the
+        next call with the same T object: an IWLS or outer iteration then pays only the
+        gathers and sums. (An addition to the agreed interface.)"""
+        if T.shape[1] != self._n:
+            raise ValueError(f"T must have {self._n} columns to match A, got {T.shape[1]}")
+        S = self.selected_inverse()
+        cached = self._quadratic_form_plan
+        if cached is None or cached[0] is not T or cached[1] is not self._full_pattern:
+            plan = _QuadraticFormPlan(_canonical(T, "csr"), S.indptr, S.indices)
+            self._quadratic_form_plan = cached = (T, self._full_pattern, plan)
+        return cached[2](S.data)
 
     def inverse_diagonal(self) -> np.ndarray:
         """diag(A^{-1}), from the selected inverse."""
@@ -530,100 +555,136 @@ def row_quadratic_forms(T: sp.spmatrix | sp.sparray, S: sp.spmatrix | sp.sparray
 
     Identical rows (all wafers of a lot in a nested design) are evaluated once, and entries
     between frequently used columns are read from a small dense block of S instead of being
-    searched for."""
+    searched for. For repeated calls with one T and one pattern of S, see
+    SparseCholesky.row_quadratic_forms, which keeps this set-up."""
     T = _canonical(T, "csr")
     S = _canonical(S, "csc")
     m = T.shape[1]
     if S.shape != (m, m):
         raise ValueError(f"S must be {m} x {m} to match T's {m} columns, got {S.shape}")
-    representative, group = _distinct_rows(T)
-    unique = T[representative]
-    lookup = _EntryLookup(S, unique)
-    forms = _dense_part(unique, lookup, representative)
-    forms += _sparse_part(unique, lookup, representative)
-    return forms[group]
+    return _QuadraticFormPlan(T, S.indptr, S.indices)(S.data)
 
 
 # Entries of S gathered per step: bounds the temporaries to a few tens of MB.
 _PAIRS_PER_STEP = 4_000_000
 
 
-def _dense_part(T: sp.csr_matrix, lookup: _EntryLookup, original_rows: np.ndarray) -> np.ndarray:
-    """Sum over pairs of a row's entries that both lie in the dense block of S.
+class _QuadraticFormPlan:
+    """Everything about diag(T S T') that depends on T and the pattern of S only.
 
-    Rows are bucketed by how many such entries they have, k, and each bucket is one gather of
-    (rows x k x k) values and a batched quadratic form."""
-    n = T.shape[0]
-    position = lookup.dense_position[T.indices]
-    keep = position >= 0
-    row_of = _major_index(T.indptr)[keep]
-    position, data = position[keep], T.data[keep]
-    counts = np.bincount(row_of, minlength=n)
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    forms = np.zeros(n)
-    for k in np.unique(counts[counts > 0]):
-        rows = np.flatnonzero(counts == k)
+    Rows of T are reduced to distinct rows. Pairs of entries that both lie in the most used
+    columns ("dense" columns) are read from a dense copy of that block of S, bucketed by how
+    many such entries a row has; the remaining pairs (at least one entry outside) are located
+    in S's data once, here."""
+
+    _MAX_DENSE = 3000
+
+    def __init__(self, T: sp.csr_matrix, s_indptr: np.ndarray, s_indices: np.ndarray) -> None:
+        n_rows, m = T.shape
+        self.n_rows = n_rows
+        representative, self.group = _distinct_rows(T)
+        unique = T[representative]
+        n = unique.shape[0]
+        self.n_unique = n
+        s_col = _major_index(s_indptr)
+        keys = s_col * m + s_indices
+
+        # The dense block pays when it is small next to the pairs it serves: at most a quarter
+        # of all pairs (fab designs: ~800 tool and chamber columns against ~10^8 pairs; crossed
+        # designs with a few entries per row get a small block or none).
+        counts = np.diff(unique.indptr).astype(np.int64)
+        usage = np.bincount(unique.indices, minlength=m)
+        size = min(self._MAX_DENSE, int(np.sqrt(np.sum(counts**2) / 4)))
+        frequent = np.argsort(-usage, kind="stable")[:size]
+        frequent = np.sort(frequent[usage[frequent] >= 4])
+        self.dense_columns = frequent
+        nd = len(frequent)
+        self.nd = nd
+        position = np.full(m, -1, dtype=np.int64)
+        position[frequent] = np.arange(nd)
+        in_block = (position[s_indices] >= 0) & (position[s_col] >= 0)
+        self.block_source = np.flatnonzero(in_block)
+        self.block_target = position[s_indices[in_block]] * nd + position[s_col[in_block]]
+
+        # dense part: per bucket of rows with k dense entries, their positions and values
+        entry_position = position[unique.indices]
+        keep = entry_position >= 0
+        row_of = _major_index(unique.indptr)
+        dense_counts = np.bincount(row_of[keep], minlength=n)
+        dense_starts = np.concatenate(([0], np.cumsum(dense_counts)[:-1]))
+        kept_position, kept_value = entry_position[keep], unique.data[keep]
+        self.buckets = []
+        for k in np.unique(dense_counts[dense_counts > 0]):
+            rows = np.flatnonzero(dense_counts == k)
+            entries = dense_starts[rows, None] + np.arange(k)
+            self.buckets.append((rows, kept_position[entries], kept_value[entries]))
+        self.original_rows = representative
+
+        # sparse part: each outside entry a meets every entry b of its row; a pair (a, b) with
+        # b inside the dense block stands for (b, a) too, two outside entries meet both ways
+        outside = np.flatnonzero(~keep)
+        reps = counts[row_of[outside]]
+        a = np.repeat(outside, reps)
+        starts = np.repeat(unique.indptr[row_of[outside]], reps)
+        b = starts + (np.arange(len(a)) - np.repeat(np.cumsum(reps) - reps, reps))
+        cols = unique.indices.astype(np.int64)
+        pair_keys = cols[b] * m + cols[a]
+        # sorted queries make the binary searches cache-friendly (several times faster)
+        order = np.argsort(pair_keys, kind="stable")
+        found_at = np.empty(len(pair_keys), dtype=np.int64)
+        found_at[order] = np.searchsorted(keys, pair_keys[order])
+        found_at = np.minimum(found_at, max(len(keys) - 1, 0))
+        hit = keys[found_at] == pair_keys if len(keys) else np.zeros(len(a), dtype=bool)
+        if not hit.all():
+            miss = np.flatnonzero(~hit)[0]
+            raise ValueError(
+                f"S lacks entry ({cols[a[miss]]}, {cols[b[miss]]}) needed by row "
+                f"{representative[row_of[a[miss]]]} of T: is S the selected inverse of T'WT?"
+            )
+        twice = np.where(position[cols[b]] >= 0, 2.0, 1.0)
+        self.pair_source = found_at
+        self.pair_row = row_of[a]
+        self.pair_weight = twice * unique.data[a] * unique.data[b]
+
+    def __call__(self, s_data: np.ndarray) -> np.ndarray:
+        """diag(T S T') for the values of S (in the order of the pattern given)."""
+        forms = np.zeros(self.n_unique)
+        if len(self.pair_row):
+            weights = self.pair_weight * s_data[self.pair_source]
+            forms += np.bincount(self.pair_row, weights=weights, minlength=self.n_unique)
+        if self.buckets:
+            block = np.full(self.nd * self.nd, np.nan)  # entries missing from S stay NaN
+            block[self.block_target] = s_data[self.block_source]
+            block = block.reshape(self.nd, self.nd)
+            for rows, position, value in self.buckets:
+                forms[rows] += self._dense_forms(block, rows, position, value)
+        return forms[self.group]
+
+    def _dense_forms(
+        self, block: np.ndarray, rows: np.ndarray, position: np.ndarray, value: np.ndarray
+    ) -> np.ndarray:
+        k = position.shape[1]
         upper_i, upper_j = np.triu_indices(k)
         off_diagonal = upper_i != upper_j
+        out = np.empty(len(rows))
         step = max(1, _PAIRS_PER_STEP // (k * k))
         for first in range(0, len(rows), step):
-            chunk = rows[first : first + step]
-            entries = starts[chunk, None] + np.arange(k)
-            pos, val = position[entries], data[entries]
+            pos, val = position[first : first + step], value[first : first + step]
             # S is symmetric: the pairs i < j count twice, the diagonal once
             rows_i, cols_j = pos[:, upper_i], pos[:, upper_j]
             products = val[:, upper_i] * val[:, upper_j]
             products[:, off_diagonal] *= 2.0
-            # entries missing from S are NaN in the dense block: one gather serves both
-            chunk_forms = np.einsum("rp,rp->r", products, lookup.dense[rows_i, cols_j])
-            if np.isnan(chunk_forms).any():
-                present = lookup.dense_present[rows_i, cols_j]
-                if present.all():
-                    raise ValueError("S has non-finite entries")
-                r, p = np.argwhere(~present)[0]
-                a, b = lookup.dense_columns[rows_i[r, p]], lookup.dense_columns[cols_j[r, p]]
+            part = np.einsum("rp,rp->r", products, block[rows_i, cols_j])
+            if np.isnan(part).any():
+                r, p = np.argwhere(np.isnan(block[rows_i, cols_j]))[0]
+                a, b = self.dense_columns[rows_i[r, p]], self.dense_columns[cols_j[r, p]]
                 raise ValueError(
-                    f"S lacks entry ({a}, {b}) needed by row {original_rows[chunk[r]]} of T: "
-                    "is S the selected inverse of T'WT?"
+                    f"S lacks entry ({a}, {b}) (or it is not finite) needed by row "
+                    f"{self.original_rows[rows[first + r]]} of T: is S the selected inverse "
+                    "of T'WT?"
                 )
-            forms[chunk] = chunk_forms
-    return forms
-
-
-def _sparse_part(T: sp.csr_matrix, lookup: _EntryLookup, original_rows: np.ndarray) -> np.ndarray:
-    """Sum over pairs of a row's entries of which at least one lies outside the dense block."""
-    n = T.shape[0]
-    counts = np.diff(T.indptr).astype(np.int64)
-    row_of = _major_index(T.indptr)
-    outside = np.flatnonzero(lookup.dense_position[T.indices] < 0)
-    forms = np.zeros(n)
-    if not len(outside):
-        return forms
-    # each outside entry a meets every entry b of its row; a pair (a, b) with b inside the
-    # dense block stands for (b, a) too, a pair of two outside entries is met both ways
-    reps = counts[row_of[outside]]
-    cum = np.concatenate(([0], np.cumsum(reps)))
-    cols = T.indices.astype(np.int64)
-    first = 0
-    while first < len(outside):
-        stop = int(np.searchsorted(cum, cum[first] + _PAIRS_PER_STEP, side="right")) - 1
-        stop = min(max(stop, first + 1), len(outside))
-        part = outside[first:stop]
-        r = reps[first:stop]
-        a = np.repeat(part, r)
-        row_start = np.repeat(T.indptr[row_of[part]], r)
-        b = row_start + (np.arange(len(a)) - np.repeat(cum[first:stop] - cum[first], r))
-        values, found = lookup(cols[a], cols[b])
-        if not found.all():
-            miss = np.flatnonzero(~found)[0]
-            raise ValueError(
-                f"S lacks entry ({cols[a[miss]]}, {cols[b[miss]]}) needed by row "
-                f"{original_rows[row_of[a[miss]]]} of T: is S the selected inverse of T'WT?"
-            )
-        twice = np.where(lookup.dense_position[cols[b]] >= 0, 2.0, 1.0)
-        forms += np.bincount(row_of[a], weights=twice * T.data[a] * T.data[b] * values, minlength=n)
-        first = stop
-    return forms
+            out[first : first + step] = part
+        return out
 
 
 def _row_hashes(T: sp.csr_matrix, seed: int) -> np.ndarray:
@@ -666,53 +727,3 @@ def _distinct_rows(T: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
     representative = np.where(same, representative, np.arange(n))
     distinct, group = np.unique(representative, return_inverse=True)
     return distinct, group
-
-
-class _EntryLookup:
-    """Find S[a, b] for many pairs: a dense block for the columns the rows of T use most, a
-    binary search in S's sorted (column, row) keys for the rest."""
-
-    _MAX_DENSE = 3000
-
-    def __init__(self, S: sp.csc_matrix, rows: sp.csr_matrix) -> None:
-        m = S.shape[0]
-        self.m = m
-        col = _major_index(S.indptr)
-        self.keys = col * m + S.indices
-        self.values = S.data
-        usage = np.bincount(rows.indices, minlength=m)
-        # The dense block pays when it is small next to the pairs it serves: at most a quarter
-        # of all pairs (fab designs: ~800 tool and chamber columns against ~10^8 pairs; crossed
-        # designs with a few entries per row get a small block or none).
-        pairs = int(np.sum(np.diff(rows.indptr).astype(np.int64) ** 2))
-        size = min(self._MAX_DENSE, int(np.sqrt(pairs / 4)))
-        frequent = np.argsort(-usage, kind="stable")[:size]
-        frequent = np.sort(frequent[usage[frequent] >= 4])
-        self.dense_columns = frequent
-        self.dense_position = np.full(m, -1, dtype=np.int64)
-        self.dense_position[frequent] = np.arange(len(frequent))
-        sub = S[frequent][:, frequent]
-        present = sp.csr_matrix((np.ones(sub.nnz), sub.indices, sub.indptr), shape=sub.shape)
-        self.dense_present = present.toarray() > 0
-        self.dense = np.where(self.dense_present, sub.toarray(), np.nan)
-
-    def __call__(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Values S[a, b] and whether each entry is in S's pattern."""
-        da, db = self.dense_position[a], self.dense_position[b]
-        in_dense = (da >= 0) & (db >= 0)
-        values = np.empty(len(a))
-        found = np.empty(len(a), dtype=bool)
-        values[in_dense] = self.dense[da[in_dense], db[in_dense]]
-        found[in_dense] = self.dense_present[da[in_dense], db[in_dense]]
-        rest = ~in_dense
-        if rest.any():
-            pair_keys = b[rest] * self.m + a[rest]
-            # sorted queries make the binary searches cache-friendly (several times faster)
-            order = np.argsort(pair_keys, kind="stable")
-            pos = np.empty(len(pair_keys), dtype=np.int64)
-            pos[order] = np.searchsorted(self.keys, pair_keys[order])
-            pos = np.minimum(pos, max(len(self.keys) - 1, 0))
-            hit = (self.keys[pos] == pair_keys) if len(self.keys) else np.zeros(len(pos), bool)
-            values[rest] = np.where(hit, self.values[pos] if len(self.keys) else 0.0, 0.0)
-            found[rest] = hit
-        return values, found

@@ -167,6 +167,32 @@ class MixedModelEquations:
             diag = diag + np.einsum("ij,jk,ik->i", sol.M, sol.cov_beta, sol.M)
         return diag
 
+    def level_row_variances(self) -> np.ndarray:
+        """z_i' H^{-1} z_i for every data row (beta held fixed), from the selected inverse."""
+        if not self.q:
+            return np.zeros(self.n)
+        return row_quadratic_forms(self.Z, self._selected_inverse())
+
+    def level_inverse_diagonal(self) -> np.ndarray:
+        """diag(H^{-1}) (beta held fixed)."""
+        return self._selected_inverse().diagonal() if self.q else np.zeros(0)
+
+    def solve_levels(self, b: np.ndarray) -> np.ndarray:
+        """H^{-1} b with the current factor."""
+        if not self.q:
+            return np.zeros(0)
+        assert self._chol is not None
+        return self._chol.solve(b).ravel()
+
+    def solve_joint(
+        self, sol: MMESolution, b_beta: np.ndarray, b_v: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """C^{-1} [b_beta; b_v] by the Schur complement of the current factor."""
+        hb = self.solve_levels(b_v)
+        beta = sol.cov_beta @ (b_beta - sol.M.T @ b_v) if self.p else np.zeros(0)
+        v = hb - sol.M @ beta if self.q else np.zeros(0)
+        return beta, v
+
     def split(self, v: np.ndarray) -> list[np.ndarray]:
         return [v[self.offsets[k] : self.offsets[k + 1]] for k in range(len(self.terms))]
 

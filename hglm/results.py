@@ -25,6 +25,13 @@ def _json(x: Any) -> Any:
     return x
 
 
+class Summary(str):
+    """The printed summary of a fit: a string that shows as its text at an interactive prompt."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 @dataclass
 class HGLMResult:
     """A fitted HGLM. Build it with ``hglm.fit``."""
@@ -249,11 +256,9 @@ class HGLMResult:
             }
         return out
 
-    def summary(self) -> str:
-        """A text summary laid out like R's ``summary.hglm``; also printed."""
-        text = _format_summary(self)
-        print(text)
-        return text
+    def summary(self) -> Summary:
+        """A text summary laid out like R's ``summary.hglm`` (shown as text at the prompt)."""
+        return Summary(_format_summary(self))
 
     # ----------------------------------------------- inference (hglm.inference et al.)
     def simulate(self, n: int = 1, seed: Any = None, new_random_effects: bool = True) -> np.ndarray:

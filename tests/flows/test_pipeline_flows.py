@@ -152,3 +152,19 @@ def test_a_rejected_drop_stops_that_drop_only_and_fails_the_run_saying_so(fab, t
         )
         == before
     )
+
+
+def test_a_landing_folder_run_takes_only_new_drops(fab):
+    from flows.pipeline import new_drops_in, yield_run
+
+    landing = fab["truth"].out_dir  # the folder the simulator wrote the drops into
+    assert new_drops_in(landing, fab["db"]) == []
+    state = yield_run(
+        landing=str(landing), db=str(fab["db"]), out=str(fab["out"]), return_state=True
+    )
+    assert state.is_completed()
+    assert state.message == f"no new drops in {landing}"
+    assert state.result().run_id is None  # nothing new: no analysis, no report
+
+    (landing / "drop_999").mkdir()
+    assert new_drops_in(landing, fab["db"]) == [str(landing / "drop_999")]

@@ -1,4 +1,4 @@
-"""The engine against published R values (/work/shared/data/references.json).
+"""The engine against published R values (../shared/data/references.json).
 
 * method="EQL" reproduces R hglm 2.2 (fixed effects, SEs, lambda and its log-scale SE,
   phi or the dispersion-model coefficients, hlik, pvh, pbvh, cAIC) to 3 significant digits.

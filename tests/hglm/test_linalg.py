@@ -117,6 +117,28 @@ def test_row_quadratic_forms_give_the_hat_diagonal(system):
     np.testing.assert_allclose(row_quadratic_forms(T, chol.selected_inverse()), expected, atol=TOL)
 
 
+def test_cached_row_quadratic_forms_follow_refactors(system):
+    """SparseCholesky.row_quadratic_forms keeps its set-up for one T across refactors."""
+    T, A, _, p = system
+    rng = np.random.default_rng(3)
+    chol = SparseCholesky(A)
+    dense_t = T.toarray()
+    for _ in range(3):
+        expected = np.einsum("ij,jk,ik->i", dense_t, np.linalg.inv(A.toarray()), dense_t)
+        np.testing.assert_allclose(chol.row_quadratic_forms(T), expected, atol=TOL)
+        np.testing.assert_allclose(
+            chol.row_quadratic_forms(T), row_quadratic_forms(T, chol.selected_inverse())
+        )
+        A, _ = mixed_model_matrix(rng, T, p)
+        chol.refactor(A)
+    other = T[: T.shape[0] // 2]
+    dense_o = other.toarray()
+    expected = np.einsum("ij,jk,ik->i", dense_o, np.linalg.inv(A.toarray()), dense_o)
+    np.testing.assert_allclose(chol.row_quadratic_forms(other), expected, atol=TOL)
+    with pytest.raises(ValueError, match="columns"):
+        chol.row_quadratic_forms(T[:, 1:])
+
+
 def test_row_quadratic_forms_reject_a_pattern_without_the_needed_entries():
     T = sp.csr_matrix(np.array([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))
     diagonal_only = sp.csc_matrix(np.eye(3))
@@ -128,7 +150,7 @@ def test_row_quadratic_forms_reject_a_pattern_without_the_needed_entries():
     )
     with pytest.raises(ValueError, match="lacks entry"):
         row_quadratic_forms(many, diagonal_only)
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match="not finite"):
         row_quadratic_forms(many, sp.csc_matrix(np.full((3, 3), np.nan)))
     with pytest.raises(ValueError, match="3 x 3"):
         row_quadratic_forms(T, sp.csc_matrix(np.eye(2)))
