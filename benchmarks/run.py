@@ -240,9 +240,12 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 
 def to_markdown(report: dict) -> str:
+    merged = report.get("merged_from")
+    merged = [merged] if isinstance(merged, str) else (merged or [])
     lines = [
         "# hglm benchmarks (issue 4)",
         "",
+        *([f"Runs merged from the runs started {', '.join(merged)}.", ""] if merged else []),
         f"Run {report['started']} on {report['machine']}; time limit per fit "
         f"{report['timeout']:.0f} s, memory {report['memory_limit_gb']} GB, BLAS threads "
         f"{report['blas_threads'] or 'default'}; load average at the end "

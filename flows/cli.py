@@ -9,6 +9,7 @@ import typer
 
 from flows import __version__
 from flows.demo import DEMO_LOTS, DEMO_SEED
+from flows.settings import DEFAULT_DB, DEFAULT_OUT
 
 app = typer.Typer(
     name="yieldrank",
@@ -41,8 +42,8 @@ def run(
     drops: Annotated[
         list[Path] | None, typer.Argument(help="Drop folders, merged in the order given.")
     ] = None,
-    db: Annotated[Path, typer.Option(help="The DuckDB file.")] = Path("runs/yieldrank.duckdb"),
-    out: Annotated[Path, typer.Option(help="Reports go to OUT/<run id>/.")] = Path("runs/reports"),
+    db: Annotated[Path, typer.Option(help="The DuckDB file.")] = Path(DEFAULT_DB),
+    out: Annotated[Path, typer.Option(help="Reports go to OUT/<run id>/.")] = Path(DEFAULT_OUT),
     landing: Annotated[
         Path | None, typer.Option(help="Also take every new drop folder in this folder.")
     ] = None,

@@ -47,7 +47,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows import __version__
 from flows.analysis.results import AnalysisResult, LayerFit
-from flows.settings import lock_wait_seconds
+from flows.settings import DEFAULT_DB, DEFAULT_OUT, lock_wait_seconds
 
 CHAINED_LAYER = "chained"
 TOP_FINDINGS = 10
@@ -485,7 +485,8 @@ def analyse(
                 reason = f"the fit failed: {type(err).__name__}: {err}"
                 fits[layer] = LayerFit(layer=layer, status="failed", reason=reason)
                 logger.error("layer %s: %s", layer, reason)
-            _emit("fit", layer=layer, status=fits[layer].status, reason=fits[layer].reason)
+            label = "all layers (chained model)" if layer == CHAINED_LAYER else layer
+            _emit("fit", layer=label, status=fits[layer].status, reason=fits[layer].reason)
 
         chained = fits.pop(CHAINED_LAYER)
         layer_fits = [fits[layer] for layer in frames]
@@ -572,8 +573,8 @@ def _merged_drop_paths(db: str | Path) -> set[str]:
 def yield_run(
     drops: list[str] | None = None,
     landing: str | None = None,
-    db: str = "runs/yieldrank.duckdb",
-    out: str = "runs/reports",
+    db: str = DEFAULT_DB,
+    out: str = DEFAULT_OUT,
     task_runner: str = "threads",
     seed: int = 0,
     lock_wait: float | None = None,

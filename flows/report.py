@@ -15,7 +15,9 @@ under a root folder, with the top layers' yield impact across runs.
 `drop_id`/`status`), `date_range` ([first, last]) or `date_from`/`date_to`, `n_lots`,
 `n_wafers`, `n_wafers_with_yield`, `data_quality` (a sentence, or a dict with `outcome`,
 `expectations`: list of dicts, one per suite run, and `data_docs`: a path). Other scalar
-keys are listed as they are.
+keys are listed as they are. The Great Expectations results come from the database's
+`meta.gx_results` when it keeps any (per drop and suite, and every failing expectation);
+`data_quality.expectations` stands in for a database that does not.
 """
 
 from __future__ import annotations

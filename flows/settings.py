@@ -4,16 +4,18 @@ Everything is local and offline: a DuckDB file, Prefect's own temporary server o
 127.0.0.1 (SQLite under PREFECT_HOME), no account, no cloud, no analytics.
 
 `apply_offline_defaults()` must run before Prefect reads its settings, which is why
-`flows.cli` calls it before importing `flows.pipeline`. Values already in the
-environment win: a user who exports PREFECT_API_URL runs against that server instead.
+`flows.terminal` (the CLI's `run` and `demo`) calls it before importing `flows.pipeline`.
+Values already in the environment win: a user who exports PREFECT_API_URL runs against
+that server instead.
 
 One Prefect server per run, never one per process: `prefect_api()` starts the
 temporary server explicitly (when no PREFECT_API_URL is set) and puts its URL in the
-settings context. Prefect serialises that context with every task it ships to a Dask
-worker, so the workers report to this one server. Workers themselves get
-PREFECT_SERVER_EPHEMERAL_ENABLED=false (see `WORKER_ENV`): a worker that somehow has
-no URL fails loudly instead of starting a server of its own (which costs 10-20 s each
-and splits the run's records over several databases).
+settings context, with PREFECT_SERVER_EPHEMERAL_ENABLED=false. Prefect serialises that
+context with every task it ships to a Dask worker, so the workers report to this one
+server and may not start one. Start the workers themselves with `WORKER_ENV` (that same
+setting): a worker that somehow has no URL then fails loudly ("No Prefect API URL
+provided") instead of starting a server of its own, which costs 10-20 s per worker and
+splits the run's records over several databases.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 OFFLINE_DEFAULTS: dict[str, str] = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -43,8 +44,8 @@ WORKER_ENV: dict[str, str] = {
     "DO_NOT_TRACK": "1",
 }
 
-DEFAULT_DB = Path("runs/yieldrank.duckdb")
-DEFAULT_OUT = Path("runs/reports")
+DEFAULT_DB = "runs/yieldrank.duckdb"
+DEFAULT_OUT = "runs/reports"
 # How long a run waits for another run's hold on the DuckDB file before failing.
 DEFAULT_LOCK_WAIT_SECONDS = 600.0
 LOCK_WAIT_ENV = "YIELDRANK_DB_LOCK_WAIT"

@@ -121,10 +121,6 @@ class GxExpectationResult:
     exception: str | None = None
 
     @property
-    def label(self) -> str:
-        return f"{self.type}({', '.join(self.columns)})"
-
-    @property
     def unexpected_percent(self) -> float | None:
         """Of the non-missing values GX saw, as GX states it for a single batch."""
         if self.unexpected_count is None or not self.element_count:
@@ -153,10 +149,18 @@ class GxTableReport:
     table: str
     success: bool
     rows_checked: int
+    rows_total: int  # rows of the table in the drop; GX saw the first `rows_checked`
     chunks: int
-    failed: dict[str, int]  # "expectation_type(column)" -> unexpected rows
-    rows_total: int = 0  # rows of the table in the drop; GX saw `rows_checked` of them
-    expectations: list[GxExpectationResult] = field(default_factory=list)
+    expectations: list[GxExpectationResult]
+
+    @property
+    def failed(self) -> dict[str, int]:
+        """ "expectation_type(first column)" -> unexpected rows, for the failed expectations."""
+        return {
+            f"{e.type}({e.columns[0] if e.columns else ''})": e.unexpected_count or 0
+            for e in self.expectations
+            if not e.success
+        }
 
 
 @dataclass
@@ -655,7 +659,6 @@ def run_gx(
             raise ValueError(
                 f"expectations/{table}.json states one expectation type twice on the same columns"
             )
-        failed: dict[str, int] = {}
         rows = chunks = 0
         success = True
         for record_batch in _rebatch(reader, chunk_rows):
@@ -670,14 +673,8 @@ def run_gx(
             for r in result.results:
                 config = r.expectation_config
                 results[_expectation_key(config.type, config.kwargs)].add(r)
-                if not r.success:
-                    kw = r.expectation_config.kwargs
-                    name = f"{r.expectation_config.type}({kw.get('column') or kw.get('column_A')})"
-                    failed[name] = failed.get(name, 0) + int(r.result.get("unexpected_count") or 0)
         reports.append(
-            GxTableReport(
-                table, success, rows, chunks, failed, int(rows_total), list(results.values())
-            )
+            GxTableReport(table, success, rows, int(rows_total), chunks, list(results.values()))
         )
     if docs_dir is not None:
         context.build_data_docs()

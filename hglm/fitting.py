@@ -114,8 +114,11 @@ class Model:
     def linear_predictor(self, beta: np.ndarray, v: list[np.ndarray]) -> np.ndarray:
         d = self.design
         eta = d.offset + d.X @ beta
-        for t, vk in zip(d.terms, v, strict=True):
-            eta = eta + vk[t.codes]
+        sparse = [vk for t, vk in zip(d.terms, v, strict=True) if not t.observation_level]
+        if sparse:
+            eta = eta + self.mme.eta_random(np.concatenate(sparse))
+        if self.obs_term is not None:
+            eta = eta + v[self._term_index(self.obs_term)][self.obs_term.codes]
         return eta
 
     def _random_rows(
@@ -260,6 +263,7 @@ class Model:
         elim = None
         a = np.zeros(d.n)
         w_m = np.zeros(0)
+        h_current: float | None = None  # h at (eta, v), carried over from the last step
         for it in range(1, max_iter + 1):
             if hglm_start and it == 1:
                 prev_v, prev_eta = hglm_previous if hglm_previous else (None, None)
@@ -288,7 +292,7 @@ class Model:
             if not (hglm_start and it == 1):
                 # step halving: a Fisher step may overshoot where the curvature of log f
                 # decays (beta and gamma random effects far from psi, binary data)
-                h_old = self._h(eta, v_old, phi, lam, exact)
+                h_old = h_current if h_current is not None else self._h(eta, v_old, phi, lam, exact)
                 for _ in range(30):
                     h_new = self._h(eta_new, v, phi, lam, exact)
                     if np.isfinite(h_new) and h_new >= h_old - 1e-10 * abs(h_old):
@@ -297,6 +301,7 @@ class Model:
                     beta = 0.5 * (beta + beta_old)
                     v = [0.5 * (vn + vo) for vn, vo in zip(v, v_old, strict=True)]
                     eta_new = self.linear_predictor(beta, v)
+                h_current = h_new
             if not np.all(np.isfinite(eta_new)):
                 raise FloatingPointError("the IWLS of the mean model diverged (non-finite eta)")
             change = float(np.sum((eta_new - eta) ** 2))
@@ -824,6 +829,7 @@ def fit_hl(model: Model, start: FitOutcome, mean_order: int, reml: bool) -> FitO
     """HL(mean_order, 1): exact maximisation of p_beta,v(h) (reml) or p_v(h) for the dispersions."""
     d = model.design
     t0 = time.perf_counter()
+    mme_before = dict(model.mme.timings)
     disp = start.disp
     theta0 = disp.theta()
     messages: list[str] = []
@@ -865,6 +871,14 @@ def fit_hl(model: Model, start: FitOutcome, mean_order: int, reml: bool) -> FitO
         converged = False
         messages.append(f"dispersion optimisation did not converge: {res.message}")
     n_iter = int(res.nit)
+    outer = {
+        "outer_iterations": float(res.nit),
+        "outer_evaluations": float(crit.n_eval),
+        "outer_gradients": float(crit.n_grad),
+        "outer_iwls": crit.timings["iwls"],
+        "outer_factorise_at_mode": crit.timings["factorise"],
+        "outer_gradient": crit.timings["gradient"],
+    }
     t1 = time.perf_counter()
     if mean_order == 1 and reml:
         # beta maximises p_v(h) at the REML dispersions
@@ -891,6 +905,7 @@ def fit_hl(model: Model, start: FitOutcome, mean_order: int, reml: bool) -> FitO
     lik, _, lev = model.likelihoods(fit, disp_hat, exact=True, observed=True)
     # Var(beta) and the prediction variances from the expected information at the optimum
     final_solution, _, _ = model.evaluate(fit, disp_hat, exact=True, observed=False)
+    t3 = time.perf_counter()
     # SEs of the log-dispersion parameters from the curvature of the criterion
     se: dict[str, np.ndarray] = {}
     try:
@@ -928,7 +943,17 @@ def fit_hl(model: Model, start: FitOutcome, mean_order: int, reml: bool) -> FitO
         converged=converged,
         n_iter=n_iter,
         messages=messages,
-        timings={"outer": t1 - t0, "beta": t2 - t1, "inference": time.perf_counter() - t2},
+        timings={
+            "outer": t1 - t0,
+            **outer,
+            "beta": t2 - t1,
+            "inference": time.perf_counter() - t2,
+            "se_hessian": time.perf_counter() - t3,
+            **{
+                f"hl_{k}": model.mme.timings[k] - mme_before[k]
+                for k in ("assemble", "factorise", "selected_inverse", "factorisations")
+            },
+        },
     )
 
 

@@ -108,9 +108,7 @@ def random_derivatives(family: RandomFamily, v: np.ndarray, lam: np.ndarray) -> 
     a = 1 / lam
     name, link = family.name, family.link.name
     if name == "normal":
-        return RandomDerivatives(
-            weight, np.zeros_like(v), -weight, 0.5 * v**2 / lam - 0.5, v / lam
-        )
+        return RandomDerivatives(weight, np.zeros_like(v), -weight, 0.5 * v**2 / lam - 0.5, v / lam)
     if name == "beta":
         u = family.u(v)
         half = a / 2
@@ -198,11 +196,11 @@ def criterion_gradient(
     c = Q * a_prime
 
     # adjoint: zeta = J^{-1} g, J the Hessian of the moving unknowns
-    g_v = np.asarray(mme.Z.T @ c).ravel() + diag_v * cat("weight_v") if mme.q else np.zeros(0)
+    g_v = mme.zt(c) + diag_v * cat("weight_v") if mme.q else np.zeros(0)
     g_b = X.T @ c if beta_moves else np.zeros(0)
     if elim is not None:
         shift = a / dd * g_e
-        g_v = g_v - (np.asarray(mme.Z.T @ shift).ravel() if mme.q else 0.0)
+        g_v = g_v - (mme.zt(shift) if mme.q else 0.0)
         if beta_moves:
             g_b = g_b - X.T @ shift
     if beta_moves:

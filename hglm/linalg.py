@@ -22,6 +22,7 @@ dense inverse.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -39,19 +40,25 @@ class NotPositiveDefiniteError(np.linalg.LinAlgError):
     """CHOLMOD met a non-positive pivot: the matrix is not (numerically) positive definite."""
 
 
+_CHOLMOD_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def _cholmod_options(**options: object) -> Iterator[None]:
     """Set cvxopt.cholmod.options for one call and restore whatever was there before.
 
-    The options dictionary is module-global in cvxopt, so other code may have changed it."""
-    saved = dict(cvxopt.cholmod.options)
-    cvxopt.cholmod.options.clear()
-    cvxopt.cholmod.options.update(options)
-    try:
-        yield
-    finally:
+    The options dictionary is module-global in cvxopt, so other code may have changed it, and
+    fits running in threads (the pipeline's per-layer tasks) must not see each other's options:
+    the whole call holds one process-wide lock."""
+    with _CHOLMOD_LOCK:
+        saved = dict(cvxopt.cholmod.options)
         cvxopt.cholmod.options.clear()
-        cvxopt.cholmod.options.update(saved)
+        cvxopt.cholmod.options.update(options)
+        try:
+            yield
+        finally:
+            cvxopt.cholmod.options.clear()
+            cvxopt.cholmod.options.update(saved)
 
 
 # Supernodal LL' (BLAS-3 on dense blocks); postordering keeps supernodes contiguous.

@@ -18,14 +18,16 @@ block of C is diagonal, so it is eliminated row by row before (see
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import scipy.linalg
 import scipy.sparse as sp
 
 from hglm.design import RandomTermDesign
-from hglm.linalg import SparseCholesky, row_quadratic_forms
+from hglm.linalg import SparseCholesky
 
 
 @dataclass
@@ -38,8 +40,40 @@ class MMESolution:
     logdet_S: float
 
 
+@dataclass
+class _TermPair:
+    """Where the products of terms k and l land in H: the rows sharing a row pattern add
+    their weights into one cell; ``local`` maps each pattern to its cell, ``lower`` and
+    ``upper`` are the cells' positions in H.data (the same for a diagonal block)."""
+
+    local: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    n_cells: int
+    diagonal: bool  # k == l: each cell once in z_i' S z_i, off-diagonal blocks twice
+
+
+def _distinct_patterns(cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of the (n, K) level matrix: (index of each row's pattern, patterns).
+
+    Rows of a lot share their lot, tool and chamber levels, so the patterns are few (one per
+    lot) and every product over the rows is a product over the patterns."""
+    key = np.zeros(len(cols), dtype=np.int64)
+    n_keys = 1
+    for k in range(cols.shape[1]):
+        key, uniques = pd.factorize(key * (int(cols[:, k].max()) + 1) + cols[:, k])
+        n_keys = len(uniques)
+    first = np.full(n_keys, -1, dtype=np.int64)
+    first[key[::-1]] = np.arange(len(key) - 1, -1, -1)
+    return key.astype(np.int64), cols[first]
+
+
 class MixedModelEquations:
-    """Pattern, factor and products of the mixed-model equations for one design."""
+    """Pattern, factor and products of the mixed-model equations for one design.
+
+    Everything over the data rows goes through the distinct row patterns of Z (``Zd``,
+    with ``pattern`` mapping rows to them): H = Zd' diag(sum of a per pattern) Zd is
+    assembled block by block per pair of terms, never from an n x K^2 array."""
 
     def __init__(self, X: np.ndarray, terms: list[RandomTermDesign]) -> None:
         self.X = X
@@ -50,46 +84,78 @@ class MixedModelEquations:
         self.q = int(self.offsets[-1])
         self._chol: SparseCholesky | None = None
         self._selinv: sp.csc_matrix | None = None
+        self._selinv_map: np.ndarray | None = None
+        # cumulative time per phase (seconds) and the number of numeric factorisations
+        self.timings = dict.fromkeys(("assemble", "factorise", "selected_inverse"), 0.0)
+        self.timings["factorisations"] = 0.0
         if self.q == 0:
-            self.Z = sp.csr_matrix((self.n, 0))
+            self.Zd = sp.csr_matrix((0, 0))
+            self.pattern = np.zeros(self.n, dtype=np.int64)
             return
         K = len(terms)
         cols = np.column_stack([t.codes + off for t, off in zip(terms, self.offsets, strict=False)])
-        self.cols = cols  # (n, K), increasing along each row
-        self.Z = sp.csr_matrix(
-            (np.ones(self.n * K), cols.ravel(), np.arange(0, self.n * K + 1, K)),
-            shape=(self.n, self.q),
+        self.pattern, cols_d = _distinct_patterns(cols)
+        self.n_patterns = n_d = len(cols_d)
+        self.Zd = sp.csr_matrix(
+            (np.ones(n_d * K), cols_d.ravel(), np.arange(0, n_d * K + 1, K)),
+            shape=(n_d, self.q),
         )
-        # Pattern of Z'Z + I and, for every row, where its K*K products land in H.data
-        pattern = (self.Z.T @ self.Z + sp.identity(self.q, format="csr")).tocsc()
+        pattern = (self.Zd.T @ self.Zd + sp.identity(self.q, format="csr")).tocsc()
         pattern.sum_duplicates()
         pattern.sort_indices()
         self._indptr = pattern.indptr
         self._indices = pattern.indices
         colidx = np.repeat(np.arange(self.q, dtype=np.int64), np.diff(pattern.indptr))
-        keys = colidx * self.q + pattern.indices.astype(np.int64)
-        r = np.repeat(cols, K, axis=1)  # (n, K*K) row index
-        c = np.tile(cols, (1, K))  # (n, K*K) column index
-        self._row_pos = np.searchsorted(keys, (c * self.q + r).ravel())
+        self._keys = keys = colidx * self.q + pattern.indices.astype(np.int64)
         self._diag_pos = np.searchsorted(keys, np.arange(self.q) * self.q + np.arange(self.q))
         self._nnz = len(keys)
-        self._K = K
+        self._pairs: list[_TermPair] = []
+        for k in range(K):
+            for m in range(k, K):
+                r, c = cols_d[:, k], cols_d[:, m]
+                local, cells = pd.factorize(r * self.q + c)
+                cr, cc = cells // self.q, cells % self.q
+                lower = np.searchsorted(keys, cc * self.q + cr)
+                upper = np.searchsorted(keys, cr * self.q + cc)
+                self._pairs.append(
+                    _TermPair(local.astype(np.intp), lower, upper, len(cells), k == m)
+                )
+
+    # ------------------------------------------------------------- row products
+    def per_pattern(self, values: np.ndarray) -> np.ndarray:
+        """Sum of per-row values (n,) or (n, k) over the rows of each pattern."""
+        if values.ndim == 1:
+            return np.bincount(self.pattern, weights=values, minlength=self.n_patterns)
+        return np.column_stack([self.per_pattern(values[:, j]) for j in range(values.shape[1])])
+
+    def zt(self, values: np.ndarray) -> np.ndarray:
+        """Z' values for per-row values (n,) or (n, k)."""
+        out = self.Zd.T @ self.per_pattern(values)
+        return np.asarray(out)
 
     # ------------------------------------------------------------------ assembly
     def _H(self, a: np.ndarray, w_m: np.ndarray) -> sp.csc_matrix:
-        data = np.bincount(
-            self._row_pos, weights=np.repeat(a, self._K * self._K), minlength=self._nnz
-        )
+        a_d = self.per_pattern(a)
+        data = np.zeros(self._nnz)
+        for pair in self._pairs:
+            s = np.bincount(pair.local, weights=a_d, minlength=pair.n_cells)
+            data[pair.lower] = s
+            data[pair.upper] = s
         data[self._diag_pos] += w_m
         return sp.csc_matrix((data, self._indices, self._indptr), shape=(self.q, self.q))
 
     def factor(self, a: np.ndarray, w_m: np.ndarray) -> SparseCholesky:
+        t0 = time.perf_counter()
         H = self._H(a, w_m)
+        t1 = time.perf_counter()
         if self._chol is None:
             self._chol = SparseCholesky(H)
         else:
-            self._chol.refactor(H)
+            self._chol.refactor(H)  # numeric only: the symbolic analysis is kept
         self._selinv = None
+        self.timings["assemble"] += t1 - t0
+        self.timings["factorise"] += time.perf_counter() - t1
+        self.timings["factorisations"] += 1
         return self._chol
 
     # --------------------------------------------------------------------- solve
@@ -102,14 +168,14 @@ class MixedModelEquations:
         beta_fixed: np.ndarray | None = None,
     ) -> MMESolution:
         """Solve C [beta; v] = [X'A r; Z'A r + W_M z_m] (beta held at beta_fixed if given)."""
-        X, Z = self.X, self.Z
+        X = self.X
         ar = a * r
         AX = X * a[:, None]
         XtAX = X.T @ AX
         if self.q:
             chol = self.factor(a, w_m)
-            ZtAX = np.asarray(Z.T @ AX)
-            bv = np.asarray(Z.T @ ar).ravel() + w_m * z_m
+            ZtAX = self.zt(AX)
+            bv = self.zt(ar) + w_m * z_m
             logdet_H = chol.logdet()
             if self.p:
                 M = chol.solve(ZtAX).reshape(self.q, self.p)
@@ -146,15 +212,17 @@ class MixedModelEquations:
     def _selected_inverse(self) -> sp.csc_matrix:
         if self._selinv is None:
             assert self._chol is not None
+            t0 = time.perf_counter()
             self._selinv = self._chol.selected_inverse()
+            self.timings["selected_inverse"] += time.perf_counter() - t0
         return self._selinv
 
     def row_variances(self, sol: MMESolution) -> np.ndarray:
         """t_i' C^{-1} t_i for every data row t_i = (x_i, z_i), without any n x n object."""
-        Xt = self.X - (self.Z @ sol.M if self.q else 0.0)
+        Xt = self.X - ((self.Zd @ sol.M)[self.pattern] if self.q else 0.0)
         out = np.einsum("ij,jk,ik->i", Xt, sol.cov_beta, Xt) if self.p else np.zeros(self.n)
         if self.q:
-            out = out + row_quadratic_forms(self.Z, self._selected_inverse())
+            out = out + self.level_row_variances()
         return out
 
     def level_variances(self, sol: MMESolution) -> np.ndarray:
@@ -171,7 +239,18 @@ class MixedModelEquations:
         """z_i' H^{-1} z_i for every data row (beta held fixed), from the selected inverse."""
         if not self.q:
             return np.zeros(self.n)
-        return row_quadratic_forms(self.Z, self._selected_inverse())
+        S = self._selected_inverse()
+        if self._selinv_map is None or len(self._selinv_map) != self._nnz:
+            # the selected inverse lives on the factor's pattern, which holds H's: find H's
+            # entries in it once (the symbolic factorisation never changes)
+            cols = np.repeat(np.arange(self.q, dtype=np.int64), np.diff(S.indptr))
+            self._selinv_map = np.searchsorted(cols * self.q + S.indices, self._keys)
+        s_h = S.data[self._selinv_map]
+        q_d = np.zeros(self.n_patterns)
+        for pair in self._pairs:
+            cell = s_h[pair.lower]
+            q_d += cell[pair.local] if pair.diagonal else 2.0 * cell[pair.local]
+        return q_d[self.pattern]
 
     def level_inverse_diagonal(self) -> np.ndarray:
         """diag(H^{-1}) (beta held fixed)."""
@@ -197,7 +276,7 @@ class MixedModelEquations:
         return [v[self.offsets[k] : self.offsets[k + 1]] for k in range(len(self.terms))]
 
     def eta_random(self, v: np.ndarray) -> np.ndarray:
-        return np.asarray(self.Z @ v).ravel() if self.q else np.zeros(self.n)
+        return (self.Zd @ v)[self.pattern] if self.q else np.zeros(self.n)
 
 
 @dataclass

@@ -246,6 +246,17 @@ def _fit_with_screening(design: _Design) -> tuple[hglm.HGLMResult, _Design, list
     return _fit_binomial(smaller.formula, design.data), smaller, dropped
 
 
+def _tool_index(design: _Design, operation: str) -> np.ndarray | None:
+    """Each wafer's tool at `operation` as an integer code, if the design has that term."""
+    name = next(
+        (n for n, (k, op) in design.groups.items() if k == "tool" and op == operation), None
+    )
+    if name is None:
+        return None
+    codes, _ = pd.factorize(design.data[name])  # type: ignore[index]
+    return np.asarray(codes, dtype=int)
+
+
 def _effects(
     res: hglm.HGLMResult, design: _Design, terms: dict[str, tuple[str, str]] | None = None
 ) -> LayerEffects:
@@ -271,7 +282,13 @@ def _effects(
     names = list(fx.index)
     met_names = [m for m in design.metrology if m in names]
     metrology = [
-        MetrologyTerm(m, design.metrology[m][1], design.metrology[m][0], data[m].to_numpy())  # type: ignore[index]
+        MetrologyTerm(
+            m,
+            design.metrology[m][1],
+            design.metrology[m][0],
+            data[m].to_numpy(),  # type: ignore[index]
+            _tool_index(design, design.metrology[m][0]),
+        )
         for m in met_names
     ]
     eff = LayerEffects(

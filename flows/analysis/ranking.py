@@ -14,29 +14,29 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import duckdb
 import numpy as np
 from scipy import special, stats
 
 from flows.analysis.results import AnalysisResult, Finding, LayerFit, LayerRanking
 
 YIELD_IMPACT_DEFINITION = (
-    "**Yield impact** of a sub-process (layer) is the final yield, in percentage points of "
-    "good dies, that the sorted wafers would have had on average if every tool and every "
-    "chamber of the layer had performed like the typical one of its operation, and every "
-    "metrology parameter of the layer had sat at its typical value; minus the yield they "
-    "actually had. Typical means the median: of the tools of the operation (of two tools, "
-    "the better one), of its chambers (a chamber measured against its own tool), of the "
-    "wafers' values of the parameter (the analysis does not know the target; the median "
-    "stands in for it). Nothing else changes: every wafer keeps its own lot, its own "
-    "wafer-to-wafer variation and everything the other layers did to it. A bad tool counts "
-    "fully (the median is a healthy tool, not the model's average, which the bad tool "
-    "drags down); tools and chamber that are better than typical count against the layer, "
-    "so chance differences between healthy equipment cancel instead of piling up. The "
-    "simulator's truth is the same quantity with the planted effects removed (parameters "
-    "at target). The 95 % interval draws the layer's effects from their joint prediction "
-    "distribution given the data; the p-value tests the layer's terms by likelihood ratio "
-    "(Bonferroni over the layer's terms) and is adjusted across layers by Holm's method."
+    "**Yield impact** of a sub-process (layer) is how many percentage points of final yield "
+    "(good dies of all dies, averaged over the sorted wafers) the fab would have gained if "
+    "every tool and chamber of the layer had performed like the typical one of its "
+    "operation, and the layer's metrology had sat at the typical tool's level. Typical means "
+    "the median (of two, the better one): the median tool of the operation; the median "
+    "chamber of the operation, a chamber being measured against its own tool; for a "
+    "metrology parameter, the median of the tools' average values at the measuring "
+    "operation (the analysis does not know the parameter's target). Nothing else changes: "
+    "every wafer keeps its own lot, its own wafer-to-wafer variation and what the other "
+    "layers did to it. One bad tool therefore counts in full (the median is a healthy tool, "
+    "not the layer's average, which the bad tool drags down), while equipment that is "
+    "better than typical counts against the layer, so chance differences between healthy "
+    "tools cancel instead of piling up; the impact of a layer without a real effect is "
+    "close to zero and may be slightly negative. The 95 % interval comes from drawing the "
+    "layer's effects from their joint prediction distribution given the data; the p-value "
+    "is a likelihood-ratio test of the layer's terms (Bonferroni over its terms), adjusted "
+    "across layers by Holm's method."
 )
 
 INTERVAL_METHOD = (
@@ -74,6 +74,8 @@ class MetrologyTerm:
     param: str
     operation: str | None
     z: np.ndarray  # (n_wafers,) standardised value each wafer entered the model with
+    # (n_wafers,) tool of each wafer at the measuring operation (-1 unknown), or None
+    tool_index: np.ndarray | None = None
 
 
 @dataclass
@@ -122,8 +124,24 @@ def _group_parts(group: RandomGroup, estimate: np.ndarray) -> tuple[np.ndarray, 
 
 
 def _metrology_parts(term: MetrologyTerm, beta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Every wafer's parameter brought to the typical tool's level of it.
+
+    The typical level is that of the measuring operation's typical tool (the median of the
+    tools' mean values; of two tools, the better one), so a tool that shifts the parameter
+    for half the wafers or more is still measured against its healthy peer; without tools,
+    the median wafer.
+    """
     contrib = beta * term.z
-    return contrib, np.median(contrib) - contrib
+    has = term.tool_index is not None and bool(np.any(term.tool_index >= 0))
+    if not has:
+        return contrib, np.median(contrib) - contrib
+    assert term.tool_index is not None
+    idx = term.tool_index
+    ok = idx >= 0
+    sums = np.bincount(idx[ok], weights=contrib[ok])
+    counts = np.bincount(idx[ok])
+    means = sums[counts > 0] / counts[counts > 0]
+    return contrib, typical_level(means) - contrib
 
 
 def _mean_gain(eta: np.ndarray, shift: np.ndarray) -> float:
@@ -414,22 +432,12 @@ def _finding_rows(result: AnalysisResult) -> list[tuple]:
     ]
 
 
-def _table_columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, bool]:
-    """Column -> nullable, for a table of the `sql/analysis` schema."""
-    rows = con.execute(
-        "SELECT column_name, is_nullable FROM information_schema.columns "
-        "WHERE table_name = ? AND table_schema = current_schema()",
-        [table],
-    ).fetchall()
-    return {name: nullable == "YES" for name, nullable in rows}
-
-
 def write_results(db_path: str | Path, result: AnalysisResult, out_dir: str | Path) -> Path:
     """Write the run's ranking and findings to DuckDB (one transaction), CSV and JSON.
 
     A re-run with the same run_id replaces that run's rows; other runs are untouched. The
-    tables are the contract's (`sql/analysis`); columns beyond the contract (status, reason)
-    are written where the table has them. Returns the output folder.
+    tables are the contract's (`sql/analysis`) plus each layer's status and reason, so that an
+    unranked layer is recorded with rank NULL rather than dropped. Returns the output folder.
     """
     from flows.db import connect
 
@@ -445,23 +453,11 @@ def write_results(db_path: str | Path, result: AnalysisResult, out_dir: str | Pa
                 ("subprocess_ranking", _RANKING_COLUMNS, ranking_rows),
                 ("findings", _FINDING_COLUMNS, finding_rows),
             ):
-                have = _table_columns(con, table)
-                if not have:
-                    raise RuntimeError(
-                        f"table {table} is missing: the sql/analysis schema was not applied"
-                    )
-                keep = [i for i, c in enumerate(cols) if c in have]
-                if not have.get("rank", True) and table == "subprocess_ranking":
-                    # the table cannot hold an unranked layer: those stay in the CSV and JSON
-                    rows = [r for r in rows if r[cols.index("rank")] is not None]
                 con.execute(f"DELETE FROM {table} WHERE run_id = ?", [result.run_id])
                 if rows:
-                    names = ", ".join(cols[i] for i in keep)
-                    marks = ", ".join("?" for _ in keep)
-                    con.executemany(
-                        f"INSERT INTO {table} ({names}) VALUES ({marks})",
-                        [[r[i] for i in keep] for r in rows],
-                    )
+                    names = ", ".join(cols)
+                    marks = ", ".join("?" for _ in cols)
+                    con.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")

@@ -34,7 +34,8 @@ def require_pipeline() -> None:
         pytest.importorskip(module, reason=f"{module} ({what}) does not exist yet")
 
 
-def simulate_small_fab(root: Path, n_drops: int = 1, seed: int = FAB_SEED):
+def simulate_small_fab(root: Path, n_drops: int = 2, seed: int = FAB_SEED):
+    """The tests' fab: always the same data, so runs in one session share cached fits."""
     from flows.simulate import simulate_fab
 
     return simulate_fab(root, lots=FAB_LOTS, seed=seed, layers=FAB_LAYERS, n_drops=n_drops)

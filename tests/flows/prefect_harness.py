@@ -52,3 +52,12 @@ def prefect_api() -> Iterator[str]:
     yield url
     if started:  # session teardown, while pytest's output streams are still open
         stop_shared_harness()
+
+
+def shared_fit_cache(fallback: Path) -> Path:
+    """Where this session's flows keep cached fits, for subprocess runs to share them.
+
+    Runs over the same simulated fab then reuse fits instead of refitting (the fits are
+    tested where they are computed); `fallback` when no shared server was started.
+    """
+    return Path(_session.get("storage", fallback))  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ def test_analyse_without_a_database_says_so(tmp_path):
 
 @pytest.mark.slow
 def test_analyse_writes_the_contract_tables_and_files(tmp_path):
-    truth = simulate_fab(tmp_path / "drops", lots=60, seed=4, layers=("GATE", "M1"))
+    truth = simulate_fab(tmp_path / "drops", lots=60, seed=4, layers=("GATE", "M1"), planted=None)
     db = tmp_path / "fab.duckdb"
     for drop in truth.drop_dirs:
         assert ingest_drop(drop, db, gx=False).status == "merged"

@@ -236,12 +236,21 @@ def test_write_results_replaces_only_its_run(tmp_path):
             "SELECT run_id, rank, layer, yield_impact FROM subprocess_ranking "
             "WHERE rank IS NOT NULL ORDER BY run_id"
         ).fetchall()
+        unranked = con.execute(
+            "SELECT run_id, rank, layer, status FROM subprocess_ranking "
+            "WHERE rank IS NULL ORDER BY run_id"
+        ).fetchall()
         n_findings = con.execute(
             "SELECT run_id, count(*), count(yield_impact) FROM findings GROUP BY run_id ORDER BY 1"
         ).fetchall()
     finally:
         con.close()
     assert rows == [("run-1", 1, "A", 0.9), ("run-2", 1, "A", 0.7)]
+    # the layer that could not be ranked is kept in the table, unranked, with its status
+    assert unranked == [
+        ("run-1", None, "B", "not_converged"),
+        ("run-2", None, "B", "not_converged"),
+    ]
     # the dispersion finding has no yield impact: NULL, not NaN
     assert n_findings == [("run-1", 2, 1), ("run-2", 2, 1)]
     with (tmp_path / "r1" / "subprocess_ranking.csv").open() as fh:
@@ -250,3 +259,30 @@ def test_write_results_replaces_only_its_run(tmp_path):
     assert table[1]["rank"] == "" and table[1]["status"] == "not_converged"
     back = AnalysisResult.from_json(tmp_path / "r1" / "analysis.json")
     assert back.ranking[0].yield_impact == 0.9 and back.layers[1].status == "not_converged"
+
+
+def test_metrology_measured_against_the_typical_tool_even_when_the_bad_one_runs_half():
+    n = 2000
+    tool = np.arange(n) % 2  # two tools, half the wafers each
+    z = np.where(tool == 0, 1.5, 0.0) + np.tile([-0.2, 0.2], n // 2)
+    eff = LayerEffects(
+        eta_other=np.full(n, 2.0),
+        metrology=[MetrologyTerm("m_0", "CD", "OP", z, tool_index=tool)],
+        beta_all=np.array([-0.3]),
+        beta_cov=np.array([[0.0]]),
+        beta_index=[0],
+    )
+    contrib = -0.3 * z
+    # the healthy tool (1) is the better of the two: everyone brought to its mean level
+    ref = contrib[tool == 1].mean()
+    expected = 100 * np.mean(special.expit(2.0 + ref) - special.expit(2.0 + contrib))
+    assert yield_impact(eff) == pytest.approx(expected, rel=1e-12)
+    # the wafer median sits between the tools and would have hidden half of it
+    median_only = LayerEffects(
+        eta_other=eff.eta_other,
+        metrology=[MetrologyTerm("m_0", "CD", "OP", z)],
+        beta_all=eff.beta_all,
+        beta_cov=eff.beta_cov,
+        beta_index=[0],
+    )
+    assert yield_impact(median_only) < 0.6 * yield_impact(eff)

@@ -19,17 +19,20 @@ from tests.flows.pipeline_support import (
     rows,
     simulate_small_fab,
 )
-from tests.flows.prefect_harness import prefect_api  # noqa: F401 (the shared server)
+from tests.flows.prefect_harness import (  # noqa: F401 (the shared server)
+    prefect_api,
+    shared_fit_cache,
+)
 
 pytestmark = pytest.mark.slow
 
 
 def _env(api_url: str, tmp_path: Path) -> dict[str, str]:
-    # one server for every process; a fit cache of this test's own
+    # one server for every process, and the session's fit cache (same fab, same fits)
     return {
         **os.environ,
         "PREFECT_API_URL": api_url,
-        "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "prefect-storage"),
+        "PREFECT_LOCAL_STORAGE_PATH": str(shared_fit_cache(tmp_path / "prefect-storage")),
     }
 
 
@@ -65,7 +68,7 @@ def test_a_run_that_cannot_get_the_database_fails_naming_it_and_its_holder(tmp_p
 
 def test_two_runs_at_once_are_serialised_and_corrupt_nothing(tmp_path, prefect_api):  # noqa: F811
     require_pipeline()
-    truth = simulate_small_fab(tmp_path / "fab", n_drops=2)
+    truth = simulate_small_fab(tmp_path / "fab")
     db = tmp_path / "fab.duckdb"
     runs = [
         subprocess.Popen(

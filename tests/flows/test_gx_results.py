@@ -11,15 +11,19 @@ import json
 import re
 from pathlib import Path
 
+import duckdb
+import numpy as np
+import pandas as pd
 import pytest
 from pypdf import PdfReader
 
 from flows.analysis.results import AnalysisResult
-from flows.ingest import ingest_drop
+from flows.ingest import _plain, ingest_drop
 from flows.report import build_report
-from flows.validate import load_contract
+from flows.validate import load_contract, validate
 from tests.flows.conftest import query
-from tests.flows.drops import fab_tables, write_drop
+from tests.flows.drops import T0, fab_tables, write_drop
+from tests.flows.test_validate import land
 
 BAD_SLOTS = {0: 30, 2: 0}  # wafer row -> slot outside 1..25
 GX_CAP = 10  # rows GX sees per table of the bad drop
@@ -142,3 +146,33 @@ def test_the_report_shows_the_failing_expectation_in_html_and_pdf(fab):
     pdf = re.sub(r"\s+", " ", " ".join(p.extract_text() for p in PdfReader(paths.pdf).pages))
     assert "Failing expectations" in pdf
     assert re.search(rf"{bad.drop_id} wafers {re.escape(SLOT_RANGE)} slot_range 2 ", pdf), pdf
+
+
+def test_counts_add_up_over_the_chunks_gx_is_fed(tmp_path):
+    tables = fab_tables(lots=("L001",))
+    for row, slot in BAD_SLOTS.items():  # rows 0 and 2: the first and the second chunk
+        tables["wafers"][row]["slot"] = slot
+    con, sources = land(tmp_path, {t: tables[t] for t in ("lots", "wafers")}, tmp_path / "f.db")
+    try:
+        result = validate(con, sources, sources=sources, gx_chunk_rows=2)
+    finally:
+        con.close()
+    (wafers,) = [r for r in result.gx if r.table == "wafers"]
+    assert wafers.chunks == 2 and wafers.rows_checked == wafers.rows_total == 3
+    slot = next(e for e in wafers.expectations if e.rule == "slot_range")
+    assert not slot.success and slot.element_count == 3
+    assert slot.unexpected_count == len(BAD_SLOTS)
+    assert sorted(slot.partial_unexpected) == sorted(BAD_SLOTS.values())
+    assert slot.unexpected_percent == pytest.approx(100 * len(BAD_SLOTS) / 3)
+    assert all(e.success for e in wafers.expectations if e is not slot)
+
+
+def test_example_values_are_stored_as_json_duckdb_accepts():
+    values = [np.float64("nan"), np.int64(3), (np.int64(1), np.int64(2)), pd.Timestamp(T0), 1.5]
+    text = json.dumps(_plain(values))
+    con = duckdb.connect()
+    try:
+        (stored,) = con.execute("SELECT ?::JSON", [text]).fetchall()[0]
+    finally:
+        con.close()
+    assert json.loads(stored) == ["nan", 3, [1, 2], str(pd.Timestamp(T0)), 1.5]
