@@ -16,7 +16,10 @@ import pandas as pd
 import pytest
 
 # The project's read-only shared folder sits beside the checkout (../shared), in CI as here.
-DATA = Path(os.environ.get("YIELDRANK_SHARED", Path(__file__).resolve().parents[3] / "shared")) / "data"
+DATA = (
+    Path(os.environ.get("YIELDRANK_SHARED", Path(__file__).resolve().parents[3] / "shared"))
+    / "data"
+)
 
 
 def load_dataset(name: str) -> pd.DataFrame:
