@@ -46,6 +46,7 @@ from prefect.states import Completed, Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows import __version__
+from flows.analysis import method_record
 from flows.analysis.results import AnalysisResult, LayerFit
 from flows.settings import DEFAULT_DB, DEFAULT_OUT, lock_wait_seconds
 
@@ -423,27 +424,6 @@ def data_summary(frames: dict[str, pa.Table], drops: list[DropOutcome]) -> dict[
     }
 
 
-def analysis_method(seed: int) -> dict[str, Any]:
-    """The models and methods behind a run, as the report's method section lists them."""
-    from flows.analysis.layers import PROCESS_METHOD, YIELD_METHOD
-    from flows.analysis.ranking import (
-        INTERVAL_METHOD,
-        P_VALUE_ADJUSTMENT,
-        YIELD_IMPACT_DEFINITION,
-    )
-
-    return {
-        "yieldrank": __version__,
-        "seed": seed,
-        "model_code": model_code_version(),
-        "yield_model": f"binomial-beta HGLM per layer, {YIELD_METHOD}",
-        "process_models": f"gaussian or gamma HGLM by cAIC, phi by chamber, {PROCESS_METHOD}",
-        "impact_definition": YIELD_IMPACT_DEFINITION,
-        "interval": INTERVAL_METHOD,
-        "p_value_adjustment": P_VALUE_ADJUSTMENT,
-    }
-
-
 @flow(name="analyse", log_prints=True)
 def analyse(
     db: str,
@@ -498,7 +478,7 @@ def analyse(
             findings=findings,
             layers=[*layer_fits, chained],
             data_summary=data_summary(frames, drops or []),
-            method=analysis_method(seed),
+            method={**method_record(seed), "model_code": model_code_version()},
         )
         run_dir.mkdir(parents=True, exist_ok=True)
         write_results_task(db, result, str(run_dir))

@@ -18,7 +18,8 @@ by product, lot and wafer.
 `truth.json` records what was planted and, per layer, the true yield impact in yield percentage
 points: the mean over wafers of (yield probability with the layer's planted effects removed minus
 yield probability as simulated), computed from the true probabilities, the realised lot and wafer
-effects included. A metrology effect is removed by putting its parameter at target.
+effects included. A metrology effect is removed by taking the tool's shift off its wafers'
+parameter (every other tool's, lot's and wafer's offset stays) and recomputing their yield logit.
 
 Everything is vectorised over lots and wafers; the step history and the metrology are generated
 and written in chunks of lots, so memory stays bounded whatever the number of lots.
@@ -693,7 +694,8 @@ class WaferTruth:
     dies_total: np.ndarray  # per product
     eta: np.ndarray  # wafer -> yield logit as simulated
     dies_good: np.ndarray  # wafer -> binomial draw
-    terms: list[np.ndarray | None]  # per site: its yield-logit term per wafer (None: no yield term)
+    # per site: what removing its planted effect takes off each wafer's logit (None: no yield term)
+    planted_terms: list[np.ndarray | None]
     affected: list[np.ndarray]  # per site: wafers it touches
 
 
@@ -740,7 +742,7 @@ def draw_wafers(
     lot_re = rng.normal(0, model.lot_sd_logit, size=fab.n_lots)
     wafer_re = rng.normal(0, model.wafer_sd_logit, size=W)
     eta = product_logit[fab.lot_product[fab.wafer_lot]] + lot_re[fab.wafer_lot] + wafer_re
-    terms: list[np.ndarray | None] = []
+    planted_terms: list[np.ndarray | None] = []
     affected: list[np.ndarray] = []
     for s in sites:
         hit = _on(fab, s, wafers)
@@ -753,11 +755,19 @@ def draw_wafers(
             term = sizes.metrology_logit_per_unit * z[:, s.param]
         else:
             term = None
-        terms.append(term)
+        if s.kind == "metrology":
+            # Only the tool's shift was planted: the parameter's other variation stays when the
+            # effect is removed, so the logit loses just the shift's share on the shifted wafers.
+            unshifted = z[:, s.param] - np.where(hit, sizes.metrology_shift_units, 0.0)
+            planted_terms.append(term - sizes.metrology_logit_per_unit * unshifted)
+        else:
+            planted_terms.append(term)
         if term is not None:
             eta = eta + term
     dies_good = rng.binomial(dies_total[fab.lot_product[fab.wafer_lot]], _expit(eta))
-    return WaferTruth(z, ratio, bowl, product_logit, dies_total, eta, dies_good, terms, affected)
+    return WaferTruth(
+        z, ratio, bowl, product_logit, dies_total, eta, dies_good, planted_terms, affected
+    )
 
 
 def _expit(x: np.ndarray) -> np.ndarray:
@@ -1270,7 +1280,7 @@ def _describe(
 ) -> list[PlantedEffect]:
     r = fab.route
     out = []
-    for s, term, hit in zip(sites, truth.terms, truth.affected, strict=True):
+    for s, term, hit in zip(sites, truth.planted_terms, truth.affected, strict=True):
         spec = r.params[s.param] if s.param is not None else None
         size = {
             "tool": sizes.bad_tool_logit,
@@ -1304,7 +1314,9 @@ def _layer_impacts(fab: Fab, truth: WaferTruth, sites: list[Site]) -> dict[str, 
     out = {}
     for li, layer in enumerate(fab.route.layers):
         terms = [
-            t for s, t in zip(sites, truth.terms, strict=True) if s.layer == li and t is not None
+            t
+            for s, t in zip(sites, truth.planted_terms, strict=True)
+            if s.layer == li and t is not None
         ]
         out[layer] = _impact(truth.eta, np.sum(terms, axis=0)) if terms else 0.0
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from flows.analysis.results import AnalysisResult, Finding, LayerFit, LayerRanking, RandomEffect
 
@@ -20,23 +21,34 @@ __all__ = [
     "LayerRanking",
     "RandomEffect",
     "analyse",
+    "method_record",
 ]
+
+
+def method_record(seed: int) -> dict[str, Any]:
+    """The models and methods behind a run, as the report's method section lists them."""
+    from flows import __version__
+    from flows.analysis.layers import PROCESS_METHOD, YIELD_METHOD
+    from flows.analysis.ranking import INTERVAL_METHOD, P_VALUE_ADJUSTMENT, YIELD_IMPACT_DEFINITION
+
+    return {
+        "yieldrank": __version__,
+        "seed": seed,
+        "yield_model": f"binomial-beta HGLM per layer, {YIELD_METHOD}",
+        "process_models": f"gaussian or gamma HGLM by cAIC, phi by chamber, {PROCESS_METHOD}",
+        "impact_definition": YIELD_IMPACT_DEFINITION,
+        "interval": INTERVAL_METHOD,
+        "p_value_adjustment": P_VALUE_ADJUSTMENT,
+    }
 
 
 def analyse(
     db_path: str | Path, out_dir: str | Path, *, run_id: str | None = None, seed: int = 0
 ) -> AnalysisResult:
     """Analyse the database at `db_path`; write the ranking to it and to `out_dir`."""
-    from flows import __version__
     from flows.analysis.frames import chained_frame, layer_frames
-    from flows.analysis.layers import PROCESS_METHOD, YIELD_METHOD, fit_chained, fit_layer
-    from flows.analysis.ranking import (
-        INTERVAL_METHOD,
-        P_VALUE_ADJUSTMENT,
-        YIELD_IMPACT_DEFINITION,
-        rank_layers,
-        write_results,
-    )
+    from flows.analysis.layers import fit_chained, fit_layer
+    from flows.analysis.ranking import rank_layers, write_results
 
     run_id = run_id or f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     frames = layer_frames(db_path)
@@ -51,15 +63,7 @@ def analyse(
         findings=findings,
         layers=[*fits, *([chained] if chained is not None else [])],
         data_summary={"layers": len(frames), "wafers": n_wafers},
-        method={
-            "yieldrank": __version__,
-            "seed": seed,
-            "yield_model": f"binomial-beta HGLM per layer, {YIELD_METHOD}",
-            "process_models": f"gaussian or gamma HGLM by cAIC, phi by chamber, {PROCESS_METHOD}",
-            "impact_definition": YIELD_IMPACT_DEFINITION,
-            "interval": INTERVAL_METHOD,
-            "p_value_adjustment": P_VALUE_ADJUSTMENT,
-        },
+        method=method_record(seed),
     )
     write_results(db_path, result, out_dir)
     return result

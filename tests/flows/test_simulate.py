@@ -9,20 +9,31 @@ from __future__ import annotations
 
 import gzip
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import polars as pl
 import pytest
+from scipy.special import expit
 from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.simulate import (
+    DEFAULT_LAYERS,
     DEFAULT_PLANTED,
+    DEFAULT_START,
+    DEFAULT_YIELD,
     SCHEMAS,
     PlantedSizes,
     SimulationTruth,
+    WaferTruth,
+    _stream,
+    build_route,
+    choose_sites,
+    draw_fab,
+    draw_wafers,
     simulate_fab,
 )
 
@@ -358,6 +369,41 @@ def test_the_metrology_parameter_is_shifted_by_its_tool_and_drives_yield(fab):
     p = (m["y"] / 100).clip(0.01, 0.99).to_numpy()
     slope = np.polyfit(z, np.log(p / (1 - p)), 1)[0]
     assert slope == pytest.approx(e.size_logit, abs=0.08)
+
+
+def test_the_metrology_truth_removes_only_the_tools_shift(fab):
+    """The truth of the metrology effect is the same fab drawn again with the shift set to 0.
+
+    The files do not carry the true lot and wafer logit effects, so the counterfactual is drawn
+    from the simulator's own streams (seed 11, the fixture's arguments) with the sites kept."""
+    route = build_route(_stream(11, "route"), DEFAULT_LAYERS, (2, 5))
+    drawn = draw_fab(_stream(11, "fab"), route, 300, 25, DEFAULT_START, 33.0, 0.02)
+    sites = choose_sites(_stream(11, "plant"), drawn, DEFAULT_PLANTED)
+    site = next(s for s in sites if s.kind == "metrology")
+    e = fab.effect("metrology")
+    assert (route.tool_name[site.tool], route.params[site.param].param) == (e.tool_id, e.param)
+
+    def wafers(sizes: PlantedSizes) -> WaferTruth:
+        return draw_wafers(_stream(11, "wafers"), drawn, sites, sizes, DEFAULT_YIELD)
+
+    as_simulated = wafers(DEFAULT_PLANTED)
+    simulated = as_simulated.eta
+    unshifted = wafers(replace(DEFAULT_PLANTED, metrology_shift_units=0.0)).eta
+    assert 100 * expit(simulated).mean() == pytest.approx(fab.yield_model["mean_yield_pct"])
+    hit = drawn.wafer_tool(np.arange(len(simulated)), site.op) == site.tool
+    assert hit.sum() == e.n_wafers_affected
+    # Every wafer the shifting tool did not process keeps its logit bit for bit.
+    assert np.array_equal(unshifted[~hit], simulated[~hit])
+    shift_units = e.param_shift / e.param_unit_sd
+    assert np.allclose(unshifted[hit] - simulated[hit], -e.size_logit * shift_units)
+    gain = 100 * (expit(unshifted) - expit(simulated))
+    assert e.yield_impact == pytest.approx(gain.mean(), rel=1e-9)
+    assert e.yield_impact_affected == pytest.approx(gain[hit].mean(), rel=1e-9)
+    assert fab.layer_yield_impact[e.layer] == pytest.approx(gain.mean(), rel=1e-9)
+    # Putting every wafer's parameter at target also removes variation nobody planted: another
+    # number, so the check above tells the two definitions apart.
+    at_target = simulated - e.size_logit * as_simulated.z[:, site.param]
+    assert abs(100 * (expit(at_target) - expit(simulated)).mean() - e.yield_impact) > 0.05
 
 
 def test_the_noisy_chamber_varies_more_without_a_shift(fab):
