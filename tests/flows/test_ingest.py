@@ -168,8 +168,10 @@ def test_schema_holds_the_write_back_tables(db):
         }
     finally:
         con.close()
+    # the contract's columns, then why a layer is unranked (rank NULL) in plain words
     assert cols["subprocess_ranking"] == [
         "run_id", "rank", "layer", "yield_impact", "ci_low", "ci_high", "p_value", "variance_share",
+        "status", "reason",
     ]  # fmt: skip
     assert cols["findings"] == [
         "run_id", "layer", "operation", "tool_id", "chamber_id", "param", "effect", "estimate",
