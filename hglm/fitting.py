@@ -158,21 +158,11 @@ class Model:
         # working response = eta + score / weight (the weight may be observed or expected)
         score = d.prior_weights * (d.y - mu) * dmu / (fam.variance(mu) * phi)
         z = eta - d.offset + score / a
-        w_parts, z_parts = [], []
-        elim = None
-        for t, vk, lk in zip(d.terms, v, lam, strict=True):
-            wk, zk = self._random_rows(t, vk, lk, exact)
-            if t.observation_level:
-                # one level per row: put the level quantities in row order
-                elim = ObservationElimination(a=a, m=wk[t.codes], z=z, z_e=zk[t.codes])
-            else:
-                w_parts.append(wk)
-                z_parts.append(zk)
-        w_m = np.concatenate(w_parts) if w_parts else np.zeros(0)
-        z_m = np.concatenate(z_parts) if z_parts else np.zeros(0)
-        if elim is not None:
-            return a, z, elim.reduced_weight, elim.reduced_response, w_m, z_m, elim  # type: ignore[return-value]
-        return a, z, a, z, w_m, z_m, None  # type: ignore[return-value]
+        rows = [
+            (t, *self._random_rows(t, vk, lk, exact))
+            for t, vk, lk in zip(d.terms, v, lam, strict=True)
+        ]
+        return _augmented_system(a, z, rows)  # type: ignore[return-value]
 
     def hglm_first_system(
         self,
@@ -224,19 +214,7 @@ class Model:
             rows.append((t, wk, zk))
         mu_z = fam.valid_mu(fam.link.inverse(eta_z))
         z = eta_z - d.offset + (d.y - mu_z) / fam.link.mu_eta(eta_z)
-        w_parts, z_parts = [], []
-        elim = None
-        for t, wk, zk in rows:
-            if t.observation_level:
-                elim = ObservationElimination(a=a, m=wk[t.codes], z=z, z_e=zk[t.codes])
-            else:
-                w_parts.append(wk)
-                z_parts.append(zk)
-        w_m = np.concatenate(w_parts) if w_parts else np.zeros(0)
-        z_m = np.concatenate(z_parts) if z_parts else np.zeros(0)
-        if elim is not None:
-            return (a, z, elim.reduced_weight, elim.reduced_response, w_m, z_m, elim), eta_z
-        return (a, z, a, z, w_m, z_m, None), eta_z
+        return _augmented_system(a, z, rows), eta_z
 
     # -- IWLS --------------------------------------------------------------------------
     def iwls(
@@ -964,3 +942,25 @@ def warn_outcome(outcome: FitOutcome) -> None:
 
 # hglm.inference (another module) imports the criterion under its first name
 _Criterion = Criterion
+
+
+def _augmented_system(a: np.ndarray, z: np.ndarray, rows: list[tuple]) -> tuple:
+    """(a, z, reduced weight, reduced response, W_M, z_M, elimination) of the augmented GLM.
+
+    `rows` holds (term, quasi-row weights, quasi-row working responses) per random term. An
+    observation-level term (one level per row) is eliminated in closed form: its quantities are
+    put in row order and folded into the data rows' weight and response; the other terms'
+    quasi-rows are stacked in term order."""
+    w_parts, z_parts = [], []
+    elim = None
+    for t, wk, zk in rows:
+        if t.observation_level:
+            elim = ObservationElimination(a=a, m=wk[t.codes], z=z, z_e=zk[t.codes])
+        else:
+            w_parts.append(wk)
+            z_parts.append(zk)
+    w_m = np.concatenate(w_parts) if w_parts else np.zeros(0)
+    z_m = np.concatenate(z_parts) if z_parts else np.zeros(0)
+    if elim is not None:
+        return a, z, elim.reduced_weight, elim.reduced_response, w_m, z_m, elim
+    return a, z, a, z, w_m, z_m, None
