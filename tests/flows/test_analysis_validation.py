@@ -35,7 +35,7 @@ def test_planted_fab(seed, tmp_path):
             marks=pytest.mark.xfail(
                 reason="SPACER reaches adjusted p = 0.03 under the null: the per-term "
                 "likelihood ratios are taken on p_v(h) at EQL estimates, which hglm.lrt "
-                "rightly refuses; needs HL(1,1) ML fits (too slow today)",
+                "rightly refuses; needs HL(1,1) ML fits and hglm.lrt (next step)",
                 strict=False,
             ),
         ),
