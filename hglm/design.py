@@ -249,20 +249,17 @@ def _check_response(
 
 def _term_codes(frame: pd.DataFrame, term: RandomTerm) -> tuple[np.ndarray, np.ndarray]:
     cols = list(term.factors)
-    keys = frame[cols].astype(str)
     # sort levels like R (numerically when every factor is numeric)
     if all(pd.api.types.is_numeric_dtype(frame[c]) for c in cols):
         grouper = frame[cols]
     else:
-        grouper = keys
+        grouper = frame[cols].astype(str)
     codes = grouper.groupby(cols, sort=True).ngroup().to_numpy()
     first = np.zeros(codes.max() + 1, dtype=np.int64)
     first[codes[::-1]] = np.arange(len(codes))[::-1]
-    labels = (
-        keys.iloc[first].agg(":".join, axis=1).to_numpy()
-        if len(cols) > 1
-        else (keys[cols[0]].to_numpy()[first])
-    )
+    # level labels need the text of one row per level only (not of every row)
+    keys = frame[cols].iloc[first].astype(str)
+    labels = keys.agg(":".join, axis=1).to_numpy() if len(cols) > 1 else keys[cols[0]].to_numpy()
     return codes.astype(np.int64), np.asarray(labels, dtype=object)
 
 

@@ -102,6 +102,13 @@ def _split_name(spec: str) -> tuple[str, str | None]:
 
 # ------------------------------------------------------------------ response families
 
+
+def _strictly_inside(mu: np.ndarray, upper: float) -> bool:
+    """0 < mu < upper everywhere (then x log(mu) needs no 0 log 0 = 0 convention)."""
+    mu = np.asarray(mu)
+    return bool(mu.size) and float(mu.min()) > 0.0 and float(mu.max()) < upper
+
+
 _RESPONSE_LINKS = {
     "gaussian": ("identity", ("identity", "log")),
     "binomial": ("logit", ("logit", "probit", "cloglog")),
@@ -156,22 +163,37 @@ class ResponseFamily:
 
     def loglik(self, y: np.ndarray, mu: np.ndarray, phi: np.ndarray, w: np.ndarray) -> np.ndarray:
         """Exact log f(y | u) per observation (phi: dispersion, w: prior weights)."""
+        return self.loglik_kernel(y, mu, phi, w) + self.log_normaliser(y, w)
+
+    def log_normaliser(self, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """The part of log f(y | u) free of mu and phi (binomial coefficient, -log y!, -log y):
+        the same at every IWLS step, so fits compute it once (``hglm.likelihood``)."""
+        if self.name == "binomial":
+            k = np.rint(y * w)
+            return special.gammaln(w + 1) - special.gammaln(k + 1) - special.gammaln(w - k + 1)
+        if self.name == "poisson":
+            return -special.gammaln(y + 1)
+        if self.name == "gamma":
+            return -np.log(y)
+        return np.zeros(np.shape(y))
+
+    def loglik_kernel(
+        self, y: np.ndarray, mu: np.ndarray, phi: np.ndarray, w: np.ndarray
+    ) -> np.ndarray:
+        """log f(y | u) less ``log_normaliser``."""
         if self.name == "gaussian":
             s2 = phi / w
             return -0.5 * (np.log(2 * np.pi * s2) + (y - mu) ** 2 / s2)
+        inside = _strictly_inside(mu, 1.0 if self.name == "binomial" else np.inf)
         if self.name == "binomial":
             k = np.rint(y * w)
-            return (
-                special.gammaln(w + 1)
-                - special.gammaln(k + 1)
-                - special.gammaln(w - k + 1)
-                + special.xlogy(k, mu)
-                + special.xlogy(w - k, 1 - mu)
-            )
+            if inside:  # x log(m) as xlogy gives it, without the special function's cost
+                return k * np.log(mu) + (w - k) * np.log(1 - mu)
+            return special.xlogy(k, mu) + special.xlogy(w - k, 1 - mu)
         if self.name == "poisson":
-            return special.xlogy(y, mu) - mu - special.gammaln(y + 1)
+            return (y * np.log(mu) if inside else special.xlogy(y, mu)) - mu
         shape = w / phi
-        return shape * np.log(shape * y / mu) - shape * y / mu - np.log(y) - special.gammaln(shape)
+        return shape * np.log(shape * y / mu) - shape * y / mu - special.gammaln(shape)
 
     def working_weight(self, eta: np.ndarray, mu: np.ndarray, w: np.ndarray) -> np.ndarray:
         """Expected (Fisher) IWLS weight w (dmu/deta)^2 / V(mu), before dividing by phi."""

@@ -7,8 +7,11 @@
   deviance components divided by (1 - leverage), weights (1 - leverage)/2.
 * ``fit_hl``: HL(0,1) / HL(1,1): the adjusted profile likelihoods maximised
   exactly by a quasi-Newton search over the log-dispersion parameters (and,
-  for HL(1,1), beta by p_v(h)), started from EQL; the Hessian of the
-  criterion at the optimum gives standard errors on the log scale.
+  for HL(1,1), beta by p_v(h)), started from EQL and scaled by the start's
+  standard errors; each inner IWLS starts from the last mode moved along its
+  tangent. The Hessian of the criterion at the optimum gives standard errors
+  on the log scale, computed when first read (``DispersionSE``). Linear mixed
+  models take the profiled route of ``hglm.lmm`` instead.
 """
 
 from __future__ import annotations
@@ -16,13 +19,19 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.optimize
 
 from hglm.design import ModelDesign, RandomTermDesign
-from hglm.gradient import Evaluation, GradientUnavailable, criterion_gradient
+from hglm.gradient import (
+    Evaluation,
+    GradientUnavailable,
+    criterion_gradient,
+    random_derivatives,
+)
 from hglm.likelihood import Likelihoods, combine, conditional_loglik, random_loglik
 from hglm.mme import MixedModelEquations, MMESolution, ObservationElimination
 
@@ -192,14 +201,14 @@ class Model:
             assert eta_prev is not None
             mu_w = fam.valid_mu(fam.link.inverse(eta_prev))
             a = fam.working_weight(eta_prev, mu_w, d.prior_weights) / phi
-        eta_z = d.offset + d.X @ beta
         rows = []
+        added = []  # per term, what its levels add to eta_z
         for k, (t, lk) in enumerate(zip(d.terms, lam, strict=True)):
             f = t.family
             if f.link.name == "reciprocal":
                 v0 = np.full(t.n_levels, f.v_of_psi) if first else v[k]  # type: ignore[index]
                 rows.append((t, *f.quasi_rows(v0, lk)))
-                eta_z = eta_z + v0[t.codes]
+                added.append(v0)
                 continue
             if first:
                 v0 = np.full(t.n_levels, float(f.link.inverse(np.array(0.0))))
@@ -209,9 +218,11 @@ class Model:
                 v0 = v[k]  # type: ignore[index]
                 wk = f.quasi_rows(v0, lk)[0]
             u0 = f.link.inverse(v0)
-            eta_z = eta_z + u0[t.codes]
+            added.append(u0)
             zk = v0 + (f.psi - u0) / f.du_dv(u0)
             rows.append((t, wk, zk))
+        # through the row patterns, like eta (not one gather over the rows per term)
+        eta_z = self.linear_predictor(beta, added)
         mu_z = fam.valid_mu(fam.link.inverse(eta_z))
         z = eta_z - d.offset + (d.y - mu_z) / fam.link.mu_eta(eta_z)
         return _augmented_system(a, z, rows), eta_z
@@ -256,11 +267,16 @@ class Model:
             rest = d.X @ beta + self.mme.eta_random(sol.v)
             new_v: list[np.ndarray] = []
             it_sparse = iter(v_sparse)
-            for t in d.terms:
+            for k, t in enumerate(d.terms):
                 if t.observation_level:
                     assert elim is not None
+                    e_rows = elim.back_substitute(rest)
+                    if not (hglm_start and it == 1):
+                        e_rows = self._guard_rows(
+                            e_rows, v_old[k][t.codes], rest, t, phi, lam[k], exact
+                        )
                     e = np.empty(t.n_levels)
-                    e[t.codes] = elim.back_substitute(rest)
+                    e[t.codes] = e_rows
                     new_v.append(e)
                 else:
                     new_v.append(next(it_sparse))
@@ -295,6 +311,53 @@ class Model:
         for t, lk, vk in zip(d.terms, lam, v, strict=True):
             wm_list.append(self._random_rows(t, vk, lk, exact)[0])
         return MeanFit(beta, v, eta, mu, sol, elim, a, wm_list, it, converged)
+
+    def _guard_rows(
+        self,
+        e_new: np.ndarray,
+        e_old: np.ndarray,
+        rest: np.ndarray,
+        term: RandomTermDesign,
+        phi: np.ndarray,
+        lam: np.ndarray,
+        exact: bool,
+    ) -> np.ndarray:
+        """Step-halve the observation-level effects row by row (values in row order).
+
+        Given the rest of the linear predictor, h is a sum of one concave function per row of
+        the row's own effect, so each row can be held to no worse than its previous effect.
+        The joint step can overshoot one row badly (a binomial wafer far in the tail: the
+        Fisher step of a logit from mu near 0 or 1) while the rows together still gain, which
+        the global halving of ``iwls`` does not catch. Rows that moved little are left as
+        they are; the fixed point is the same either way."""
+        moved = np.flatnonzero(np.abs(e_new - e_old) > 1.0)
+        if not len(moved):
+            return e_new
+        d = self.design
+        fam, f = self.family, term.family
+        y, w, ph = d.y[moved], d.prior_weights[moved], phi[moved]
+        base_eta = d.offset[moved] + rest[moved]
+        lam_rows = lam[term.codes[moved]]
+        density = f.logdensity if exact else f.quasi_logdensity
+
+        def contribution(e: np.ndarray) -> np.ndarray:
+            with np.errstate(all="ignore"):
+                mu = fam.valid_mu(fam.link.inverse(base_eta + e))
+                return fam.loglik_kernel(y, mu, ph, w) + density(e, lam_rows)
+
+        start, step = e_old[moved], e_new[moved] - e_old[moved]
+        base = contribution(start)
+        t = np.ones(len(moved))
+        for _ in range(30):
+            worse = ~(contribution(start + t * step) >= base - 1e-10 * np.abs(base))
+            if not worse.any():
+                break
+            t[worse] *= 0.5
+        else:
+            t[worse] = 0.0
+        out = e_new.copy()
+        out[moved] = start + t * step
+        return out
 
     def _h(
         self,
@@ -483,7 +546,8 @@ class FitOutcome:
     likelihood: Likelihoods
     leverages: dict[str, np.ndarray]
     cov_beta: np.ndarray
-    disp_se: dict[str, np.ndarray]  # "phi" and each term name -> SE of log-scale coefficients
+    # "phi" and each term name -> SE of the log-scale coefficients (lazy after HL fits)
+    disp_se: Mapping[str, np.ndarray]
     converged: bool
     n_iter: int
     messages: list[str] = field(default_factory=list)
@@ -491,8 +555,13 @@ class FitOutcome:
     dev_data: np.ndarray | None = None
 
 
-def fit_eql(model: Model, max_iter: int = 50, conv: float = 1e-6) -> FitOutcome:
-    """R hglm's EQL: IWLS for (beta, v), gamma GLMs for the dispersions, until eta settles."""
+def fit_eql(
+    model: Model, max_iter: int = 50, conv: float = 1e-6, start_only: bool = False
+) -> FitOutcome:
+    """R hglm's EQL: IWLS for (beta, v), gamma GLMs for the dispersions, until eta settles.
+
+    ``start_only``: the fit only starts an HL search, which needs its estimates and Var(beta)
+    but not its likelihoods (left NaN) or final leverages (those of the last IWLS)."""
     d = model.design
     fam = model.family
     t0 = time.perf_counter()
@@ -572,12 +641,16 @@ def fit_eql(model: Model, max_iter: int = 50, conv: float = 1e-6) -> FitOutcome:
     if not converged:
         messages.append(f"EQL did not converge in {max_iter} iterations")
     t1 = time.perf_counter()
-    lik, _, lev = model.likelihoods(fit, disp, exact=False, observed=False)
-    # R hglm's cAIC counts the leverages of the last IWLS (before the final dispersion
-    # update); keep that so EQL reproduces it
-    lik = dataclasses.replace(
-        lik, caic=-2.0 * lik.conditional + 2.0 * float(np.sum(last_lev["data"]))
-    )
+    if start_only:
+        lik = Likelihoods(np.nan, np.nan, np.nan, np.nan, np.nan)
+        lev = last_lev
+    else:
+        lik, _, lev = model.likelihoods(fit, disp, exact=False, observed=False)
+        # R hglm's cAIC counts the leverages of the last IWLS (before the final dispersion
+        # update); keep that so EQL reproduces it
+        lik = dataclasses.replace(
+            lik, caic=-2.0 * lik.conditional + 2.0 * float(np.sum(last_lev["data"]))
+        )
     return FitOutcome(
         mean=fit,
         disp=disp,
@@ -638,6 +711,75 @@ class Criterion:
         self.p = model.design.p
         self.timings = {"iwls": 0.0, "factorise": 0.0, "gradient": 0.0}
         self._last: tuple[np.ndarray, float, np.ndarray | None] | None = None
+        self._tangent: tuple[np.ndarray, np.ndarray | None, np.ndarray] | None = None
+
+    # the inner IWLS: relative change of eta below 1e-7 (1e-14 in squares); from the predicted
+    # mode one step may already be enough
+    inner_tol = 1e-14
+    inner_min_iter = 1
+
+    def _predicted_mode(self, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Start of the inner IWLS: the last mode moved along its tangent to x (first order),
+        so that Newton needs a step or two less than from the last mode itself."""
+        fit = self.fit
+        if self._tangent is None:
+            return fit.beta, fit.v
+        x_mode, t_beta, t_v = self._tangent
+        dx = x - x_mode
+        if len(dx) != t_v.shape[1] or not np.all(np.isfinite(dx)) or np.max(np.abs(dx)) > 1.0:
+            return fit.beta, fit.v
+        dv = iter(self.model.mme.split(t_v @ dx))
+        v = [
+            vk if t.observation_level else vk + next(dv)
+            for t, vk in zip(self.model.design.terms, fit.v, strict=True)
+        ]
+        beta = fit.beta + t_beta @ dx if t_beta is not None else fit.beta
+        return beta, v
+
+    def _mode_tangent(
+        self, x: np.ndarray, fit: MeanFit, disp: Dispersions, sol: MMESolution
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray] | None:
+        """d(beta, v)/dx at the mode, J^{-1} d2h/d(beta, v) dx, from the factor just made there
+        (J: the information of the unknowns the IWLS moves). Observation-level terms and the
+        phi coefficients under an elimination are left out (zero): only a start depends on it."""
+        model = self.model
+        d, mme = model.design, model.mme
+        if not mme.q or model.obs_term is not None:
+            return None
+        cols_b: list[np.ndarray] = []
+        cols_v: list[np.ndarray] = []
+        if not self.theta_fixed:
+            if not disp.phi_fixed:
+                fam = model.family
+                phi = disp.phi(d)
+                score = (
+                    d.prior_weights
+                    * (d.y - fit.mu)
+                    * fam.link.mu_eta(fit.eta)
+                    / (fam.variance(fit.mu) * phi)
+                )
+                for j in range(d.X_disp.shape[1]):
+                    c = -score * d.X_disp[:, j]
+                    cols_b.append(d.X.T @ c)
+                    cols_v.append(mme.zt(c))
+            lam = disp.lam(d)
+            for k, t in enumerate(d.terms):
+                score_l = random_derivatives(t.family, fit.v[k], lam[k]).score_l
+                for j in range(t.X_disp.shape[1]):
+                    c = np.zeros(mme.q)
+                    c[mme.offsets[k] : mme.offsets[k + 1]] = score_l * t.X_disp[:, j]
+                    cols_b.append(np.zeros(d.p))
+                    cols_v.append(c)
+        n_theta = len(cols_v)
+        if self.beta_free:
+            # beta is held in the IWLS: only v moves, dv/dbeta = -H^{-1} Z'AX = -M
+            t_theta = mme.solve_levels(np.column_stack(cols_v)) if n_theta else np.zeros((mme.q, 0))
+            t_v = np.hstack([-sol.M, t_theta])
+            return x.copy(), None, t_v
+        if not n_theta:
+            return None
+        t_beta, t_v = mme.solve_joint(sol, np.column_stack(cols_b), np.column_stack(cols_v))
+        return x.copy(), t_beta, t_v
 
     def split(self, x: np.ndarray) -> tuple[np.ndarray | None, Dispersions]:
         if self.theta_fixed:
@@ -648,16 +790,17 @@ class Criterion:
 
     def solve(self, x: np.ndarray) -> tuple[MeanFit, Dispersions]:
         beta, disp = self.split(x)
-        start_beta = beta if beta is not None else self.fit.beta
+        predicted_beta, predicted_v = self._predicted_mode(x)
+        start_beta = beta if beta is not None else predicted_beta
         fit = self.model.iwls(
             start_beta,
-            self.fit.v,
+            predicted_v,
             disp,
             exact=True,
             beta_fixed=beta is not None,
-            tol=1e-14,
+            tol=self.inner_tol,
             max_iter=200,
-            min_iter=2,
+            min_iter=self.inner_min_iter,
         )
         if not fit.converged:
             fit = self.model.iwls(
@@ -700,6 +843,7 @@ class Criterion:
         if not (np.isfinite(value) and fit.converged):
             return value, None
         self.fit = fit
+        self._tangent = self._mode_tangent(x, fit, disp, sol) if observed else None
         grad = None
         if with_gradient and observed:
             try:
@@ -770,21 +914,44 @@ class Criterion:
         return 0.5 * (H + H.T)
 
 
-def _maximise(crit: Criterion, x0: np.ndarray, bounds: list[tuple[float | None, float | None]]):
-    def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
-        f, g = crit.value_and_gradient(x)
-        if not np.isfinite(f):
-            return 1e300, np.zeros_like(x)
-        return -f, -g
+def _maximise(
+    crit: Criterion,
+    x0: np.ndarray,
+    bounds: list[tuple[float | None, float | None]],
+    scale: np.ndarray | None = None,
+):
+    """L-BFGS-B on -crit. ``scale``: rough standard errors of x (a vector), or a square root R
+    of a rough covariance (x = R y; rows of bounded coordinates must be diagonal): the search
+    runs on y, where the curvature is near the identity L-BFGS starts from (fewer iterations)."""
+    m = len(x0)
+    if scale is None:
+        R = np.eye(m)
+    else:
+        scale = np.asarray(scale, dtype=float)
+        R = np.diag(scale) if scale.ndim == 1 else scale
+    R_inv = np.linalg.inv(R) if m else R
+    s = np.diag(R)
 
-    return scipy.optimize.minimize(
+    def fun(y: np.ndarray) -> tuple[float, np.ndarray]:
+        f, g = crit.value_and_gradient(R @ y)
+        if not np.isfinite(f):
+            return 1e300, np.zeros_like(y)
+        return -f, -(R.T @ g)
+
+    scaled_bounds = [
+        (None if lo is None else lo / si, None if hi is None else hi / si)
+        for (lo, hi), si in zip(bounds, s, strict=True)
+    ]
+    res = scipy.optimize.minimize(
         fun,
-        x0,
+        R_inv @ x0,
         jac=True,
         method="L-BFGS-B",
-        bounds=bounds,
-        options={"maxiter": 500, "ftol": 1e-13, "gtol": 1e-6},
+        bounds=scaled_bounds,
+        options={"maxiter": 500, "ftol": 1e-13, "gtol": 1e-6 * float(np.min(s, initial=1.0))},
     )
+    res.x = R @ res.x
+    return res
 
 
 def _stationary(crit: Criterion, res: scipy.optimize.OptimizeResult, bounds: list) -> bool:
@@ -803,9 +970,112 @@ def _stationary(crit: Criterion, res: scipy.optimize.OptimizeResult, bounds: lis
     return bool(np.all(np.isfinite(g)) and np.max(np.abs(g), initial=0.0) < 1e-3)
 
 
+class DispersionSE(Mapping[str, np.ndarray]):
+    """SEs of the log-dispersion coefficients from the observed information of the criterion.
+
+    The information is a finite-difference Hessian of the HL criterion, which costs many
+    criterion evaluations (as much as the whole search on the larger models), so it is
+    computed when an SE is first read, then kept. Keys: "phi" (if estimated) and each term's
+    name. Its time is added to ``timings["se_hessian"]`` (the fit's timings once the result
+    is built; see ``record_timings_in``)."""
+
+    def __init__(
+        self,
+        model: Model,
+        disp: Dispersions,
+        fit: MeanFit,
+        x_hat: np.ndarray,
+        which: str,
+        joint: bool,
+    ) -> None:
+        self._model, self._disp, self._fit = model, disp, fit
+        self._x_hat, self._which, self._joint = x_hat, which, joint
+        self._se: dict[str, np.ndarray] | None = None
+        self.timings: dict[str, float] = {}
+
+    def record_timings_in(self, timings: dict[str, float]) -> None:
+        self.timings = timings
+
+    @property
+    def computed(self) -> bool:
+        return self._se is not None
+
+    def compute(self) -> dict[str, np.ndarray]:
+        if self._se is None:
+            t0 = time.perf_counter()
+            self._se = self._standard_errors()
+            self.timings["se_hessian"] = self.timings.get("se_hessian", 0.0) + (
+                time.perf_counter() - t0
+            )
+        return self._se
+
+    def _standard_errors(self) -> dict[str, np.ndarray]:
+        model, disp = self._model, self._disp
+        d = model.design
+        p = d.p if self._joint else 0
+        try:
+            crit = Criterion(model, disp, self._fit, self._which, beta_free=self._joint)
+            cov = np.linalg.inv(-crit.hessian(self._x_hat))[p:, p:]
+            var = np.diag(cov)
+            sd = np.sqrt(np.where(var > 0, var, np.nan))
+        except np.linalg.LinAlgError:
+            sd = np.full(len(self._x_hat) - p, np.nan)
+        se: dict[str, np.ndarray] = {}
+        pos = 0
+        if not disp.phi_fixed:
+            se["phi"] = sd[: len(disp.gamma)]
+            pos = len(disp.gamma)
+        for t, dk in zip(d.terms, disp.delta, strict=True):
+            se[t.name] = sd[pos : pos + len(dk)]
+            pos += len(dk)
+        return se
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.compute()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.compute())
+
+    def __len__(self) -> int:
+        return len(self.compute())
+
+
+def _search_scale(start: FitOutcome, joint: bool) -> np.ndarray:
+    """A rough square root of the covariance of ([beta,] theta) at the start: beta's block from
+    the Cholesky factor of its covariance, sqrt(2 / m) for a log-dispersion estimated from m
+    deviance components (phi: n rows; lambda_k: q_k levels)."""
+    design_n = len(start.mean.eta)
+    parts = []
+    if not start.disp.phi_fixed:
+        parts.append(np.full(len(start.disp.gamma), np.sqrt(2.0 / design_n)))
+    for vk, dk in zip(start.mean.v, start.disp.delta, strict=True):
+        parts.append(np.full(len(dk), np.sqrt(2.0 / max(len(vk), 1))))
+    theta_scale = np.concatenate(parts) if parts else np.zeros(0)
+    if not joint:
+        return np.diag(theta_scale)
+    p = start.cov_beta.shape[0]
+    R = np.zeros((p + len(theta_scale),) * 2)
+    try:
+        R[:p, :p] = np.linalg.cholesky(start.cov_beta)
+    except np.linalg.LinAlgError:
+        R[:p, :p] = np.diag(np.sqrt(np.maximum(np.diag(start.cov_beta), 1e-12)))
+    R[p:, p:] = np.diag(theta_scale)
+    return R
+
+
 def fit_hl(model: Model, start: FitOutcome, mean_order: int, reml: bool) -> FitOutcome:
     """HL(mean_order, 1): exact maximisation of p_beta,v(h) (reml) or p_v(h) for the dispersions."""
+    from hglm.lmm import fit_lmm, is_linear_mixed_model  # builds on this module
+
     d = model.design
+    if is_linear_mixed_model(model):
+        # variance ratios from the start (the profiled search needs nothing else)
+        log_phi = start.disp.gamma[0] * d.X_disp[0, 0]
+        ratios = [
+            dk[0] * t.X_disp[0, 0] - log_phi
+            for t, dk in zip(d.terms, start.disp.delta, strict=True)
+        ]
+        return fit_lmm(model, mean_order, reml, start=np.array(ratios))
     t0 = time.perf_counter()
     mme_before = dict(model.mme.timings)
     disp = start.disp
@@ -829,7 +1099,7 @@ def fit_hl(model: Model, start: FitOutcome, mean_order: int, reml: bool) -> FitO
         crit = Criterion(model, disp, fit0, "p_v", beta_free=True)
         x0 = np.concatenate([fit0.beta, theta0])
         joint_bounds = [(None, None)] * d.p + theta_bounds
-        res = _maximise(crit, x0, joint_bounds)
+        res = _maximise(crit, x0, joint_bounds, scale=_search_scale(start, joint=True))
         res.success = _stationary(crit, res, joint_bounds)
         x_hat = res.x
         beta_hat, disp_hat = crit.split(x_hat)
@@ -837,7 +1107,7 @@ def fit_hl(model: Model, start: FitOutcome, mean_order: int, reml: bool) -> FitO
     else:
         crit = Criterion(model, disp, fit0, which, beta_free=False)
         if len(theta0):
-            res = _maximise(crit, theta0, theta_bounds)
+            res = _maximise(crit, theta0, theta_bounds, scale=_search_scale(start, joint=False))
             res.success = _stationary(crit, res, theta_bounds)
         else:  # nothing to estimate (a binomial/Poisson GLM without random terms)
             crit(theta0)
@@ -869,70 +1139,92 @@ def fit_hl(model: Model, start: FitOutcome, mean_order: int, reml: bool) -> FitO
             messages.append(f"p_v(h) maximisation over beta did not converge: {bres.message}")
         n_iter += int(bres.nit)
         crit = bcrit
-    # final state at the optimum
-    if beta_hat is not None:
-        fit = model.iwls(
-            beta_hat, crit.fit.v, disp_hat, exact=True, beta_fixed=True, tol=1e-14, max_iter=200
-        )
-    else:
-        fit = model.iwls(crit.fit.beta, crit.fit.v, disp_hat, exact=True, tol=1e-14, max_iter=200)
+    timings = {"outer": t1 - t0, **outer, "beta": time.perf_counter() - t1}
+    return finish_hl(
+        model,
+        disp_hat,
+        beta_hat if beta_hat is not None else crit.fit.beta,
+        crit.fit.v,
+        beta_fixed=beta_hat is not None,
+        which=which,
+        joint=joint,
+        converged=converged,
+        n_iter=n_iter,
+        messages=messages,
+        timings=timings,
+        mme_before=mme_before,
+    )
+
+
+def finish_hl(
+    model: Model,
+    disp_hat: Dispersions,
+    beta: np.ndarray,
+    v: list[np.ndarray],
+    beta_fixed: bool,
+    which: str,
+    joint: bool,
+    converged: bool,
+    n_iter: int,
+    messages: list[str],
+    timings: dict[str, float],
+    mme_before: dict[str, float],
+) -> FitOutcome:
+    """The mode, likelihoods, leverages and Var(beta) at the HL estimates of the dispersions
+    (and of beta when ``beta_fixed``), with their SEs deferred (``DispersionSE``)."""
+    d = model.design
+    t2 = time.perf_counter()
+    fit = model.iwls(beta, v, disp_hat, exact=True, beta_fixed=beta_fixed, tol=1e-14, max_iter=200)
     if not fit.converged:
         converged = False
         messages.append("the final IWLS for the random effects did not converge")
-    t2 = time.perf_counter()
-    lik, _, lev = model.likelihoods(fit, disp_hat, exact=True, observed=True)
-    # Var(beta) and the prediction variances from the expected information at the optimum
-    final_solution, _, _ = model.evaluate(fit, disp_hat, exact=True, observed=False)
-    t3 = time.perf_counter()
-    # SEs of the log-dispersion parameters from the curvature of the criterion
-    se: dict[str, np.ndarray] = {}
+    # likelihoods and leverages from the observed information, Var(beta) from the expected
+    # one: the same system for a canonical link
+    observed = True
     try:
-        hcrit = Criterion(model, disp_hat, fit, which, beta_free=False)
-        if joint:
-            hcrit = Criterion(model, disp_hat, fit, "p_v", beta_free=True)
-            H = hcrit.hessian(np.concatenate([fit.beta, theta_hat]))
-            cov = np.linalg.inv(-H)[d.p :, d.p :]
-        else:
-            H = hcrit.hessian(theta_hat)
-            cov = np.linalg.inv(-H)
-        sd = np.sqrt(np.where(np.diag(cov) > 0, np.diag(cov), np.nan))
+        sol, elim, a = model.evaluate(fit, disp_hat, exact=True, observed=True)
     except np.linalg.LinAlgError:
-        sd = np.full(len(theta_hat), np.nan)
-    pos = 0
-    if not disp_hat.phi_fixed:
-        se["phi"] = sd[: len(disp_hat.gamma)]
-        pos = len(disp_hat.gamma)
-    for t, dk in zip(d.terms, disp_hat.delta, strict=True):
-        se[t.name] = sd[pos : pos + len(dk)]
-        pos += len(dk)
-    # singular fits: a variance component at its lower bound
+        observed = False
+        sol, elim, a = model.evaluate(fit, disp_hat, exact=True, observed=False)
+    lev = model.leverages(sol, elim, a, disp_hat)
+    lik = model.combine_likelihoods(fit, disp_hat, sol, elim, float(np.sum(lev["data"])))
+    if observed and not model.family.canonical:
+        sol, _, _ = model.evaluate(fit, disp_hat, exact=True, observed=False)
+    # SEs of the log-dispersion parameters from the curvature of the criterion: on request
+    theta_hat = disp_hat.theta()
+    x_se = np.concatenate([fit.beta, theta_hat]) if joint else theta_hat
+    se = DispersionSE(model, disp_hat, fit, x_se, which, joint)
+    # singular fits: a variance component at its lower bound, i.e. negligible next to 1 or,
+    # for data on a large scale, next to phi (the criterion is flat as lambda -> 0, so the
+    # search stops near zero on the scale of phi rather than at the bound itself)
+    phi_scale = max(float(np.exp(np.mean(np.log(disp_hat.phi(d))))), 1.0)
     for t, lk in zip(d.terms, disp_hat.lam(d), strict=True):
-        if t.X_disp.shape[1] == 1 and float(lk[0]) < SINGULAR_LAMBDA:
+        if t.X_disp.shape[1] == 1 and float(lk[0]) < SINGULAR_LAMBDA * phi_scale:
             messages.append(
                 f"singular fit: lambda of {t.term.label} is at its lower bound ({float(lk[0]):.3g})"
             )
-    return FitOutcome(
+    outcome = FitOutcome(
         mean=fit,
         disp=disp_hat,
         likelihood=lik,
         leverages=lev,
-        cov_beta=final_solution.cov_beta,
+        cov_beta=sol.cov_beta,
         disp_se=se,
         converged=converged,
         n_iter=n_iter,
         messages=messages,
         timings={
-            "outer": t1 - t0,
-            **outer,
-            "beta": t2 - t1,
+            **timings,
             "inference": time.perf_counter() - t2,
-            "se_hessian": time.perf_counter() - t3,
+            "se_hessian": 0.0,
             **{
                 f"hl_{k}": model.mme.timings[k] - mme_before[k]
                 for k in ("assemble", "factorise", "selected_inverse", "factorisations")
             },
         },
     )
+    se.record_timings_in(outcome.timings)
+    return outcome
 
 
 def warn_outcome(outcome: FitOutcome) -> None:

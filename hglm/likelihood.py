@@ -11,6 +11,7 @@ The log-determinants come from the sparse factor of the mixed-model equations
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +36,29 @@ class Likelihoods:
 def conditional_loglik(
     family: ResponseFamily, y: np.ndarray, mu: np.ndarray, phi: np.ndarray, w: np.ndarray
 ) -> float:
-    return float(np.sum(family.loglik(y, mu, phi, w)))
+    """sum_i log f(y_i | u); the mu- and phi-free part is summed once per (y, w)."""
+    return float(np.sum(family.loglik_kernel(y, mu, phi, w))) + _normaliser_sum(family, y, w)
+
+
+# (family, id(y), id(w)) -> (weak references to y and w, sum of the log normaliser). The IWLS
+# and the outer search evaluate log f(y | u) hundreds of times for one y; its gammaln part
+# costs as much as the rest of an evaluation. Weak references make a reused id a miss.
+_NORMALISERS: dict[tuple[str, int, int], tuple[weakref.ref, weakref.ref, float]] = {}
+_MAX_NORMALISERS = 64
+
+
+def _normaliser_sum(family: ResponseFamily, y: np.ndarray, w: np.ndarray) -> float:
+    if not (isinstance(y, np.ndarray) and isinstance(w, np.ndarray)):
+        return float(np.sum(family.log_normaliser(y, w)))
+    key = (family.name, id(y), id(w))
+    hit = _NORMALISERS.get(key)
+    if hit is not None and hit[0]() is y and hit[1]() is w:
+        return hit[2]
+    value = float(np.sum(family.log_normaliser(y, w)))
+    if len(_NORMALISERS) >= _MAX_NORMALISERS:
+        _NORMALISERS.clear()
+    _NORMALISERS[key] = (weakref.ref(y), weakref.ref(w), value)
+    return value
 
 
 def random_loglik(

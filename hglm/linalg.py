@@ -61,8 +61,10 @@ def _cholmod_options(**options: object) -> Iterator[None]:
             cvxopt.cholmod.options.update(saved)
 
 
-# Supernodal LL' (BLAS-3 on dense blocks); postordering keeps supernodes contiguous.
-_FACTOR_OPTIONS = {"supernodal": 2, "postorder": True}
+# CHOLMOD's own choice: supernodal LL' (BLAS-3 on dense blocks) where the factor has dense
+# blocks, simplicial LDL' otherwise (small or very sparse systems: 3x faster to factor and 5x
+# faster to solve with than many tiny supernodes); postordering keeps supernodes contiguous.
+_FACTOR_OPTIONS = {"supernodal": 1, "postorder": True}
 # The same with a given (already postordered) permutation used as it is.
 _TWIN_OPTIONS = {"supernodal": 2, "postorder": True, "nmethods": 1}
 
@@ -192,10 +194,25 @@ class _DenseAncestors:
     def assemble(self, z_blocks: dict[int, np.ndarray]) -> np.ndarray:
         dense = np.full((self.size, self.size), np.nan)
         for k, block_rows, block_cols, d_rows, d_cols in self.pieces:
-            part = z_blocks[k][block_rows[:, None], block_cols[None, :]]
-            dense[d_rows[:, None], d_cols[None, :]] = part
-            dense[d_cols[:, None], d_rows[None, :]] = part.T
+            part = z_blocks[k][_grid(block_rows, block_cols)]
+            dense[_grid(d_rows, d_cols)] = part
+            dense[_grid(d_cols, d_rows)] = part.T
         return dense
+
+
+def _grid(rows: np.ndarray, cols: np.ndarray) -> tuple:
+    """Index of the rows x cols sub-block, with slices where the indices are runs (a whole
+    supernode inside D, the usual case: a copy instead of a gather of |D|^2 entries)."""
+    r, c = _run(rows), _run(cols)
+    if r is None and c is None:
+        return rows[:, None], cols[None, :]
+    return (rows if r is None else r), (cols if c is None else c)
+
+
+def _run(index: np.ndarray) -> slice | None:
+    if len(index) and index[-1] - index[0] == len(index) - 1 and np.all(np.diff(index) == 1):
+        return slice(int(index[0]), int(index[-1]) + 1)
+    return None
 
 
 # Largest dense Z_DD used for batching leaves (8 * 3000^2 bytes = 72 MB).
@@ -327,19 +344,27 @@ def _invert_supernode(
         else:
             zblk[0, 0] = 1.0 / pivot**2
         return
-    l_ss = np.tril(lblk[:width])
-    # (L_SS L_SS')^{-1} from the triangular factor (LAPACK potri fills the lower triangle)
+    # L_SS is lower triangular in the buffer (nothing is ever written above the diagonal)
+    l_ss = lblk[:width]
+    if r:
+        # U' = L_SS^{-T} L_RS'
+        u = scipy.linalg.solve_triangular(
+            l_ss, lblk[width:].T, lower=True, trans="T", check_finite=False
+        ).T
+        z_rs = -(z_rr @ u)
+        zblk[width:] = z_rs
+    # (L_SS L_SS')^{-1}: potri fills the lower triangle of a copy whose upper part stays zero,
+    # so adding the transpose completes it (with the diagonal counted twice)
     z_ss, info = scipy.linalg.lapack.dpotri(l_ss, lower=1)
     if info:  # pragma: no cover - L_SS comes from a successful factorisation
         raise NotPositiveDefiniteError(f"potri failed on a diagonal block (info {info})")
-    z_ss = np.tril(z_ss) + np.tril(z_ss, -1).T
+    z_ss += z_ss.T
+    z_ss.flat[:: width + 1] *= 0.5
     if r:
-        # U' = L_SS^{-T} L_RS'
-        u = scipy.linalg.solve_triangular(l_ss, lblk[width:].T, lower=True, trans="T").T
-        z_rs = -(z_rr @ u)
-        zblk[width:] = z_rs
         z_ss -= u.T @ z_rs
-    zblk[:width] = 0.5 * (z_ss + z_ss.T)
+        zblk[:width] = 0.5 * (z_ss + z_ss.T)
+    else:
+        zblk[:width] = z_ss
 
 
 def _invert_batch(
@@ -354,8 +379,13 @@ def _invert_batch(
         cols = batch.cols[first : first + step]
         lcol = l_buffer[where]
         u = lcol[:, 1:] / lcol[:, :1]
-        z_rr = z_dense[cols[:, :, None], cols[:, None, :]]
-        z_rs = -np.matmul(z_rr, u[:, :, None])[:, :, 0]
+        if np.all(cols == cols[:1]):
+            # one R for all (a fully crossed design: every student rated every item): one
+            # product with the shared, symmetric Z_RR instead of a gathered copy per leaf
+            z_rs = -(u @ z_dense[cols[0][:, None], cols[0][None, :]])
+        else:
+            z_rr = z_dense[cols[:, :, None], cols[:, None, :]]
+            z_rs = -np.matmul(z_rr, u[:, :, None])[:, :, 0]
         z_ss = 1.0 / lcol[:, 0] ** 2 - np.einsum("ij,ij->i", u, z_rs)
         if not np.all(np.isfinite(z_rs)):  # pragma: no cover - R is a clique of the pattern
             raise RuntimeError("selected inversion read an entry outside the factor's pattern")
@@ -381,6 +411,46 @@ def _selected_inverse_buffer(pattern: _SupernodalPattern, l_data: np.ndarray) ->
     return z_buffer
 
 
+@dataclass(frozen=True)
+class _LowerGather:
+    """Where the lower triangle of a canonical CSC pattern sits in its data array."""
+
+    indptr: np.ndarray  # of the full pattern
+    indices: np.ndarray
+    source: np.ndarray  # positions in the full data of the lower triangle's entries
+    lower_indptr: np.ndarray
+    lower_indices: np.ndarray
+
+    @classmethod
+    def of(cls, A: sp.spmatrix | sp.sparray) -> _LowerGather | None:
+        if not (sp.issparse(A) and A.format == "csc" and A.has_canonical_format):
+            return None
+        if A.shape[0] != A.shape[1]:
+            return None
+        positions = sp.csc_matrix(
+            (np.arange(1, A.nnz + 1, dtype=np.float64), A.indices, A.indptr), shape=A.shape
+        )
+        lower = sp.tril(positions, format="csc")
+        lower.sort_indices()
+        return cls(
+            A.indptr.copy(),
+            A.indices.copy(),
+            np.rint(lower.data).astype(np.int64) - 1,
+            lower.indptr.copy(),
+            lower.indices.copy(),
+        )
+
+    def matches(self, A: sp.spmatrix | sp.sparray) -> bool:
+        if not (sp.issparse(A) and A.format == "csc" and A.has_canonical_format):
+            return False
+        return np.array_equal(A.indptr, self.indptr) and np.array_equal(A.indices, self.indices)
+
+    def values(self, A: sp.csc_matrix) -> np.ndarray | None:
+        """The lower triangle's values (None if some are not finite)."""
+        data = np.asarray(A.data, dtype=np.float64)[self.source]
+        return data if np.all(np.isfinite(data)) else None
+
+
 class SparseCholesky:
     """Cholesky factor of a symmetric positive definite scipy.sparse matrix A (CSC or CSR; the full
     symmetric matrix is passed, only its lower triangle is used). The fill-reducing ordering and
@@ -389,21 +459,57 @@ class SparseCholesky:
 
     def __init__(self, A: sp.spmatrix | sp.sparray) -> None:
         lower = _lower_csc(A)
+        self._gather: _LowerGather | None = None
         self._n = lower.shape[0]
         self._indptr = lower.indptr.copy()
         self._indices = lower.indices.copy()
+        self._quadratic_form_plan: tuple | None = None
+        self._supernodal: bool | None = None  # which factor CHOLMOD chose
+        # A diagonal A (one random term) is its own factor: CHOLMOD's supernodal solve spends
+        # ~0.4 ms on 2,000 one-column supernodes where a division takes microseconds
+        self._diagonal: np.ndarray | None = None
+        if lower.nnz == self._n and np.array_equal(self._indices, np.arange(self._n)):
+            self._perm = np.arange(self._n)
+            self._set_diagonal(lower.data)
+            return
         matrix = _to_cvxopt(lower)
         with _cholmod_options(**_FACTOR_OPTIONS):
             self._factor = cvxopt.cholmod.symbolic(matrix, uplo="L")
         self._pattern: _SupernodalPattern | None = None
         self._l_indptr = self._l_indices = np.zeros(0, dtype=np.int64)
-        self._quadratic_form_plan: tuple | None = None
         self._factorise(matrix)
         self._perm = _permutation(self._factor, self._n)
 
-    def refactor(self, A: sp.spmatrix | sp.sparray) -> None:
-        """New values on the same pattern: numeric factorisation only."""
-        lower = _lower_csc(A)
+    def _set_diagonal(self, values: np.ndarray) -> None:
+        bad = np.flatnonzero(~(values > 0))
+        if len(bad):
+            raise NotPositiveDefiniteError(
+                f"matrix is not positive definite: non-positive diagonal entry at row/column "
+                f"{bad[0]} of A (a diagonal matrix)",
+                int(bad[0]),
+            )
+        self._diagonal = np.array(values, dtype=np.float64)
+        self._selinv_csc = None
+        self._full_pattern = (self._indptr, self._indices)
+
+    def _lower_values(self, A: sp.spmatrix | sp.sparray) -> np.ndarray:
+        """The values of A's lower triangle on this factor's pattern (ValueError otherwise).
+
+        When A is canonical CSC on the pattern of the previous call (every IWLS step) they are
+        one gather: scipy's tril costs as much as the factorisation on small systems."""
+        gather = self._gather
+        if gather is None or not gather.matches(A):
+            gather = _LowerGather.of(A)
+            if gather is not None and not (
+                np.array_equal(gather.lower_indptr, self._indptr)
+                and np.array_equal(gather.lower_indices, self._indices)
+            ):
+                gather = None  # a new pattern: _lower_csc and the check below say so
+            self._gather = gather
+        data = gather.values(A) if gather is not None else None
+        if data is not None:
+            return data
+        lower = _lower_csc(A)  # raises on non-finite values, naming an entry
         if (
             lower.shape[0] != self._n
             or not np.array_equal(lower.indptr, self._indptr)
@@ -413,18 +519,28 @@ class SparseCholesky:
                 "refactor() needs the sparsity pattern of the matrix given to SparseCholesky(); "
                 "build a new SparseCholesky for a new pattern"
             )
-        if len(self._matrix.V) == lower.nnz:
+        return lower.data
+
+    def refactor(self, A: sp.spmatrix | sp.sparray) -> None:
+        """New values on the same pattern: numeric factorisation only."""
+        data = self._lower_values(A)
+        if self._diagonal is not None:
+            self._set_diagonal(data)
+            return
+        if len(self._matrix.V) == len(data):
             # Same pattern: overwrite the values (cvxopt keeps them in sorted CSC order, as
             # scipy does) instead of rebuilding the matrix from triplets.
-            self._matrix.V = cvxopt.matrix(lower.data)
+            self._matrix.V = cvxopt.matrix(data)
             self._factorise(self._matrix)
         else:  # pragma: no cover - cvxopt dropped explicit zeros of the pattern
+            lower = sp.csc_matrix((data, self._indices, self._indptr), shape=(self._n, self._n))
             self._factorise(_to_cvxopt(lower))
 
     def _factorise(self, matrix: cvxopt.spmatrix) -> None:
         self._matrix = matrix
         self._selinv: np.ndarray | None = None
         self._selinv_csc: sp.csc_matrix | None = None
+        self._logdet: float | None = None
         try:
             _numeric(matrix, self._factor, _FACTOR_OPTIONS)
         except NotPositiveDefiniteError as err:
@@ -436,6 +552,30 @@ class SparseCholesky:
                 f"{self._perm[column]} of A",
                 self._perm[column],
             ) from None
+        if self._supernodal is None:
+            try:
+                cvxopt.cholmod.diag(self._factor)  # reads supernodal factors only
+                self._supernodal = True
+            except ValueError:
+                self._supernodal = False
+        if not self._supernodal:
+            self._check_pivots()
+
+    def _check_pivots(self) -> None:
+        """A simplicial LDL' goes through an indefinite matrix: D must be positive."""
+        inverse_d = cvxopt.matrix(np.ones(self._n))
+        cvxopt.cholmod.solve(self._factor, inverse_d, sys=6)  # D x = 1
+        d = 1.0 / np.asarray(inverse_d).ravel()
+        bad = np.flatnonzero(~(np.isfinite(d) & (d > 0)))
+        if len(bad):
+            if not hasattr(self, "_perm"):
+                self._perm = _permutation(self._factor, self._n)
+            row = int(self._perm[bad[0]])
+            raise NotPositiveDefiniteError(
+                f"matrix is not positive definite: non-positive pivot at row/column {row} of A",
+                row,
+            )
+        self._logdet = float(np.sum(np.log(d)))
 
     @property
     def n(self) -> int:
@@ -453,13 +593,21 @@ class SparseCholesky:
             raise ValueError(f"right-hand side must have shape ({self._n},) or ({self._n}, k)")
         if b.size == 0:
             return b.copy()
+        if self._diagonal is not None:
+            return b / (self._diagonal if b.ndim == 1 else self._diagonal[:, None])
         rhs = cvxopt.matrix(np.asfortranarray(b.reshape(self._n, -1)))
         cvxopt.cholmod.solve(self._factor, rhs)
         return np.asarray(rhs).reshape(b.shape)
 
     def logdet(self) -> float:
-        """log det A = 2 sum log diag(L)."""
-        return 2.0 * float(np.sum(np.log(np.asarray(cvxopt.cholmod.diag(self._factor)))))
+        """log det A = 2 sum log diag(L) (supernodal LL'), or sum log D (simplicial LDL')."""
+        if self._diagonal is not None:
+            return float(np.sum(np.log(self._diagonal)))
+        if self._logdet is None:
+            self._logdet = 2.0 * float(
+                np.sum(np.log(np.asarray(cvxopt.cholmod.diag(self._factor))))
+            )
+        return self._logdet
 
     def _factor_csc(self) -> tuple[sp.csc_matrix, np.ndarray]:
         """L of P A P' = L L' as scipy CSC (permuted order), with its permutation.
@@ -467,6 +615,12 @@ class SparseCholesky:
         cvxopt.cholmod.getfactor turns its argument back into a symbolic factor, so L is taken
         from a twin factorisation, leaving the solver intact; the twin is told to keep our
         ordering (no second AMD), which makes its pattern the same on every call."""
+        if self._diagonal is not None:
+            root = sp.csc_matrix(
+                (np.sqrt(self._diagonal), self._indices.copy(), self._indptr.copy()),
+                shape=(self._n, self._n),
+            )
+            return root, self._perm.copy()
         with _cholmod_options(**_TWIN_OPTIONS):
             twin = cvxopt.cholmod.symbolic(self._matrix, p=cvxopt.matrix(self._perm), uplo="L")
         _numeric(self._matrix, twin, _TWIN_OPTIONS)
@@ -514,6 +668,11 @@ class SparseCholesky:
         """Entries of A^{-1} on the pattern of L + L' (symmetric, full, original ordering).
 
         Every entry where A is non-zero is present (explicit zeros of the pattern are kept)."""
+        if self._selinv_csc is None and self._diagonal is not None:
+            self._selinv_csc = sp.csc_matrix(
+                (1.0 / self._diagonal, self._indices.copy(), self._indptr.copy()),
+                shape=(self._n, self._n),
+            )
         if self._selinv_csc is None:
             buffer = self._selected_inverse_buffer()
             indptr, indices, where = self._full_pattern
@@ -539,6 +698,8 @@ class SparseCholesky:
 
     def inverse_diagonal(self) -> np.ndarray:
         """diag(A^{-1}), from the selected inverse."""
+        if self._diagonal is not None:
+            return 1.0 / self._diagonal
         buffer = self._selected_inverse_buffer()
         diagonal = np.empty(self._n)
         diagonal[self._l_perm] = buffer[self._pattern.diag_dest]

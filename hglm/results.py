@@ -11,7 +11,7 @@ import pandas as pd
 from scipy import stats
 
 from hglm.design import ModelDesign, new_fixed_matrix, new_term_codes
-from hglm.fitting import FitOutcome, Model
+from hglm.fitting import DispersionSE, FitOutcome, Model
 
 
 def _json(x: Any) -> Any:
@@ -43,6 +43,11 @@ class HGLMResult:
     call: str
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # the lazy dispersion SEs charge their Hessian to this fit's timings
+        if isinstance(self.outcome.disp_se, DispersionSE):
+            self.outcome.disp_se.record_timings_in(self.timings)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -103,8 +108,21 @@ class HGLMResult:
         return out
 
     @property
+    def lambdas(self) -> pd.Series:
+        """lambda per random term (the geometric mean over levels for a dispersion model),
+        without the SEs that make ``varcomp`` compute the criterion's Hessian."""
+        lam = self.outcome.disp.lam(self.design)
+        return pd.Series(
+            [float(np.exp(np.mean(np.log(lk)))) for lk in lam],
+            index=pd.Index([t.name for t in self.design.terms], name="term"),
+            name="lambda",
+        )
+
+    @property
     def varcomp(self) -> pd.DataFrame:
-        """lambda per random term with its SE on the log scale (intercept-only terms)."""
+        """lambda per random term with its SE on the log scale (intercept-only terms). The SEs
+        of HL fits come from a finite-difference Hessian, computed on first use (``lambdas``
+        has the estimates alone)."""
         rows = []
         lam = self.outcome.disp.lam(self.design)
         for t, lk, dk in zip(self.design.terms, lam, self.outcome.disp.delta, strict=True):

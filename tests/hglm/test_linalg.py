@@ -309,3 +309,73 @@ def test_row_quadratic_forms_survive_a_hash_collision(monkeypatch):
     dense_t = T.toarray()
     expected = np.einsum("ij,jk,ik->i", dense_t, np.linalg.inv(A.toarray()), dense_t)
     np.testing.assert_allclose(row_quadratic_forms(T, S), expected, atol=TOL)
+
+
+def test_a_diagonal_matrix_is_its_own_factor():
+    """One random term: H is diagonal and everything comes without CHOLMOD; the answers are
+    those of the dense matrix."""
+    rng = np.random.default_rng(8)
+    d = rng.uniform(0.5, 3.0, 40)
+    chol = SparseCholesky(sp.diags(d, format="csc"))
+    b = rng.normal(size=(40, 3))
+    np.testing.assert_allclose(chol.solve(b), b / d[:, None])
+    np.testing.assert_allclose(chol.solve(b[:, 0]), b[:, 0] / d)
+    assert chol.logdet() == pytest.approx(float(np.sum(np.log(d))))
+    np.testing.assert_allclose(chol.inverse_diagonal(), 1 / d)
+    np.testing.assert_allclose(chol.selected_inverse().toarray(), np.diag(1 / d))
+    factor, perm = chol._factor_csc()
+    np.testing.assert_allclose((factor @ factor.T).toarray()[np.ix_(perm, perm)], np.diag(d))
+    # one level per row (T'WT is diagonal): the forms are t^2 / d of that level
+    levels = rng.integers(0, 40, 12)
+    t = rng.normal(size=12)
+    T = sp.csr_matrix((t, levels, np.arange(13)), shape=(12, 40))
+    np.testing.assert_allclose(chol.row_quadratic_forms(T), t**2 / d[levels])
+    chol.refactor(sp.diags(2 * d, format="csc"))
+    assert chol.logdet() == pytest.approx(float(np.sum(np.log(2 * d))))
+    np.testing.assert_allclose(chol.inverse_diagonal(), 0.5 / d)
+    with pytest.raises(NotPositiveDefiniteError, match="row/column 3 of A"):
+        chol.refactor(sp.diags(np.where(np.arange(40) == 3, -1.0, d), format="csc"))
+
+
+def test_refactor_on_the_same_symmetric_pattern_gathers_the_lower_triangle(system):
+    """Repeated refactors with new values on one full symmetric CSC pattern (the IWLS) take
+    the lower triangle by a gather; the factor is that of the new matrix."""
+    _, A, _, _ = system
+    A = sp.csc_matrix(A)
+    A.sort_indices()
+    chol = SparseCholesky(A)
+    for scale in (1.5, 0.7):
+        B = A.copy()
+        B.data = B.data * scale
+        B.setdiag(B.diagonal() + scale)
+        B = sp.csc_matrix(B)
+        B.sort_indices()
+        assert B.nnz == A.nnz
+        chol.refactor(B)
+        assert chol.logdet() == pytest.approx(np.linalg.slogdet(B.toarray())[1], rel=1e-10)
+    assert chol._gather is not None
+
+
+def test_fully_crossed_leaves_share_their_ancestors():
+    """Every level of the first term meets every level of the second (VerbAgg's persons x
+    items): the leaves' R are all the same; the selected inverse is still the dense one."""
+    rng = np.random.default_rng(12)
+    n1, n2 = 40, 6
+    rows = np.arange(n1 * n2)
+    Z = sp.csr_matrix(
+        (
+            np.ones(2 * len(rows)),
+            np.column_stack([rows // n2, n1 + rows % n2]).ravel(),
+            np.arange(0, 2 * len(rows) + 1, 2),
+        ),
+        shape=(len(rows), n1 + n2),
+    )
+    w = rng.uniform(0.2, 1.0, len(rows))
+    A = (Z.T @ sp.diags(w) @ Z + sp.diags(rng.uniform(0.5, 2.0, n1 + n2))).tocsc()
+    chol = SparseCholesky(A)
+    inverse = np.linalg.inv(A.toarray())
+    np.testing.assert_allclose(chol.inverse_diagonal(), np.diag(inverse), rtol=1e-10)
+    S = chol.selected_inverse()
+    coo = S.tocoo()
+    np.testing.assert_allclose(coo.data, inverse[coo.row, coo.col], rtol=1e-9, atol=1e-14)
+    assert any(isinstance(step, ColumnBatch) for step in chol._pattern.schedule)
