@@ -5,7 +5,7 @@ from hglm.families import RandomFamily, ResponseFamily, random_family, response_
 from hglm.fitting import ConvergenceWarning
 from hglm.inference import BootstrapResult, LRTResult, bootstrap, confint, lrt, profile_ci
 from hglm.marginal import marginal_effect, marginal_predict
-from hglm.results import HGLMResult
+from hglm.results import HGLMResult, RanefGivenFixef
 from hglm.simulate import simulate_responses
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "HGLMResult",
     "LRTResult",
     "RandomFamily",
+    "RanefGivenFixef",
     "ResponseFamily",
     "bootstrap",
     "confint",

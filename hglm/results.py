@@ -32,6 +32,16 @@ class Summary(str):
         return str(self)
 
 
+@dataclass(frozen=True)
+class RanefGivenFixef:
+    """One random term's prediction distribution split by the fixed effects:
+    v - v-hat = loading @ (beta - beta-hat) + e, e with SD ``se`` per level."""
+
+    levels: pd.Index
+    loading: np.ndarray  # (levels, p)
+    se: np.ndarray  # (levels,)
+
+
 @dataclass
 class HGLMResult:
     """A fitted HGLM. Build it with ``hglm.fit``."""
@@ -104,6 +114,29 @@ class HGLMResult:
             out[t.name] = pd.DataFrame(
                 {"v": v, "u": t.family.u(v), "se": np.sqrt(lev[f"var:{t.name}"])},
                 index=pd.Index(t.levels, name=t.name),
+            )
+        return out
+
+    def ranef_given_fixef(self) -> dict[str, RanefGivenFixef]:
+        """How each random term's predictions depend on the fixed effects, on the v scale
+        (observation-level terms, eliminated in closed form, are not included).
+
+        With (beta, v) jointly normal around (beta-hat, v-hat) with covariance C^{-1}, the
+        inverse of the augmented system's matrix, v - v-hat = L (beta - beta-hat) + e with
+        L = -H^{-1} Z'AX and e independent of beta; ``se`` is the SD of e per level
+        (diag H^{-1}). Drawing beta from N(beta-hat, cov_beta) and then e level by level gives
+        the joint draws of a term's levels without their correlations given beta."""
+        sol = self.outcome.mean.solution
+        lev = self.outcome.leverages
+        out: dict[str, RanefGivenFixef] = {}
+        start = 0
+        for t in self.model.sparse_terms:
+            rows = -np.asarray(sol.M[start : start + t.n_levels])
+            start += t.n_levels
+            shared = np.einsum("ij,jk,ik->i", rows, sol.cov_beta, rows)
+            given_beta = np.maximum(lev[f"var:{t.name}"] - shared, 0.0)
+            out[t.name] = RanefGivenFixef(
+                levels=pd.Index(t.levels, name=t.name), loading=rows, se=np.sqrt(given_beta)
             )
         return out
 

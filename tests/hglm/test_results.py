@@ -223,3 +223,48 @@ def test_every_link_fits(family: str, method: str) -> None:
     assert res.converged
     assert np.all(np.isfinite(res.fixef.to_numpy()))
     assert np.isfinite(res.likelihood["p_v"])
+
+
+def test_ranef_given_fixef_equals_the_dense_conditional_distribution() -> None:
+    """For an LMM at its estimates, v | y, beta is normal with covariance
+    P^{-1} = (Z'Z/phi + diag(1/lambda))^{-1} and mean P^{-1} Z'(y - X beta)/phi: the loading is
+    -P^{-1} Z'X / phi and the SD of e the root of diag(P^{-1}), computed here densely."""
+    rng = np.random.default_rng(7)
+    n, n_a, n_b = 400, 25, 12
+    a, b = rng.integers(0, n_a, n), rng.integers(0, n_b, n)
+    x = rng.normal(size=n)
+    y = 1.0 + 0.5 * x + rng.normal(0, 0.8, n_a)[a] + rng.normal(0, 0.5, n_b)[b] + rng.normal(size=n)
+    data = pd.DataFrame({"y": y, "x": x, "a": [f"a{i}" for i in a], "b": [f"b{i}" for i in b]})
+    res = hglm.fit("y ~ x + (1|a) + (1|b)", data, method="HL(1,1)", reml=False)
+
+    phi = float(res.outcome.disp.phi(res.design)[0])
+    lam = res.lambdas
+    X = np.column_stack([np.ones(n), x])
+    blocks, prior = [], []
+    for name in ("a", "b"):
+        levels = res.ranef[name].index
+        codes = pd.Index(levels).get_indexer(data[name])
+        Z = np.zeros((n, len(levels)))
+        Z[np.arange(n), codes] = 1.0
+        blocks.append(Z)
+        prior.append(np.full(len(levels), 1.0 / lam[name]))
+    Z = np.hstack(blocks)
+    P_inv = np.linalg.inv(Z.T @ Z / phi + np.diag(np.concatenate(prior)))
+    loading = -P_inv @ Z.T @ X / phi
+
+    split = res.ranef_given_fixef()
+    assert list(split) == ["a", "b"]
+    got_loading = np.vstack([split["a"].loading, split["b"].loading])
+    got_se = np.concatenate([split["a"].se, split["b"].se])
+    np.testing.assert_allclose(got_loading, loading, rtol=1e-6, atol=1e-10)
+    np.testing.assert_allclose(got_se, np.sqrt(np.diag(P_inv)), rtol=1e-6)
+    assert list(split["a"].levels) == list(res.ranef["a"].index)
+
+
+def test_ranef_given_fixef_recombines_to_the_prediction_se(semi_fit) -> None:
+    """loading cov(beta) loading' + se^2 is the prediction variance of every level."""
+    for name, part in semi_fit.ranef_given_fixef().items():
+        shared = np.einsum("ij,jk,ik->i", part.loading, semi_fit.outcome.cov_beta, part.loading)
+        np.testing.assert_allclose(
+            np.sqrt(shared + part.se**2), semi_fit.ranef[name]["se"].to_numpy(), rtol=1e-10
+        )
