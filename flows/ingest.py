@@ -38,11 +38,13 @@ import duckdb
 
 from flows.db import connect, quote_ident, quote_literal
 from flows.validate import (
+    GX_MAX_ROWS,
     TABLES,
     GxTableReport,
     Problem,
     TableContract,
     load_contract,
+    temp_table_exists,
     validate,
 )
 
@@ -584,7 +586,7 @@ def ingest_drop(
     on_bad_rows: OnBadRows = "reject",
     gx: bool = True,
     docs_dir: str | Path | None = None,
-    gx_max_rows: int | None = 100_000,
+    gx_max_rows: int | None = GX_MAX_ROWS,
     progress: Callable[[str], None] | None = None,
 ) -> IngestResult:
     """Ingest the drop folder `drop` into the database file `db`.
@@ -593,8 +595,10 @@ def ingest_drop(
     in quarantine with every problem named. With `on_bad_rows="quarantine"` rows breaking a
     per-row rule are quarantined and the rest merges (file- and column-level problems still
     reject the drop). `gx` runs the Great Expectations suites as well (data docs to
-    `docs_dir`), over at most `gx_max_rows` rows per table (None = all rows); the SQL rules
-    always check every row.
+    `docs_dir`), on at most `gx_max_rows` rows per table (None = all rows): a systematic
+    sample spread over the table plus the rows the SQL rules flagged (see
+    `flows.validate.gx_sample_sql`). The SQL rules always check every row, and answer the
+    suites' uniqueness expectations over the whole drop.
     """
     t0 = time.perf_counter()
     started = datetime.now(UTC).replace(tzinfo=None)
@@ -652,6 +656,7 @@ def ingest_drop(
             )
             problems.extend(check.problems)
             gx_reports = check.gx
+            timings.update(check.timings)
         except duckdb.Error as exc:  # a Parquet page that only breaks when it is read
             corrupt = _find_unreadable(con, drop, sources, landed, exc)
             broken += corrupt
@@ -925,6 +930,14 @@ def _log(
         con.execute("COMMIT")
 
 
+GX_RESULT_COLUMNS = (
+    "attempt_id", "drop_id", "table_name", "suite", "expectation_index", "expectation_type",
+    "column_names", "rule", "success", "element_count", "unexpected_count",
+    "unexpected_percent", "partial_unexpected", "exception_message", "rows_checked",
+    "rows_total", "evaluated_by",
+)  # fmt: skip
+
+
 def _save_gx_results(con: duckdb.DuckDBPyConnection, result: IngestResult) -> None:
     rows = [
         [
@@ -942,15 +955,17 @@ def _save_gx_results(con: duckdb.DuckDBPyConnection, result: IngestResult) -> No
             e.unexpected_percent,
             json.dumps(_plain(e.partial_unexpected)),
             e.exception,
-            report.rows_checked,
+            report.rows_checked if e.rows_checked is None else e.rows_checked,
             report.rows_total,
+            e.evaluated_by,
         ]
         for report in result.gx
         for e in report.expectations
     ]
     if rows:
         con.executemany(
-            "INSERT INTO meta.gx_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO meta.gx_results ({', '.join(GX_RESULT_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(GX_RESULT_COLUMNS))})",
             rows,
         )
 
@@ -960,6 +975,8 @@ def _plain(value: Any) -> Any:
     text (JSON has no NaN; DuckDB would refuse the row, and with it the attempt's log)."""
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
+    if isinstance(value, dict):  # a row of a multi-column expectation
+        return {str(k): _plain(v) for k, v in value.items()}
     if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):
         value = value.item()  # numpy scalar
     if value is None or isinstance(value, bool | int | str):
@@ -1042,7 +1059,7 @@ def _raw_rows(
         "CREATE OR REPLACE TEMP TABLE raw_rows (table_name VARCHAR, source_file VARCHAR, "
         "source_row BIGINT, row_json JSON)"
     )
-    if not _exists(con, "violations"):
+    if not temp_table_exists(con, "violations"):
         con.execute(
             "CREATE TEMP TABLE violations (table_name VARCHAR, rule VARCHAR, "
             "source_file VARCHAR, source_row BIGINT, detail VARCHAR)"
@@ -1069,13 +1086,6 @@ def _raw_rows(
             except (duckdb.Error, DropError):
                 continue
     (n,) = con.execute("SELECT count(*) FROM raw_rows").fetchall()[0]
-    return n > 0
-
-
-def _exists(con: duckdb.DuckDBPyConnection, temp_table: str) -> bool:
-    (n,) = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name = ?", [temp_table]
-    ).fetchall()[0]
     return n > 0
 
 

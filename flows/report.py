@@ -773,8 +773,9 @@ def _gx_runs_table(runs: list[GxSuiteRun]) -> Table:
     if sampled:
         note = (
             f"Great Expectations checked a sample in {len(sampled)} of {len(runs)} suite runs: "
-            "the first rows of the table, in file order (rows checked < rows delivered). "
-            "The contract's SQL rules, which decide whether a drop merges, checked every row."
+            "an evenly spaced sample spread over every file plus the rows the SQL rules flagged "
+            "(rows checked < rows delivered); uniqueness is answered by the SQL rule over every "
+            "row. The contract's SQL rules, which decide whether a drop merges, checked every row."
         )
     return Table(
         ["drop", "status", "suite", "expectations", "passed", "failed", "rows checked"],

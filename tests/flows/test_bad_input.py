@@ -485,3 +485,117 @@ def test_a_drop_that_changes_while_it_is_ingested_is_not_merged(tmp_path, base_d
     result = ingest(drop, base_db)
     p = assert_rejected(result, base_db, before, "drop_changed", "d")
     assert "changed while it was being ingested" in p.message
+
+
+# --- each per-row rule of the suites on its own: message, count, rows kept -----------------
+
+
+@pytest.mark.parametrize(
+    ("table", "edits", "rule", "words"),
+    [
+        ("lots", {0: {"product": None}}, "not_null", ["product is never empty"]),
+        ("step_history", {1: {"tool_id": None}, 5: {"layer": None}}, "not_null",
+         ["layer is never empty", "tool_id is never empty"]),
+        ("step_history", {2: {"step_seq": 0}}, "step_seq_range", ["step_seq is greater than 0"]),
+        ("step_history", {3: {"operation": "GATE ETCH"}}, "pattern",
+         ["operation is an identifier (letters, digits, _ . -, no spaces)"]),
+        ("inline_meas", {0: {"value": float("nan")}, 3: {"value": float("inf")}},
+         "value_finite", ["value is a finite number"]),
+        ("inline_meas", {1: {"site": 0}}, "site_range", ["site"]),
+        ("sort_yield", {0: {"dies_good": -1}}, "dies_good_negative", ["dies_good"]),
+    ],
+)  # fmt: skip
+def test_a_row_rule_names_its_rows_and_keeps_the_drop(tmp_path, base_db, table, edits, rule, words):
+    before = snapshot(base_db)
+    tables = new_lot_tables()
+    for row, change in edits.items():
+        tables[table][row].update(change)
+    file = f"{table}.parquet"
+    result = ingest(write_drop(tmp_path / "d", tables), base_db)
+    p = assert_rejected(result, base_db, before, rule, file, count=len(edits))
+    assert all(w in p.message for w in words), p.message
+    assert "wafer_id" not in p.message  # a rule the suite states per column names the right one
+    assert [e["row"] for e in p.examples] == [row + 1 for row in sorted(edits)]
+    kept = quarantined(base_db, result.drop_id, table)
+    assert len(kept) == len(tables[table])  # every delivered row, the innocent ones too
+    assert {r[1] for r in kept if rule in (r[2] or [])} == {row + 1 for row in edits}
+    for other, rows in tables.items():
+        assert len(quarantined(base_db, result.drop_id, other)) == len(rows)
+
+
+@pytest.mark.parametrize(
+    ("table", "clash"),
+    [
+        ("lots", {"product": "P2"}),  # a single-column key
+        ("sort_die", {"bin": 1}),  # a three-column key
+    ],
+)
+def test_duplicate_keys_in_other_tables(tmp_path, base_db, table, clash):
+    from tests.flows.drops import sort_die_rows
+
+    before = snapshot(base_db)
+    tables = new_lot_tables()
+    if table == "sort_die":
+        tables["sort_die"] = sort_die_rows([w["wafer_id"] for w in tables["wafers"]])
+    tables[table].append(dict(tables[table][0], **clash))
+    result = ingest(write_drop(tmp_path / "d", tables), base_db)
+    assert_rejected(result, base_db, before, "duplicate_key", f"{table}.parquet", 2)
+    assert len(quarantined(base_db, result.drop_id, table)) == len(tables[table])
+
+
+def test_a_duplicate_key_across_two_files_of_a_split_table(tmp_path, base_db):
+    before = snapshot(base_db)
+    tables = new_lot_tables()
+    clash = dict(tables["step_history"][0], tool_id="OX02")
+    tables["step_history"].insert(1, clash)  # rows 0 and 1 go to part-000 and part-001
+    result = ingest(write_drop(tmp_path / "d", tables, parts={"step_history": 2}), base_db)
+    p = assert_rejected(result, base_db, before, "duplicate_key", "step_history/", 2)
+    assert {e["file"] for e in p.examples} == {
+        "step_history/part-000.parquet",
+        "step_history/part-001.parquet",
+    }
+
+
+def test_a_split_folder_mixing_formats(tmp_path, base_db):
+    before = snapshot(base_db)
+    tables = new_lot_tables()
+    drop = write_drop(tmp_path / "d", tables, parts={"step_history": 2})
+    part = drop / "step_history" / "part-001.parquet"
+    part.with_suffix(".csv").write_bytes(csv_bytes(tables["step_history"][1::2]))
+    part.unlink()
+    result = ingest(drop, base_db)
+    p = assert_rejected(result, base_db, before, "mixed_formats", "step_history/")
+    assert "part-000.parquet" in p.message and "part-001.csv" in p.message
+    assert len(quarantined(base_db, result.drop_id, "wafers")) == len(tables["wafers"])
+
+
+def test_an_empty_split_folder_and_a_drop_without_tables(tmp_path, base_db):
+    before = snapshot(base_db)
+    drop = write_drop(tmp_path / "d", {"lots": new_lot_tables()["lots"]})
+    (drop / "wafers").mkdir()
+    result = ingest(drop, base_db)
+    assert_rejected(result, base_db, before, "empty_folder", "wafers/")
+    assert len(quarantined(base_db, result.drop_id, "lots")) == 1
+    nothing = tmp_path / "nothing"
+    nothing.mkdir()
+    (nothing / "notes.txt").write_text("no tables here")
+    result = ingest(nothing, base_db)
+    p = assert_rejected(result, base_db, before, "no_tables", "nothing")
+    assert "no contract table" in p.message
+
+
+def test_a_truncated_gzip_csv(tmp_path, base_db):
+    before = snapshot(base_db)
+    tables = new_lot_tables()
+    drop = write_drop(tmp_path / "d", tables, "csv.gz")
+    path = drop / "step_history.csv.gz"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    result = ingest(drop, base_db)
+    assert result.status == "rejected" and snapshot(base_db) == before
+    (p,) = [q for q in result.errors if q.file == "step_history.csv.gz"]
+    assert p.rule in {"malformed_csv", "corrupt_file"}, p
+    (kept,) = query(base_db, "SELECT content FROM quarantine.files WHERE source_file = ?",
+                    ["step_history.csv.gz"])  # fmt: skip
+    assert kept[0] == data[: len(data) // 2]
+    assert len(quarantined(base_db, result.drop_id, "wafers")) == len(tables["wafers"])

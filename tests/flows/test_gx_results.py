@@ -71,6 +71,8 @@ def test_a_valid_drop_keeps_one_passing_row_per_expectation(fab):
         assert [r["rule"] for r in mine] == [e["meta"]["rule"] for e in suite]
         assert all(r["suite"] == table and r["drop_id"] == good.drop_id for r in mine)
         assert all(r["rows_checked"] == r["rows_total"] == len(delivered) for r in mine)
+        unique = {"expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique"}
+        assert [r["evaluated_by"] == "sql" for r in mine] == [e["type"] in unique for e in suite]
         for r in mine:
             assert r["success"] is True, r
             assert r["exception_message"] is None and json.loads(r["partial_unexpected"]) == []
@@ -111,7 +113,10 @@ def test_capped_gx_says_how_many_rows_it_saw(fab):
     for r in gx_rows(db, bad.attempt_id):
         delivered = len(tables["bad"][r["table_name"]])
         assert r["rows_total"] == delivered
-        assert r["rows_checked"] == min(delivered, GX_CAP)
+        if r["evaluated_by"] == "sql":  # uniqueness: the SQL rule over the whole drop
+            assert r["rule"] == "duplicate_key" and r["rows_checked"] == delivered
+        else:  # one file per table: an evenly spaced sample of exactly the cap
+            assert r["rows_checked"] == min(delivered, GX_CAP)
     steps = [r for r in gx_rows(db, bad.attempt_id) if r["table_name"] == "step_history"]
     assert steps[0]["rows_checked"] < steps[0]["rows_total"]  # the cap did bite here
 

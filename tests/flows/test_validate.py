@@ -41,8 +41,8 @@ def test_the_suites_state_the_contract_columns():
     assert optional == {"chamber_id", "recipe"}
 
 
-def land(tmp_path, tables, db):
-    drop = write_drop(tmp_path / "drop", tables)
+def land(tmp_path, tables, db, parts=None):
+    drop = write_drop(tmp_path / "drop", tables, parts=parts)
     sources, problems = find_tables(drop)
     assert not problems
     con = connect(db)
