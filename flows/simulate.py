@@ -2,7 +2,9 @@
 
 The simulated fab runs lots of 25-slot wafers through one route of layers (sub-processes), each
 layer a few operations, each operation a few tools, each tool a few chambers. A lot goes to one
-tool per operation and its wafers are spread round-robin over that tool's chambers. Inline
+tool per operation; at each operation its wafers are taken in an order of their own (a fresh random
+permutation of the lot per operation) and dealt round-robin over that tool's chambers, so each
+chamber sees its share of the lot and chambers of different operations do not line up. Inline
 metrology is sampled (some lots, a few wafers, several sites) and driven by tool, chamber, lot and
 wafer effects. Wafer sort yield is binomial from a logit model with lot and wafer (over-dispersion)
 variation plus the planted effects:
@@ -471,7 +473,11 @@ class Fab:
     n_wafers: np.ndarray  # per lot
     wafer_start: np.ndarray  # first wafer index of each lot
     tool: np.ndarray  # (lot, op) -> global tool index
-    chamber_offset: np.ndarray  # (lot, op) -> round-robin offset
+    # (wafer, op) -> the wafer's place in the lot's processing order at that operation: an
+    # independent random permutation per lot and operation. Dealing in this order round-robin
+    # spreads a lot evenly over a tool's chambers; drawing it afresh per operation keeps the
+    # chambers of different operations (and layers) from sharing the same wafers by slot.
+    wafer_order: np.ndarray
     op_start: np.ndarray  # (lot, op) -> seconds: first track-in
     op_span: np.ndarray  # (lot, op) -> seconds the lot occupies the tool
     rework: np.ndarray  # (lot, op) -> bool: a rework pass follows
@@ -494,7 +500,7 @@ class Fab:
         """Chamber index (within the tool) that processed each wafer at operation j."""
         lots = self.wafer_lot[wafers]
         n_ch = self.route.tool_chambers[self.tool[lots, j]]
-        return (self.wafer_pos[wafers] + self.chamber_offset[lots, j]) % n_ch
+        return self.wafer_order[wafers, j] % n_ch
 
     def wafer_tool(self, wafers: np.ndarray, j: int) -> np.ndarray:
         return self.tool[self.wafer_lot[wafers], j]
@@ -537,7 +543,7 @@ def draw_fab(
     for j in range(J):
         share = rng.dirichlet(np.full(route.n_tools[j], 4.0))
         tool[:, j] = route.tool_start[j] + rng.choice(route.n_tools[j], size=lots, p=share)
-    chamber_offset = rng.integers(0, 12, size=(lots, J))
+    wafer_order = _processing_order(rng, wafer_lot, wafer_start, J)
 
     # The lot timeline: queue, then the lot occupies the tool, then (rarely) a litho rework pass.
     eq = [EQUIPMENT[e] for e in route.op_equipment]
@@ -569,7 +575,7 @@ def draw_fab(
         n_wafers=n_wafers,
         wafer_start=wafer_start,
         tool=tool,
-        chamber_offset=chamber_offset,
+        wafer_order=wafer_order,
         op_start=op_start,
         op_span=op_span,
         rework=rework,
@@ -580,6 +586,19 @@ def draw_fab(
         wafer_slot=wafer_slot,
         wafer_id=wafer_id,
     )
+
+
+def _processing_order(
+    rng: np.random.Generator, wafer_lot: np.ndarray, wafer_start: np.ndarray, n_ops: int
+) -> np.ndarray:
+    """(wafer, op) -> place of the wafer in its lot's processing order, a random permutation
+    of 0..n-1 drawn independently for every lot and operation."""
+    # Sorting lot + U(0, 1) keys per column keeps each lot's wafers together and shuffles them.
+    keys = wafer_lot[:, None] + rng.random((len(wafer_lot), n_ops))
+    by_key = np.argsort(keys, axis=0, kind="stable")
+    rank = np.empty_like(by_key)
+    np.put_along_axis(rank, by_key, np.arange(len(wafer_lot))[:, None], axis=0)
+    return (rank - wafer_start[wafer_lot][:, None]).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -867,11 +886,12 @@ def step_rows(fab: Fab, lots: slice, rng: np.random.Generator) -> Rows:
     pos = fab.wafer_pos[w]
     t = fab.tool[lot, j]
     n_ch = r.tool_chambers[t]
-    c = (pos + fab.chamber_offset[lot, j]) % n_ch
+    order = fab.wafer_order[w, j]
+    c = order % n_ch
     eq = [EQUIPMENT[e] for e in r.op_equipment]
     per_wafer = np.array([round(e.minutes * 60) for e in eq])[j]
     batch = np.array([e.batch for e in eq])[j]
-    offset = np.where(batch, 0, (pos // n_ch) * per_wafer)
+    offset = np.where(batch, 0, (order // n_ch) * per_wafer)
     duration = np.where(
         batch, fab.op_span[lot, j], np.ceil(per_wafer * rng.uniform(0.85, 1.0, len(w)))
     )

@@ -28,17 +28,27 @@ __all__ = [
 def method_record(seed: int) -> dict[str, Any]:
     """The models and methods behind a run, as the report's method section lists them."""
     from flows import __version__
-    from flows.analysis.layers import PROCESS_METHOD, YIELD_METHOD
-    from flows.analysis.ranking import INTERVAL_METHOD, P_VALUE_ADJUSTMENT, YIELD_IMPACT_DEFINITION
+    from flows.analysis.layers import LAYER_TEST, PROCESS_METHOD, YIELD_METHOD
+    from flows.analysis.ranking import (
+        INTERVAL_METHOD,
+        P_VALUE_ADJUSTMENT,
+        RANKING_RULE,
+        YIELD_IMPACT_DEFINITION,
+    )
 
     return {
         "yieldrank": __version__,
         "seed": seed,
-        "yield_model": f"binomial-beta HGLM per layer, {YIELD_METHOD}",
+        "yield_model": (
+            f"binomial-beta HGLM per layer, logit link, {YIELD_METHOD} for the point estimates "
+            "(REML-type dispersions: tool terms have 2-5 levels, where ML would shrink them)"
+        ),
+        "layer_test": LAYER_TEST,
         "process_models": f"gaussian or gamma HGLM by cAIC, phi by chamber, {PROCESS_METHOD}",
         "impact_definition": YIELD_IMPACT_DEFINITION,
         "interval": INTERVAL_METHOD,
         "p_value_adjustment": P_VALUE_ADJUSTMENT,
+        "ranking": RANKING_RULE,
     }
 
 

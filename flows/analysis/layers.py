@@ -11,9 +11,10 @@ The yield model of a layer (binomial-beta HGLM, logit link):
                               + (1|wafer)   <- beta over-dispersion, eliminated in closed form
 
 Its likelihood-ratio test compares it with the same model without the layer's terms (product,
-lot and wafer only). The process models fit each inline parameter on its site values with lot,
-wafer, tool and chamber random effects and phi modelled by chamber (a noisy chamber is a
-dispersion finding).
+lot and wafer only), both fitted by HL(1,1) with ML dispersions so that p_v(h) is maximised by
+both fits and the statistic has its chi-bar-square null distribution (`hglm.lrt`). The process
+models fit each inline parameter on its site values with lot, wafer, tool and chamber random
+effects and phi modelled by chamber (a noisy chamber is a dispersion finding).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import math
 import re
 import time
 import warnings
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,26 +35,37 @@ from scipy import stats
 import hglm
 from flows.analysis.frames import CHAMBER, MEAS, SITES, TOOL, FrameLayout, layer_operations
 from flows.analysis.ranking import (
+    N_DRAWS,
     ImpactDraws,
     LayerEffects,
     MetrologyTerm,
     RandomGroup,
-    chibar_lrt_pvalue,
     percentile_interval,
     simulate_impacts,
     sort_findings,
     variance_share,
     yield_impact,
 )
-from flows.analysis.results import Finding, LayerFit, RandomEffect
+from flows.analysis.results import Finding, LayerFit, LayerStatus, RandomEffect
 
-# The yield models are fitted by EQL (R hglm's algorithm; beta by h, dispersions by the gamma
-# GLMs on deviance components). With 500+ dies per wafer the HL(0,·) bias that HL(1,1) removes
-# is negligible, and EQL is an order of magnitude faster. Likelihood-ratio tests use p_v(h) at
-# the fitted values (ML-type: the compared models differ in their fixed parts).
+# Point estimates (lambda, v-hat, beta-hat) of the yield models come from EQL (R hglm's
+# algorithm: beta and v by h, dispersions by the gamma GLMs on deviance components, a REML-type
+# adjustment). With 500+ dies per wafer the HL(0,.) bias that HL(1,1) removes is negligible,
+# and the REML-type dispersions matter: a tool term has 2-5 levels, where ML shrinks lambda by
+# about a factor (q - 1) / q and with it every tool's predicted effect. The layer's p-value
+# needs a likelihood that both compared fits maximise: the test refits the model with and
+# without the layer's terms by HL(1,1) with ML dispersions (the fixed parts differ, so p_v(h),
+# not p_beta,v(h)), and `hglm.lrt` refers the statistic to its chi-bar-square mixture.
 YIELD_METHOD = "EQL"
+TEST_METHOD = "HL(1,1)"
 PROCESS_METHOD = "EQL"
-N_DRAWS = 200
+LAYER_TEST = (
+    "likelihood-ratio test of all the layer's terms together (tool and chamber variance "
+    "components, metrology coefficients): the yield model with and without them, both fitted "
+    f"by {TEST_METHOD} with ML dispersions, statistic on p_v(h), null distribution the "
+    "chi-bar-square mixture sum_j C(k, j) 2^-k chi2(m + j) for k variance components on their "
+    "boundary and m metrology coefficients (hglm.lrt)"
+)
 
 MIN_WAFERS = 50
 MIN_LOTS = 10
@@ -165,7 +178,7 @@ def yield_design(frame: pa.Table | pl.DataFrame) -> _Design:
     return _Design(data, formula, base, groups, metrology, n_wafers, n_lots)
 
 
-def _fit_binomial(formula: str, data: object) -> hglm.HGLMResult:
+def _fit_binomial(formula: str, data: object, method: str = YIELD_METHOD) -> hglm.HGLMResult:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", hglm.ConvergenceWarning)
         return hglm.fit(
@@ -173,35 +186,10 @@ def _fit_binomial(formula: str, data: object) -> hglm.HGLMResult:
             data,
             family="binomial",
             rand_family={"wafer_id": "beta"},
-            method=YIELD_METHOD,
-            reml=False,
+            method=method,
+            reml=False,  # for HL(1,1): ML dispersions, p_v(h) (ignored by EQL)
             trials="dies_total",
         )
-
-
-def _joint_pieces(res: hglm.HGLMResult) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per sparse term: (M rows, SE of v given beta) of the prediction distribution.
-
-    TODO(engine): read from a public accessor once hglm exposes the joint prediction
-    covariance of (beta, v); until then the solution's M = H^-1 Z'AX is read off the result,
-    and Var(v | beta) = Var(v - v-hat) - diag(M cov(beta) M'). Empty if unavailable.
-    """
-    try:
-        sol = res.outcome.mean.solution
-        terms = res.model.sparse_terms
-        M = np.asarray(sol.M)
-        cov = np.asarray(res.outcome.cov_beta)
-    except AttributeError:
-        return {}
-    out = {}
-    pos = 0
-    for t in terms:
-        rows = M[pos : pos + t.n_levels]
-        pos += t.n_levels
-        full = res.ranef[t.name]["se"].to_numpy(dtype=float) ** 2
-        shared = np.einsum("ij,jk,ik->i", rows, cov, rows)
-        out[t.name] = (rows, np.sqrt(np.maximum(np.nan_to_num(full - shared), 0.0)))
-    return out
 
 
 def _with_groups(design: _Design, groups: dict[str, tuple[str, str]]) -> _Design:
@@ -236,7 +224,7 @@ def _fit_with_screening(design: _Design) -> tuple[hglm.HGLMResult, _Design, list
     for name, where in design.groups.items():
         alone = _with_groups(design, {name: where})
         try:
-            lam = float(_fit_binomial(alone.formula, design.data).varcomp["lambda"][name])
+            lam = float(_fit_binomial(alone.formula, design.data).lambdas[name])
         except Exception:
             continue
         if lam >= LAMBDA_TEST_FLOOR:
@@ -266,7 +254,7 @@ def _effects(
     ranef = res.ranef
     eta = res.predict(type="link")
     fx = res.fixef
-    joint = _joint_pieces(res)
+    joint = res.ranef_given_fixef()
     groups: list[RandomGroup] = []
     part = np.zeros(len(eta))
     for name, (kind, op) in groups_def.items():
@@ -276,8 +264,12 @@ def _effects(
         index = np.array([pos.get(str(x), -1) for x in data[name]], dtype=int)  # type: ignore[index]
         est = tab["v"].to_numpy(dtype=float)
         se = np.nan_to_num(tab["se"].to_numpy(dtype=float), nan=0.0)
-        m_rows, cond_se = joint.get(name, (None, None))
-        groups.append(RandomGroup(name, kind, op, levels, index, est, se, m_rows, cond_se))
+        given = joint.get(name)
+        loading, cond_se = None, None
+        if given is not None:
+            at = given.levels.get_indexer(tab.index)  # the engine's level order, made explicit
+            loading, cond_se = given.loading[at], given.se[at]
+        groups.append(RandomGroup(name, kind, op, levels, index, est, se, loading, cond_se))
         part += np.where(index >= 0, est[np.maximum(index, 0)], 0.0)
     names = list(fx.index)
     met_names = [m for m in design.metrology if m in names]
@@ -379,8 +371,28 @@ def _not_converged_reason(res: hglm.HGLMResult, what: str) -> str:
     return f"the {what} did not converge after {res.n_iter} iterations ({detail})"
 
 
+def one_blas_thread() -> AbstractContextManager[object]:
+    """BLAS limited to one thread while the models are fitted.
+
+    The dense blocks of these models are a few hundred rows wide: OpenBLAS threads cost more
+    than they gain there, and on a busy machine their spin-waiting turns a 3 s layer fit into
+    a 17 s one (measured on this 2-core machine at load 4). Layers run side by side in
+    processes or threads instead (`flows.pipeline`). The limit is process-wide while active.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency of the pipeline
+        return nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def fit_layer(layer: str, frame: pa.Table, *, seed: int = 0) -> LayerFit:
     """Fit one layer's yield and process models and summarise them (never raises)."""
+    with one_blas_thread():
+        return _fit_layer(layer, frame, seed)
+
+
+def _fit_layer(layer: str, frame: pa.Table, seed: int) -> LayerFit:
     t0 = time.perf_counter()
     try:
         design = yield_design(frame)
@@ -397,7 +409,6 @@ def fit_layer(layer: str, frame: pa.Table, *, seed: int = 0) -> LayerFit:
         method=f"binomial-beta HGLM ({YIELD_METHOD}), normal lot/tool/chamber effects",
     )
     try:
-        base = _fit_binomial(design.base_formula, design.data)
         res, design, screened = _fit_with_screening(design)
     except Exception as exc:
         fit.status, fit.reason = "failed", f"fitting the yield model: {exc}"
@@ -410,19 +421,20 @@ def fit_layer(layer: str, frame: pa.Table, *, seed: int = 0) -> LayerFit:
     if not res.converged:
         fit.status, fit.reason = "not_converged", _not_converged_reason(res, "yield model")
         return fit
-    if not base.converged:
-        fit.status = "not_converged"
-        fit.reason = _not_converged_reason(base, "yield model without the layer's terms")
-        return fit
     lik = res.likelihood
     fit.caic = float(lik["caic"])
-    fit.varcomp = {_label(k, design): float(v) for k, v in res.varcomp["lambda"].items()}
+    fit.varcomp = {_label(k, design): float(v) for k, v in res.lambdas.items()}
     fit.fixef = {
         _label(str(k), design): {"estimate": float(r["estimate"]), "se": float(r["se"])}
         for k, r in res.fixef.iterrows()
     }
     t_fit = time.perf_counter()
-    fit.p_value_raw, tests = layer_test(res, base, design)
+    try:
+        test = layer_test(design)
+    except LayerTestFailed as exc:
+        fit.status, fit.reason = exc.status, str(exc)
+        return fit
+    fit.p_value_raw = float(test.pvalue)
     t_test = time.perf_counter()
     eff = _effects(res, design)
     fit.ranef = _ranef_records(eff)
@@ -443,55 +455,46 @@ def fit_layer(layer: str, frame: pa.Table, *, seed: int = 0) -> LayerFit:
         t_draws - t_test,
         time.perf_counter() - t_draws,
     ]
-    fit.diagnostics["lrt"] = [tests["joint_statistic"], tests["joint_p"]]
+    # statistic, df, boundary components, p-value: the record behind p_value_raw
+    fit.diagnostics["lrt"] = [float(test.statistic), test.df, test.n_boundary, float(test.pvalue)]
+    fit.method += f"; layer test: {test.method}"
     return fit
 
 
 LAMBDA_TEST_FLOOR = 1e-4  # below it a term moves no wafer by more than ~1 % of a logit
 
 
-def layer_test(
-    res: hglm.HGLMResult, base: hglm.HGLMResult, design: _Design
-) -> tuple[float, dict[str, float]]:
-    """p-value of "none of the layer's terms affects yield" (likelihood ratio, Bonferroni).
+class LayerTestFailed(Exception):
+    """The likelihood-ratio test could not be computed; the message says why."""
 
-    Each tool or chamber term is tested by the likelihood ratio on p_v(h) of the model
-    without it against the full model (a variance component on its boundary: 50:50 mixture
-    of chi2_0 and chi2_1); each metrology coefficient by its Wald z. The layer's p-value is
-    the smallest term p-value times the number of terms (Bonferroni), which keeps its level
-    under the null and, unlike one joint test over a dozen components, does not dilute a
-    single bad tool among the healthy ones. A term whose lambda is below LAMBDA_TEST_FLOOR
-    is not refitted: dropping it cannot change the likelihood. The joint test of all terms
-    (chi-bar-square mixture) is returned alongside for the record.
+    def __init__(self, status: LayerStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def layer_test(design: _Design) -> hglm.LRTResult:
+    """The likelihood-ratio test of "none of the layer's terms affects yield" (see LAYER_TEST).
+
+    One joint test of every tool and chamber term and metrology coefficient of the layer: the
+    same terms that the yield model (after any screening) holds, compared with product, lot
+    and wafer only. Both models are refitted by HL(1,1) with ML dispersions: EQL estimates do
+    not maximise p_v(h), and a difference of p_v(h) taken at them is not a likelihood ratio
+    (it can be negative, or large under the null). Raises LayerTestFailed with the reason
+    when a fit or the test fails.
     """
-    lik = res.likelihood
-    joint = 2.0 * (lik["p_v"] - base.likelihood["p_v"])
-    out = {
-        "joint_statistic": float(joint),
-        "joint_p": chibar_lrt_pvalue(joint, len(design.groups), len(design.metrology)),
-    }
-    lam = res.varcomp["lambda"]
-    pvals: list[float] = []
-    for name in design.groups:
-        if float(lam[name]) < LAMBDA_TEST_FLOOR:
-            pvals.append(1.0)
-            continue
-        reduced = design.formula.replace(f" + (1|{name})", "")
-        try:
-            smaller = _fit_binomial(reduced, design.data)
-        except Exception:
-            pvals.append(1.0)
-            continue
-        stat = 2.0 * (lik["p_v"] - smaller.likelihood["p_v"]) if smaller.converged else 0.0
-        p = chibar_lrt_pvalue(stat, 1, 0)
-        out[f"stat:{name}"] = float(stat)
-        pvals.append(p)
-    fx = res.fixef
-    for name in design.metrology:
-        pvals.append(float(fx.loc[name, "p"]) if name in fx.index else 1.0)
-    if not pvals:
-        return 1.0, out
-    return min(1.0, len(pvals) * min(pvals)), out
+    try:
+        full = _fit_binomial(design.formula, design.data, method=TEST_METHOD)
+        base = _fit_binomial(design.base_formula, design.data, method=TEST_METHOD)
+    except Exception as exc:
+        raise LayerTestFailed(
+            "failed", f"the {TEST_METHOD} ML fit of the layer test failed: {exc}"
+        ) from exc
+    try:
+        return hglm.lrt(base, full)
+    except ValueError as exc:  # e.g. a fit that did not converge cannot be tested
+        raise LayerTestFailed(
+            "not_converged", f"the layer's likelihood-ratio test failed: {exc}"
+        ) from exc
 
 
 def _label(name: str, design: _Design) -> str:
@@ -606,7 +609,7 @@ def _process_model(
         "caic": caic,
         "formula": formula,
         "disp": disp,
-        "varcomp": {str(k): float(v) for k, v in res.varcomp["lambda"].items()},
+        "varcomp": {str(k): float(v) for k, v in res.lambdas.items()},
     }
     coef = res.disp_coef
     if disp_col is None or coef is None or len(coef) < 2:
@@ -665,6 +668,11 @@ def fit_chained(frame_all: pa.Table, *, layers: list[str] | None = None, seed: i
     (`layer_effects`), so that a tool whose lots also shared a bad tool elsewhere is not
     blamed for it. Never raises.
     """
+    with one_blas_thread():
+        return _fit_chained(frame_all, layers, seed)
+
+
+def _fit_chained(frame_all: pa.Table, layers: list[str] | None, seed: int) -> LayerFit:
     ops_of = layer_operations(frame_all)
     chosen = {k: v for k, v in ops_of.items() if layers is None or k in layers}
     df = pl.from_arrow(frame_all)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import special, stats
+from scipy import sparse, special
 
 from flows.analysis.results import AnalysisResult, Finding, LayerFit, LayerRanking
 
@@ -35,16 +35,32 @@ YIELD_IMPACT_DEFINITION = (
     "tools cancel instead of piling up; the impact of a layer without a real effect is "
     "close to zero and may be slightly negative. The 95 % interval comes from drawing the "
     "layer's effects from their joint prediction distribution given the data; the p-value "
-    "is a likelihood-ratio test of the layer's terms (Bonferroni over its terms), adjusted "
-    "across layers by Holm's method."
+    "is the likelihood-ratio test of all the layer's terms together (the yield model with and "
+    "without them, chi-bar-square null distribution for the variance components on their "
+    "boundary), adjusted across layers by Holm's method."
 )
 
+N_DRAWS = 200  # draws behind each interval: the 2.5 % quantile rests on about 5 of them
+
 INTERVAL_METHOD = (
-    "prediction-distribution simulation: tool and chamber effects drawn from N(v-hat, "
-    "prediction variance), metrology coefficients from N(beta-hat, cov(beta-hat)); 95 % "
-    "percentile interval of the recomputed yield impact"
+    "simulation from the joint prediction distribution of the layer's effects in its fitted "
+    "yield model: metrology coefficients beta* ~ N(beta-hat, cov(beta-hat)), tool and chamber "
+    "effects v* = v-hat - M (beta* - beta-hat) + e with e ~ N(0, Var(v | beta)), the dispersion "
+    "parameters (lambda) held at their estimates; 95 % percentile interval of the yield impact "
+    f"recomputed on each of {N_DRAWS} draws (not a parametric bootstrap: the models are not "
+    "refitted)"
 )
 P_VALUE_ADJUSTMENT = "holm"
+RANKING_RULE = (
+    "layers whose Holm-adjusted p-value is below 0.05 first, then the others, each group by "
+    "yield impact; a significant layer's impact and interval come from the chained model (all "
+    "layers' terms in one yield model), so that lots sharing equipment across layers are not "
+    "counted twice; other layers keep their own model's numbers; the variance share is always "
+    "the chained model's; layers that could not be modelled follow, unranked, with the reason. "
+    "Within a layer the findings follow the same rule: those whose p-value is below 0.05 after "
+    "Holm's adjustment over the layer's yield findings first, then the others, each group by "
+    "yield impact; dispersion findings (no yield impact) last"
+)
 
 
 # --------------------------------------------------------------------------- impact
@@ -61,8 +77,9 @@ class RandomGroup:
     index: np.ndarray  # (n_wafers,) level of each wafer, -1 when the wafer has none
     estimate: np.ndarray  # (n_levels,) v-hat on the logit scale
     se: np.ndarray  # (n_levels,) prediction SE of v-hat - v (used for the findings' p-values)
-    # joint prediction distribution: v - v-hat = -M (beta - beta-hat) + e, e ~ N(0, diag(cond_se^2))
-    m_rows: np.ndarray | None = None  # (n_levels, p) rows of H^-1 Z'AX, or None if unknown
+    # joint prediction distribution (hglm's `ranef_given_fixef`):
+    # v - v-hat = loading @ (beta - beta-hat) + e, e ~ N(0, diag(cond_se^2))
+    loading: np.ndarray | None = None  # (n_levels, p), or None if unknown
     cond_se: np.ndarray | None = None  # (n_levels,) SE of v given beta
 
 
@@ -106,68 +123,107 @@ def typical_level(estimate: np.ndarray) -> float:
     With two tools a median would sit half-way and call both "half bad"; the convention
     that most equipment is healthy makes the better one the reference.
     """
-    if len(estimate) == 0:
-        return 0.0
-    if len(estimate) == 2:
-        return float(np.max(estimate))
-    return float(np.median(estimate))
+    return float(_typical_rows(np.asarray(estimate, dtype=float)[None, :])[0])
 
 
-def _group_parts(group: RandomGroup, estimate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(wafer contribution, wafer shift to the typical level) for one random term."""
-    gain = typical_level(estimate) - estimate
-    has = group.index >= 0
-    at = np.maximum(group.index, 0)
-    contrib = np.where(has, estimate[at], 0.0)
-    shift = np.where(has, gain[at], 0.0)
-    return contrib, shift
+def _typical_rows(estimates: np.ndarray) -> np.ndarray:
+    """`typical_level` of each row of a (draws, levels) array."""
+    n_levels = estimates.shape[1]
+    if n_levels == 0:
+        return np.zeros(len(estimates))
+    if n_levels == 2:
+        return estimates.max(axis=1)
+    return np.median(estimates, axis=1)
 
 
-def _metrology_parts(term: MetrologyTerm, beta: float) -> tuple[np.ndarray, np.ndarray]:
-    """Every wafer's parameter brought to the typical tool's level of it.
-
-    The typical level is that of the measuring operation's typical tool (the median of the
-    tools' mean values; of two tools, the better one), so a tool that shifts the parameter
-    for half the wafers or more is still measured against its healthy peer; without tools,
-    the median wafer.
-    """
-    contrib = beta * term.z
-    has = term.tool_index is not None and bool(np.any(term.tool_index >= 0))
-    if not has:
-        return contrib, np.median(contrib) - contrib
-    assert term.tool_index is not None
-    idx = term.tool_index
-    ok = idx >= 0
-    sums = np.bincount(idx[ok], weights=contrib[ok])
-    counts = np.bincount(idx[ok])
-    means = sums[counts > 0] / counts[counts > 0]
-    return contrib, typical_level(means) - contrib
-
-
-def _mean_gain(eta: np.ndarray, shift: np.ndarray) -> float:
-    return float(100.0 * np.mean(special.expit(eta + shift) - special.expit(eta)))
+# Draws are evaluated in blocks of about this many (draw, wafer) cells: a year of wafers
+# times 200 draws would not fit in memory at once.
+_CELLS_PER_BLOCK = 500_000
 
 
 def _layer_eta_and_shift(
     eff: LayerEffects, estimates: list[np.ndarray], beta: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    part = np.zeros_like(eff.eta_other)
+    """Per draw (rows): the wafers' logit, the layer's part of it, and each term's shift.
+
+    `estimates` holds one (draws, levels) array per random group, `beta` the (draws, terms)
+    metrology coefficients. A term's shift moves each wafer from its level to the typical one:
+    for a tool or chamber, the typical level of the term; for a metrology parameter, the level
+    of the measuring operation's typical tool (the median of the tools' mean values, of two
+    tools the better one), so that a tool shifting the parameter for half the wafers or more
+    is still measured against its healthy peer; without tools, the median wafer.
+    """
+    n_draws = len(beta)
+    part = np.zeros((n_draws, len(eff.eta_other)))
     shifts: list[np.ndarray] = []
     for group, est in zip(eff.groups, estimates, strict=True):
-        c, s = _group_parts(group, est)
-        part += c
-        shifts.append(s)
+        has = group.index >= 0
+        at = np.maximum(group.index, 0)
+        gain = _typical_rows(est)[:, None] - est
+        part += np.where(has, est[:, at], 0.0)
+        shifts.append(np.where(has, gain[:, at], 0.0))
     for j, term in enumerate(eff.metrology):
-        c, s = _metrology_parts(term, float(beta[j]))
-        part += c
-        shifts.append(s)
+        b = beta[:, j, None]
+        contrib = b * term.z
+        part += contrib
+        idx = term.tool_index
+        if idx is not None and bool(np.any(idx >= 0)):
+            ok = idx >= 0
+            counts = np.bincount(idx[ok])
+            sums = np.bincount(idx[ok], weights=term.z[ok])
+            z_tool = sums[counts > 0] / counts[counts > 0]
+            typical = _typical_rows(b * z_tool)[:, None]
+        else:
+            typical = b * float(np.median(term.z))  # the median wafer: median(b z) = b median(z)
+        shifts.append(typical - contrib)
     return eff.eta_other + part, part, shifts
+
+
+def _impacts(
+    eff: LayerEffects, estimates: list[np.ndarray], beta: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per draw: the layer's yield impact and each item's (level of a term, metrology term).
+
+    Items are in the order of `_item_labels`. A level's gain is the sum over the wafers that
+    met it, so the items of one term add up to that term's impact on its own.
+    """
+    eta, _, shifts = _layer_eta_and_shift(eff, estimates, beta)
+    n = eta.shape[1]
+    base = special.expit(eta)
+    total_shift = np.sum(shifts, axis=0) if shifts else np.zeros_like(eta)
+    total = 100.0 * np.mean(special.expit(eta + total_shift) - base, axis=1)
+    items: list[np.ndarray] = []
+    for group, shift in zip(eff.groups, shifts, strict=False):  # metrology shifts follow
+        gain = special.expit(eta + shift) - base
+        items.append(100.0 / n * (gain @ _level_indicator(group)))
+    for shift in shifts[len(eff.groups) :]:
+        items.append(100.0 * np.mean(special.expit(eta + shift) - base, axis=1)[:, None])
+    return total, np.hstack(items) if items else np.zeros((len(eta), 0))
+
+
+def _level_indicator(group: RandomGroup) -> sparse.csr_matrix:
+    """(wafers, levels) 0/1 matrix: which level of the term each wafer met."""
+    has = np.flatnonzero(group.index >= 0)
+    return sparse.csr_matrix(
+        (np.ones(len(has)), (has, group.index[has])), shape=(len(group.index), len(group.levels))
+    )
+
+
+def _item_labels(eff: LayerEffects) -> list[tuple[str, int]]:
+    labels = [(g.term, lev) for g in eff.groups for lev in range(len(g.levels))]
+    return labels + [(t.name, 0) for t in eff.metrology]
+
+
+def _point(eff: LayerEffects) -> tuple[list[np.ndarray], np.ndarray]:
+    return [g.estimate[None, :] for g in eff.groups], eff.beta[None, :]
 
 
 def yield_impact(eff: LayerEffects) -> float:
     """The layer's yield impact in percentage points (see YIELD_IMPACT_DEFINITION)."""
-    eta, _, shifts = _layer_eta_and_shift(eff, [g.estimate for g in eff.groups], eff.beta)
-    return _mean_gain(eta, np.sum(shifts, axis=0) if shifts else np.zeros_like(eta))
+    estimates, beta = _point(eff)
+    eta, _, shifts = _layer_eta_and_shift(eff, estimates, beta)
+    total_shift = np.sum(shifts, axis=0) if shifts else np.zeros_like(eta)
+    return float(100.0 * np.mean(special.expit(eta + total_shift) - special.expit(eta)))
 
 
 @dataclass
@@ -180,77 +236,64 @@ class ImpactDraws:
     items: list[tuple[str, int, float, np.ndarray]]  # (term name, level index, point, draws)
 
 
-def _item_impacts(
-    eff: LayerEffects, estimates: list[np.ndarray], beta: np.ndarray
-) -> tuple[float, list[tuple[str, int, float]]]:
-    eta, _, shifts = _layer_eta_and_shift(eff, estimates, beta)
-    n = len(eta)
-    base = special.expit(eta)
-    total = _mean_gain(eta, np.sum(shifts, axis=0) if shifts else np.zeros_like(eta))
-    items: list[tuple[str, int, float]] = []
-    for g_i, group in enumerate(eff.groups):
-        # each wafer met one level of the term: a level's gain is the sum over its wafers
-        gain = special.expit(eta + shifts[g_i]) - base
-        has = group.index >= 0
-        per_level = np.bincount(group.index[has], weights=gain[has], minlength=len(group.levels))
-        items.extend(
-            (group.term, lev, float(100.0 * per_level[lev] / n)) for lev in range(len(group.levels))
-        )
-    for j, term in enumerate(eff.metrology):
-        items.append((term.name, 0, _mean_gain(eta, shifts[len(eff.groups) + j])))
-    return total, items
-
-
 def simulate_impacts(eff: LayerEffects, n_draws: int = 400, seed: int = 0) -> ImpactDraws:
     """Point impacts plus draws from the joint prediction distribution (see INTERVAL_METHOD).
 
-    beta* ~ N(beta-hat, cov(beta-hat)); each term's levels v* = v-hat - M (beta* - beta-hat)
-    + e with e independent N(0, Var(v | beta)). This keeps the shared intercept uncertainty
+    beta* ~ N(beta-hat, cov(beta-hat)); each term's levels v* = v-hat + L (beta* - beta-hat)
+    + e with e independent N(0, Var(v | beta)) (L and Var(v | beta) from hglm's
+    `ranef_given_fixef`). This keeps the shared intercept uncertainty
     shared (it cancels in the comparison with the typical level) and ignores only the small
     conditional covariances between levels; a shift common to all levels of a term is taken
-    out (see `_same_mean`). Without M (engine did not expose it) levels are
+    out (see `_same_mean`). Without L (no joint distribution given) levels are
     drawn independently with their full prediction SE, which errs wide. The dispersion
     parameters are held at their estimates.
     """
     rng = np.random.default_rng(seed)
-    point_total, point_items = _item_impacts(eff, [g.estimate for g in eff.groups], eff.beta)
-    layer_draws = np.empty(n_draws)
-    item_draws = np.empty((n_draws, len(point_items)))
     p = len(eff.beta_all)
     chol = np.linalg.cholesky(eff.beta_cov + 1e-12 * np.eye(p)) if p else np.zeros((0, 0))
-    for d in range(n_draws):
-        dbeta = chol @ rng.standard_normal(p) if p else np.zeros(0)
-        ests = []
-        for g in eff.groups:
-            if g.m_rows is not None and g.cond_se is not None and p:
-                e = g.estimate - g.m_rows @ dbeta + g.cond_se * rng.standard_normal(len(g.estimate))
-            else:
-                e = g.estimate + g.se * rng.standard_normal(len(g.estimate))
-            ests.append(_same_mean(g, e))
-        beta = (eff.beta_all + dbeta)[eff.beta_index] if eff.beta_index else np.zeros(0)
-        total, items = _item_impacts(eff, ests, beta)
-        layer_draws[d] = total
-        item_draws[d] = [v for _, _, v in items]
+    dbeta = rng.standard_normal((n_draws, p)) @ chol.T
+    drawn: list[np.ndarray] = []
+    for g in eff.groups:
+        noise = rng.standard_normal((n_draws, len(g.estimate)))
+        if g.loading is not None and g.cond_se is not None and p:
+            e = g.estimate + dbeta @ g.loading.T + g.cond_se * noise
+        else:
+            e = g.estimate + g.se * noise
+        drawn.append(_same_mean(g, e))
+    beta = (eff.beta_all + dbeta)[:, eff.beta_index] if eff.beta_index else np.zeros((n_draws, 0))
+    point_total, point_items = _impacts(eff, *_point(eff))
+    block = max(1, _CELLS_PER_BLOCK // max(1, len(eff.eta_other)))
+    totals, items = [], []
+    for s in range(0, n_draws, block):
+        t, i = _impacts(eff, [e[s : s + block] for e in drawn], beta[s : s + block])
+        totals.append(t)
+        items.append(i)
+    layer_draws = np.concatenate(totals) if totals else np.zeros(0)
+    item_draws = np.vstack(items) if items else np.zeros((0, point_items.shape[1]))
     return ImpactDraws(
-        layer=point_total,
+        layer=float(point_total[0]),
         layer_draws=layer_draws,
-        items=[(t, k, v, item_draws[:, i]) for i, (t, k, v) in enumerate(point_items)],
+        items=[
+            (term, lev, float(point_items[0, k]), item_draws[:, k])
+            for k, (term, lev) in enumerate(_item_labels(eff))
+        ],
     )
 
 
 def _same_mean(group: RandomGroup, drawn: np.ndarray) -> np.ndarray:
-    """Remove the common shift of a term's levels from a draw.
+    """Remove the common shift of a term's levels from each draw (row).
 
     A shift shared by every level of a term is the intercept's business (the fixed
     effects absorb it and the wafers' fitted logits stay where the data put them); left
     in, it would move every wafer along the logistic curve and widen the interval for
-    nothing. Only the differences between levels carry the layer's impact.
+    nothing. Only the differences between levels carry the layer's impact. The shift is
+    the wafer-weighted mean of the levels' deviations from their estimates.
     """
     has = group.index >= 0
     if not has.any():
         return drawn
-    at = group.index[has]
-    return drawn - (np.mean(drawn[at]) - np.mean(group.estimate[at]))
+    weights = np.bincount(group.index[has], minlength=len(group.estimate)) / int(has.sum())
+    return drawn - ((drawn - group.estimate) @ weights)[:, None]
 
 
 def percentile_interval(draws: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -261,31 +304,12 @@ def percentile_interval(draws: np.ndarray, level: float = 0.95) -> tuple[float, 
 
 def variance_share(eff: LayerEffects, eta_total: np.ndarray) -> float:
     """Share of the wafer-to-wafer variance of the final-yield logit carried by the layer's terms."""
-    _, part, _ = _layer_eta_and_shift(eff, [g.estimate for g in eff.groups], eff.beta)
+    _, part, _ = _layer_eta_and_shift(eff, *_point(eff))
     total = float(np.var(eta_total))
-    return float(np.var(part) / total) if total > 0 else 0.0
+    return float(np.var(part[0]) / total) if total > 0 else 0.0
 
 
 # --------------------------------------------------------------------------- tests
-
-
-def chibar_lrt_pvalue(statistic: float, n_variance: int, n_fixed: int = 0) -> float:
-    """Likelihood-ratio p-value when `n_variance` components sit on their boundary under H0.
-
-    PRIVATE STAND-IN, to be replaced by `hglm.lrt` (issue 9) once it exists. The null
-    distribution is the chi-bar-square mixture sum_j C(k, j) 2^-k chi2(n_fixed + j)
-    (Self & Liang 1987; exact for k asymptotically independent components).
-    """
-    if not math.isfinite(statistic):
-        return float("nan")
-    stat = max(statistic, 0.0)
-    k = n_variance
-    p = 0.0
-    for j in range(k + 1):
-        w = math.comb(k, j) / 2**k
-        df = n_fixed + j
-        p += w * (float(stats.chi2.sf(stat, df)) if df > 0 else float(stat <= 0))
-    return min(max(p, 0.0), 1.0)
 
 
 def holm_adjust(pvalues: list[float]) -> list[float]:
@@ -366,9 +390,10 @@ def rank_layers(
                 reason=fit.reason,
             )
         )
-    order = {r.layer: i for i, r in enumerate(ranking)}
-    findings = [f for fit in ranked for f in fit.findings]
-    findings.sort(key=lambda f: (order[f.layer], -_finite_or(f.yield_impact, -np.inf)))
+    by_layer = {fit.layer: fit for fit in ranked}
+    findings = [
+        f for r in ranking if r.layer in by_layer for f in sort_findings(by_layer[r.layer].findings)
+    ]
     return ranking, findings
 
 
@@ -377,8 +402,29 @@ def _finite_or(x: float | None, default: float) -> float:
 
 
 def sort_findings(findings: list[Finding]) -> list[Finding]:
-    """Largest yield impact first; findings without a yield impact (dispersion) last."""
-    return sorted(findings, key=lambda f: -_finite_or(f.yield_impact, -np.inf))
+    """One layer's findings in the order an engineer should look at them.
+
+    The rule of the layers, one level down: findings whose yield effect is established
+    (p-value below 0.05 after Holm's adjustment over the layer's yield findings) first, then
+    the others, each group by yield impact; findings without a yield impact (dispersion) last.
+    A tool spread over many wafers can carry a large point impact from a difference that
+    cannot be told from chance; it does not outrank a chamber whose effect is clear.
+    """
+    with_impact = {
+        i
+        for i, f in enumerate(findings)
+        if f.yield_impact is not None and math.isfinite(f.yield_impact)
+    }
+    tested = {i: p for i in sorted(with_impact) if (p := findings[i].p_value) is not None}
+    adjusted = dict(zip(tested, holm_adjust(list(tested.values())), strict=True)) if tested else {}
+
+    def key(i: int) -> tuple[bool, bool, float]:
+        f = findings[i]
+        has_impact = i in with_impact
+        established = adjusted.get(i, 1.0) < SIGNIFICANCE
+        return (not has_impact, not established, -_finite_or(f.yield_impact, -np.inf))
+
+    return [findings[i] for i in sorted(range(len(findings)), key=key)]
 
 
 # --------------------------------------------------------------------------- writing

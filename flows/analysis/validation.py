@@ -8,16 +8,21 @@ file and analysed end to end (`flows.analysis.analyse`). Against the simulator's
   its true yield impact?
 - null fabs: does any layer reach an adjusted p-value below 0.05?
 
-Run `python -m flows.analysis.validation [--seeds 20] [--null-seeds 20] [--lots 300]`.
+Run `python -m flows.analysis.validation [--seeds 20] [--null-seeds 20] [--lots 300] [--out FILE]`.
+Planted and null seeds alternate, so that a run cut short still scores both kinds; with --out
+every seed's line is appended to FILE as it finishes and the table follows at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from itertools import zip_longest
 from pathlib import Path
 
 from flows.analysis.results import AnalysisResult
@@ -64,8 +69,38 @@ def run_seed(seed: int, *, null: bool, lots: int, workdir: Path) -> SeedOutcome:
         out.detail = ", ".join(
             f"{r.layer} p={r.p_value:.2g}" for r in result.ranking if r.p_value is not None
         )
-        return out
-    score_planted(result, truth, out)
+    else:
+        score_planted(result, truth, out)
+    unranked = [f"{r.layer} {r.status}: {r.reason}" for r in result.ranking if r.rank is None]
+    if unranked:
+        out.detail += "; UNRANKED " + "; ".join(unranked)
+    return out
+
+
+def rescore_seed(where: Path, seconds: float = float("nan")) -> SeedOutcome:
+    """Score a fab analysed earlier (`where` as `run_seed` left it) with today's ranking step.
+
+    The model fits are read back from the run's analysis.json and only the ranking is redone
+    (`rank_layers`, which orders each layer's findings with `sort_findings`): a change to the
+    ranking rules is checked on the same fits without fitting anything again.
+    """
+    from flows.analysis.ranking import rank_layers
+    from flows.simulate import SimulationTruth
+
+    truth = SimulationTruth.load(where / "drops")
+    stored = AnalysisResult.from_json(where / "out" / "analysis.json")
+    fits = [f for f in stored.layers if f.layer != "(chained)"]
+    chained = next((f for f in stored.layers if f.layer == "(chained)"), None)
+    stored.ranking, stored.findings = rank_layers(fits, chained)
+    null = truth.null
+    out = SeedOutcome(seed=truth.seed, null=null, seconds=seconds)
+    if null:
+        out.any_rejection = any(r.p_value is not None and r.p_value < ALPHA for r in stored.ranking)
+        out.detail = ", ".join(
+            f"{r.layer} p={r.p_value:.2g}" for r in stored.ranking if r.p_value is not None
+        )
+    else:
+        score_planted(stored, truth, out)
     return out
 
 
@@ -96,7 +131,7 @@ def score_planted(result: AnalysisResult, truth: SimulationTruth, out: SeedOutco
         )
     out.detail = "; ".join(
         f"{r.rank}:{r.layer} {r.yield_impact:.2f} [{r.ci_low:.2f},{r.ci_high:.2f}] "
-        f"truth {truth.layer_yield_impact.get(r.layer, 0.0):.2f}"
+        f"truth {truth.layer_yield_impact.get(r.layer, 0.0):.2f} p={r.p_value:.2g}"
         for r in ranked[:4]
     )
 
@@ -152,7 +187,7 @@ def table(outcomes: list[SeedOutcome], n_planted: int, n_null: int) -> str:
         verdict = "" if needed is None else ("PASS" if got >= needed else "FAIL")
         need_txt = "" if needed is None else f">= {needed}"
         lines.append(f"{name:<46} {got:>4} / {of:<3} {need_txt:>7}  {verdict}")
-    secs = [o.seconds for o in outcomes]
+    secs = [o.seconds for o in outcomes if o.seconds == o.seconds]  # rescored runs: NaN
     if secs:
         lines.append(
             f"seconds per fab (simulate + ingest + analyse): median {sorted(secs)[len(secs) // 2]:.0f}, "
@@ -167,23 +202,72 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--null-seeds", type=int, default=20, help="null fabs (seeds 1001..)")
     ap.add_argument("--lots", type=int, default=300)
     ap.add_argument("--workdir", type=Path, default=None, help="keep the fabs here")
+    ap.add_argument("--out", type=Path, default=None, help="append the lines and table here")
+    ap.add_argument(
+        "--rescore",
+        type=Path,
+        default=None,
+        help="fit nothing: re-rank and score every fab analysed earlier under this --workdir",
+    )
+    ap.add_argument(
+        "--stop-by",
+        default=None,
+        help="UTC time HH:MM: start no seed that would not finish by then (median seed time); "
+        "the table then scores the seeds that ran",
+    )
     args = ap.parse_args(argv)
+    if args.rescore is not None:
+        return _rescore_all(args.rescore)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="yieldrank-validation-"))
     outcomes: list[SeedOutcome] = []
-    jobs = [(s, False) for s in range(1, args.seeds + 1)]
-    jobs += [(1000 + s, True) for s in range(1, args.null_seeds + 1)]
+    planted = [(s, False) for s in range(1, args.seeds + 1)]
+    nulls = [(1000 + s, True) for s in range(1, args.null_seeds + 1)]
+    jobs = [job for pair in zip_longest(planted, nulls) for job in pair if job is not None]
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+        if args.out is not None:
+            with args.out.open("a") as fh:
+                fh.write(text + "\n")
+
+    stop_by = _utc_today_at(args.stop_by) if args.stop_by else None
     for seed, null in jobs:
+        if stop_by is not None and outcomes:
+            typical = statistics.median(o.seconds for o in outcomes)
+            if datetime.now(UTC) + timedelta(seconds=typical) > stop_by:
+                say(f"stopped before seed {seed}: it would not finish by {args.stop_by} UTC")
+                break
         o = run_seed(seed, null=null, lots=args.lots, workdir=workdir)
         outcomes.append(o)
         tag = "null   " if null else "planted"
-        print(f"{tag} seed {seed:>4} {o.seconds:5.0f}s  {o.detail}", flush=True)
+        say(f"{tag} seed {seed:>4} {o.seconds:5.0f}s  {o.detail}")
         if not null:
-            print(
-                f"        top3={o.planted_top3} top={o.top_finding} covered={o.covered}", flush=True
-            )
-    print()
-    print(table(outcomes, args.seeds, args.null_seeds))
+            say(f"        top3={o.planted_top3} top={o.top_finding} covered={o.covered}")
+    say("")
+    n_planted = sum(not o.null for o in outcomes)
+    say(table(outcomes, n_planted, len(outcomes) - n_planted))
     return 0
+
+
+def _rescore_all(workdir: Path) -> int:
+    outcomes = []
+    for where in sorted(workdir.glob("*-*"), key=lambda p: (p.name.startswith("null"), p.name)):
+        if not (where / "out" / "analysis.json").is_file():
+            continue
+        o = rescore_seed(where)
+        outcomes.append(o)
+        print(f"{'null   ' if o.null else 'planted'} seed {o.seed:>4}  {o.detail}")
+        if not o.null:
+            print(f"        top3={o.planted_top3} top={o.top_finding} covered={o.covered}")
+    n_planted = sum(not o.null for o in outcomes)
+    print()
+    print(table(outcomes, n_planted, len(outcomes) - n_planted))
+    return 0
+
+
+def _utc_today_at(hhmm: str) -> datetime:
+    hour, minute = (int(x) for x in hhmm.split(":"))
+    return datetime.now(UTC).replace(hour=hour, minute=minute, second=0, microsecond=0)
 
 
 if __name__ == "__main__":

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import pyarrow as pa
 import pytest
 
 from flows.analysis.frames import chained_frame, layer_frames
 from flows.analysis.layers import fit_chained, fit_layer, yield_design
+from flows.analysis.ranking import sort_findings
 from flows.ingest import ingest_drop
 from flows.simulate import PlantedSizes, simulate_fab
 
@@ -66,10 +65,16 @@ def test_the_planted_chamber_is_found_and_sized(fab):
     true_impact = truth.layer_yield_impact[planted.layer]
     assert fit.ci_low <= true_impact <= fit.ci_high
     assert fit.p_value_raw < 1e-3
+    # the p-value is the joint likelihood-ratio test: every tool and chamber term of the layer on
+    # its boundary, every metrology coefficient a free parameter
+    design = yield_design(frames[planted.layer])
+    statistic, df, n_boundary, p = fit.diagnostics["lrt"]
+    assert n_boundary == len(design.groups)
+    assert df == n_boundary + len(design.metrology)
+    assert statistic > 0 and p == fit.p_value_raw
     # invariants of the record
     assert fit.ci_low <= fit.yield_impact <= fit.ci_high
-    impacts = [f.yield_impact for f in fit.findings if not math.isnan(f.yield_impact)]
-    assert impacts == sorted(impacts, reverse=True)
+    assert fit.findings == sort_findings(fit.findings)
     levels = {r.level for r in fit.ranef if r.term == f"tool:{planted.operation}"}
     assert planted.tool_id in levels
     assert 0 <= fit.variance_share <= 1
@@ -103,3 +108,20 @@ def test_chained_model_reports_every_layer(fab):
     assert set(chained.layer_effects) == set(frames)
     for e in chained.layer_effects.values():
         assert e["ci_low"] <= e["yield_impact"] <= e["ci_high"]
+
+
+@pytest.mark.slow
+def test_a_layer_whose_test_cannot_be_computed_is_reported_unranked(fab, monkeypatch):
+    # hglm.lrt refuses fits that did not reach their maximum; such a layer has no p-value
+    # and must say why instead of being ranked.
+    from flows.analysis import layers
+
+    def refuse(smaller, larger):
+        raise ValueError("the fit did not converge; its likelihood cannot be tested")
+
+    monkeypatch.setattr(layers.hglm, "lrt", refuse)
+    _, frames = fab
+    fit = fit_layer("GATE", frames["GATE"], seed=1)
+    assert fit.status == "not_converged"
+    assert "likelihood-ratio test" in fit.reason and "cannot be tested" in fit.reason
+    assert fit.p_value_raw is None and fit.yield_impact is None

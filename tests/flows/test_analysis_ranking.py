@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import csv
 import math
+from dataclasses import replace
 
 import duckdb
 import numpy as np
 import pytest
-from scipy import special, stats
+from scipy import special
 from statsmodels.stats.multitest import multipletests
 
 from flows.analysis.ranking import (
     LayerEffects,
     MetrologyTerm,
     RandomGroup,
-    chibar_lrt_pvalue,
     holm_adjust,
     percentile_interval,
     rank_layers,
     simulate_impacts,
+    sort_findings,
     typical_level,
     write_results,
     yield_impact,
@@ -107,12 +108,12 @@ def test_interval_collapses_without_uncertainty_and_widens_with_it():
 
 
 def test_joint_draws_keep_a_shared_shift_shared():
-    # All levels move together with beta (M = 1): the intercept absorbs a common shift, the
+    # All levels move together with beta (loading = 1): the intercept absorbs a common shift, the
     # comparison with the typical level does not change, so neither does the impact.
     n = 1500
     index = np.arange(n) % 3
     group = _group([-0.3, 0.0, 0.1], index, se=0.5)
-    group.m_rows = np.ones((3, 1))
+    group.loading = np.ones((3, 1))
     group.cond_se = np.zeros(3)
     eff = LayerEffects(
         eta_other=np.full(n, 2.0), groups=[group], beta_all=np.zeros(1), beta_cov=np.eye(1)
@@ -120,17 +121,6 @@ def test_joint_draws_keep_a_shared_shift_shared():
     d = simulate_impacts(eff, n_draws=100, seed=3)
     assert d.layer > 0.5
     assert np.ptp(d.layer_draws) < 1e-9
-
-
-def test_chibar_pvalue_matches_its_definition_and_a_simulation():
-    t = 3.2
-    assert chibar_lrt_pvalue(t, 1) == pytest.approx(0.5 * stats.chi2.sf(t, 1))
-    assert chibar_lrt_pvalue(t, 0, 2) == pytest.approx(stats.chi2.sf(t, 2))
-    assert chibar_lrt_pvalue(-1.0, 1) == 1.0
-    rng = np.random.default_rng(0)
-    z = rng.standard_normal((200_000, 2))
-    sim = np.sum(np.maximum(z, 0) ** 2, axis=1)  # two independent boundary components
-    assert chibar_lrt_pvalue(t, 2) == pytest.approx(np.mean(sim >= t), abs=0.003)
 
 
 def test_holm_matches_statsmodels():
@@ -153,7 +143,7 @@ def _fit(layer, impact, p, status="ranked", findings=()):
     )
 
 
-def _finding(layer, impact, tool="T1"):
+def _finding(layer, impact, tool="T1", p=0.01):
     return Finding(
         layer=layer,
         effect="tool",
@@ -161,7 +151,7 @@ def _finding(layer, impact, tool="T1"):
         yield_impact=impact,
         ci_low=impact - 0.1,
         ci_high=impact + 0.1,
-        p_value=0.01,
+        p_value=p,
         operation="OP",
         tool_id=tool,
     )
@@ -181,6 +171,19 @@ def test_rank_layers_orders_adjusts_and_keeps_unranked_layers():
     adjusted = dict(zip("ABC", holm_adjust([1e-6, 0.30, 1e-4]), strict=True))
     assert {r.layer: r.p_value for r in ranking[:3]} == pytest.approx(adjusted)
     assert [(f.layer, f.tool_id) for f in findings] == [("C", "T1"), ("A", "T2"), ("A", "T1")]
+
+
+def test_an_established_finding_outranks_a_larger_one_that_chance_explains():
+    noisy_tool = _finding("A", 0.35, "T_BIG", p=0.5)
+    clear_chamber = _finding("A", 0.27, "T_CH", p=1e-8)
+    middling = _finding("A", 0.30, "T_MID", p=0.03)  # Holm: 0.03 x 2 = 0.06, not established
+    noisy_chamber = replace(clear_chamber, effect="dispersion", yield_impact=math.nan, p_value=1e-9)
+    got = sort_findings([noisy_tool, middling, noisy_chamber, clear_chamber])
+    assert [f.tool_id for f in got][:3] == ["T_CH", "T_BIG", "T_MID"]
+    assert got[-1].effect == "dispersion"
+    # rank_layers keeps each layer's findings in this order
+    _, findings = rank_layers([_fit("A", 0.4, 1e-6, findings=[noisy_tool, clear_chamber])], None)
+    assert [f.tool_id for f in findings] == ["T_CH", "T_BIG"]
 
 
 def test_chained_model_replaces_the_impact_of_significant_layers_only():

@@ -8,6 +8,7 @@ back with DuckDB as the ingestion will read them.
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -241,6 +242,37 @@ def test_each_wafer_walks_the_route_once_and_a_lot_uses_one_tool_per_operation(f
     assert (per_lot["chambers"] == expected).all()  # 25 wafers round-robin reach every chamber
     for tool, chamber in lot_steps.select("tool_id", "chamber_id").unique().iter_rows():
         assert chamber in chambers[tool]  # None exactly for single-chamber tools
+
+
+def test_chambers_of_different_operations_do_not_share_their_wafers(fab):
+    """Each operation deals the lot's wafers to the chambers in an order of its own.
+
+    If the order were fixed by slot, two operations whose tools have k chambers each would pair
+    their chambers one to one within a lot (at most k distinct pairs): a bad chamber in one
+    layer would then mark exactly the wafers of some chamber of every other layer."""
+    steps = read(fab, "step_history").filter(pl.col("chamber_id").is_not_null())
+    first = steps.sort("step_seq").group_by("wafer_id", "operation").first()
+    lots = read(fab, "wafers").select("wafer_id", "lot_id")
+    wide = first.join(lots, on="wafer_id").select("lot_id", "wafer_id", "operation", "chamber_id")
+    ops = sorted(wide["operation"].unique().to_list())
+    pairs = 0
+    aligned = 0
+    for a, b in itertools.pairwise(ops):
+        pa_ = wide.filter(pl.col("operation") == a).drop("operation")
+        pb_ = wide.filter(pl.col("operation") == b).drop("operation", "lot_id")
+        both = pa_.join(pb_, on="wafer_id", suffix="_b")
+        per_lot = both.group_by("lot_id").agg(
+            pl.col("chamber_id").n_unique().alias("ka"),
+            pl.col("chamber_id_b").n_unique().alias("kb"),
+            pl.struct("chamber_id", "chamber_id_b").n_unique().alias("pairs"),
+            pl.len().alias("n"),
+        )
+        per_lot = per_lot.filter((pl.col("ka") >= 2) & (pl.col("kb") >= 2) & (pl.col("n") >= 10))
+        pairs += per_lot.height
+        aligned += per_lot.filter(pl.col("pairs") <= pl.max_horizontal("ka", "kb")).height
+    assert pairs > 100
+    # With independent random orders and 10+ wafers a one-to-one pairing is rare.
+    assert aligned / pairs < 0.02
 
 
 def test_metrology_is_sampled_with_several_sites(fab):
