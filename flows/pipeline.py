@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import os
 import re
 import time
 import uuid
@@ -198,7 +199,10 @@ def make_task_runner(spec: str = "threads", max_workers: int | None = None) -> T
     Prefect server of its own (see flows/settings.py).
     """
     if spec in ("threads", "", None):
-        return ThreadPoolTaskRunner(max_workers=max_workers)
+        # One layer fit per core: the fits hold the GIL little but each needs its own memory
+        # (about 1.7 GB for a 300,000-wafer layer), and Prefect's default of unbounded threads
+        # ran all 13 fits of a 12-layer year at once and exhausted 23 GB.
+        return ThreadPoolTaskRunner(max_workers=max_workers or os.cpu_count() or 1)
     if "://" not in spec and ":" not in spec:
         raise ValueError(
             f"task runner {spec!r} is neither 'threads' nor a Dask scheduler address "

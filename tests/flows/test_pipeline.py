@@ -5,6 +5,7 @@ Content keys for the fit cache, the database hold, task-runner choice, artifacts
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -80,7 +81,9 @@ def test_threads_by_default_and_dask_by_address():
     from prefect.task_runners import ThreadPoolTaskRunner
     from prefect_dask import DaskTaskRunner
 
-    assert isinstance(make_task_runner(), ThreadPoolTaskRunner)
+    threads = make_task_runner()
+    assert isinstance(threads, ThreadPoolTaskRunner)
+    assert threads._max_workers == os.cpu_count()  # one layer fit per core, not unbounded
     dask = make_task_runner("tcp://127.0.0.1:8786")
     assert isinstance(dask, DaskTaskRunner)
     assert dask.address == "tcp://127.0.0.1:8786"
