@@ -298,8 +298,9 @@ class SimulationTruth:
     order), `route` (per operation: layer, operation, step_seq, equipment, tools with their
     chamber ids, None for a single-chamber tool), `params` (param, layer, operation, target,
     unit_sd, sites), `products` (product, route, dies_total, base_logit), `yield_model`,
-    `planted` (the PlantedEffect fields), `layer_yield_impact` (every layer -> yield points,
-    0.0 where nothing is planted) and `drops` (name, path relative to the folder, rows per
+    `planted` (the PlantedEffect fields), `layer_yield_impact` (every layer -> yield points:
+    the ranking's impact definition at the true effects, see `_layer_impacts`; 0.0 where nothing
+    is planted) and `drops` (name, path relative to the folder, rows per
     table). Timestamps in the drops are UTC without an offset.
     """
 
@@ -1287,7 +1288,7 @@ def simulate_fab(
             "mean_yield_pct": float(100 * _expit(truth.eta).mean()),
         },
         planted=_describe(fab, truth, sites, sizes),
-        layer_yield_impact=_layer_impacts(fab, truth, sites),
+        layer_yield_impact=_layer_impacts(fab, truth, sites, sizes),
         drops=drops,
         out_dir=out_dir,
     )
@@ -1330,15 +1331,57 @@ def _describe(
     return out
 
 
-def _layer_impacts(fab: Fab, truth: WaferTruth, sites: list[Site]) -> dict[str, float]:
+def _layer_impacts(
+    fab: Fab, truth: WaferTruth, sites: list[Site], sizes: PlantedSizes
+) -> dict[str, float]:
+    """Each layer's true yield impact: the ranking's own definition at the true parameters.
+
+    The analysis estimates "the mean yield gained if every tool and chamber of the layer
+    performed like its typical one and its metrology sat at the typical tool's level"
+    (`flows.analysis.ranking.yield_impact`). The truth is that same quantity, computed by the
+    same function on the simulated logits and the true effects: a planted tool or chamber is
+    the only non-zero level of its term, and a planted metrology parameter enters the logit as
+    slope x true value on every wafer, so its truth also counts the parameter's lot and wafer
+    variation that the typical tool's level removes (not only the planted tool's shift, which
+    `PlantedEffect.yield_impact` reports). Comparing the interval with anything else would
+    judge it against a quantity it does not estimate.
+    """
+    from flows.analysis.ranking import LayerEffects, MetrologyTerm, RandomGroup, yield_impact
+
+    wafers = np.arange(len(fab.wafer_lot))
     out = {}
     for li, layer in enumerate(fab.route.layers):
-        terms = [
-            t
-            for s, t in zip(sites, truth.planted_terms, strict=True)
-            if s.layer == li and t is not None
-        ]
-        out[layer] = _impact(truth.eta, np.sum(terms, axis=0)) if terms else 0.0
+        mine = [s for s in sites if s.layer == li and s.kind in ("tool", "chamber", "metrology")]
+        if not mine:
+            out[layer] = 0.0
+            continue
+        eff = LayerEffects(eta_other=truth.eta.copy())
+        for s in mine:
+            tools = fab.wafer_tool(wafers, s.op)
+            if s.kind == "metrology":
+                assert s.param is not None
+                b = sizes.metrology_logit_per_unit
+                z = truth.z[:, s.param]
+                eff.metrology.append(MetrologyTerm(f"param{s.param}", "", None, z, tools))
+                eff.beta_all = np.append(eff.beta_all, b)
+                eff.beta_index.append(len(eff.beta_all) - 1)
+                eff.eta_other = eff.eta_other - b * z
+                continue
+            if s.kind == "tool":
+                key, bad, size = tools, s.tool, sizes.bad_tool_logit
+            else:  # a level of the chamber term is one tool's chamber
+                n_ch = int(np.max(fab.route.tool_chambers))
+                key = tools * n_ch + fab.chamber(wafers, s.op)
+                bad, size = s.tool * n_ch + (s.chamber or 0), sizes.bad_chamber_logit
+            levels, index = np.unique(key, return_inverse=True)
+            est = np.where(levels == bad, size, 0.0)
+            eff.groups.append(
+                RandomGroup(
+                    s.kind, s.kind, str(s.op), [str(x) for x in levels], index, est, 0 * est
+                )
+            )
+            eff.eta_other = eff.eta_other - est[index]
+        out[layer] = yield_impact(eff)
     return out
 
 

@@ -45,7 +45,8 @@ N_DRAWS = 200  # draws behind each interval: the 2.5 % quantile rests on about 5
 INTERVAL_METHOD = (
     "simulation from the joint prediction distribution of the layer's effects in its fitted "
     "yield model: metrology coefficients beta* ~ N(beta-hat, cov(beta-hat)), tool and chamber "
-    "effects v* = v-hat - M (beta* - beta-hat) + e with e ~ N(0, Var(v | beta)), the dispersion "
+    "effects v* = v-hat + L (beta* - beta-hat) + e with e ~ N(0, Var(v | beta)) (L and "
+    "Var(v | beta) from the engine's ranef_given_fixef), the dispersion "
     "parameters (lambda) held at their estimates; 95 % percentile interval of the yield impact "
     f"recomputed on each of {N_DRAWS} draws (not a parametric bootstrap: the models are not "
     "refitted)"

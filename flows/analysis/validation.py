@@ -5,10 +5,12 @@ file and analysed end to end (`flows.analysis.analyse`). Against the simulator's
 
 - planted fabs: are the three layers with a yield-planted effect ranks 1-3? Is the planted
   tool (chamber) the top finding of its layer? Does each planted layer's 95 % interval cover
-  its true yield impact?
+  its true yield impact (the ranking's impact definition evaluated at the true effects,
+  `SimulationTruth.layer_yield_impact`)?
 - null fabs: does any layer reach an adjusted p-value below 0.05?
 
-Run `python -m flows.analysis.validation [--seeds 20] [--null-seeds 20] [--lots 300] [--out FILE]`.
+Run `python -m flows.analysis.validation [--seeds 20] [--null-seeds 20] [--first 1] [--lots 300]
+[--out FILE]`.
 Planted and null seeds alternate, so that a run cut short still scores both kinds; with --out
 every seed's line is appended to FILE as it finishes and the table follows at the end.
 """
@@ -198,8 +200,16 @@ def table(outcomes: list[SeedOutcome], n_planted: int, n_null: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=20, help="planted fabs (seeds 1..N)")
-    ap.add_argument("--null-seeds", type=int, default=20, help="null fabs (seeds 1001..)")
+    ap.add_argument("--seeds", type=int, default=20, help="planted fabs (seeds F..F+N-1)")
+    ap.add_argument("--null-seeds", type=int, default=20, help="null fabs (seeds 1000+F..)")
+    ap.add_argument(
+        "--first",
+        type=int,
+        default=1,
+        help="F, the first seed (default 1): runs split in parts, e.g. --first 11 --seeds 10 "
+        "--null-seeds 10 for planted 11-20 and null 1011-1020; --rescore on the shared "
+        "--workdir scores all parts together",
+    )
     ap.add_argument("--lots", type=int, default=300)
     ap.add_argument("--workdir", type=Path, default=None, help="keep the fabs here")
     ap.add_argument("--out", type=Path, default=None, help="append the lines and table here")
@@ -220,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         return _rescore_all(args.rescore)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="yieldrank-validation-"))
     outcomes: list[SeedOutcome] = []
-    planted = [(s, False) for s in range(1, args.seeds + 1)]
-    nulls = [(1000 + s, True) for s in range(1, args.null_seeds + 1)]
+    planted = [(s, False) for s in range(args.first, args.first + args.seeds)]
+    nulls = [(1000 + s, True) for s in range(args.first, args.first + args.null_seeds)]
     jobs = [job for pair in zip_longest(planted, nulls) for job in pair if job is not None]
 
     def say(text: str) -> None:
