@@ -66,13 +66,7 @@ def run_seed(seed: int, *, null: bool, lots: int, workdir: Path) -> SeedOutcome:
         warnings.simplefilter("ignore")
         result = analyse(db, where / "out", run_id=f"validation-{seed}", seed=seed)
     out = SeedOutcome(seed=seed, null=null, seconds=time.perf_counter() - t0)
-    if null:
-        out.any_rejection = any(r.p_value is not None and r.p_value < ALPHA for r in result.ranking)
-        out.detail = ", ".join(
-            f"{r.layer} p={r.p_value:.2g}" for r in result.ranking if r.p_value is not None
-        )
-    else:
-        score_planted(result, truth, out)
+    score(result, truth, out)
     unranked = [f"{r.layer} {r.status}: {r.reason}" for r in result.ranking if r.rank is None]
     if unranked:
         out.detail += "; UNRANKED " + "; ".join(unranked)
@@ -87,23 +81,26 @@ def rescore_seed(where: Path, seconds: float = float("nan")) -> SeedOutcome:
     ranking rules is checked on the same fits without fitting anything again.
     """
     from flows.analysis.ranking import rank_layers
-    from flows.simulate import SimulationTruth
 
     truth = SimulationTruth.load(where / "drops")
     stored = AnalysisResult.from_json(where / "out" / "analysis.json")
     fits = [f for f in stored.layers if f.layer != "(chained)"]
     chained = next((f for f in stored.layers if f.layer == "(chained)"), None)
     stored.ranking, stored.findings = rank_layers(fits, chained)
-    null = truth.null
-    out = SeedOutcome(seed=truth.seed, null=null, seconds=seconds)
-    if null:
-        out.any_rejection = any(r.p_value is not None and r.p_value < ALPHA for r in stored.ranking)
+    out = SeedOutcome(seed=truth.seed, null=truth.null, seconds=seconds)
+    score(stored, truth, out)
+    return out
+
+
+def score(result: AnalysisResult, truth: SimulationTruth, out: SeedOutcome) -> None:
+    """Score one fab: under the null, whether any layer is rejected; else the planted effects."""
+    if out.null:
+        out.any_rejection = any(r.p_value is not None and r.p_value < ALPHA for r in result.ranking)
         out.detail = ", ".join(
-            f"{r.layer} p={r.p_value:.2g}" for r in stored.ranking if r.p_value is not None
+            f"{r.layer} p={r.p_value:.2g}" for r in result.ranking if r.p_value is not None
         )
     else:
-        score_planted(stored, truth, out)
-    return out
+        score_planted(result, truth, out)
 
 
 def score_planted(result: AnalysisResult, truth: SimulationTruth, out: SeedOutcome) -> None:
