@@ -342,9 +342,6 @@ class RandomFamily:
             return weight, v + score / weight
         return self.quasi_rows(v, lam)
 
-    def neg_hessian(self, v: np.ndarray, lam: np.ndarray, exact: bool) -> np.ndarray:
-        return (self.exact_rows(v, lam) if exact else self.quasi_rows(v, lam))[0]
-
     def sample_u(self, lam: float, size: int, rng: np.random.Generator) -> np.ndarray:
         """Draw u (used by simulations)."""
         if self.name == "normal":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -1225,15 +1224,6 @@ def finish_hl(
     )
     se.record_timings_in(outcome.timings)
     return outcome
-
-
-def warn_outcome(outcome: FitOutcome) -> None:
-    for msg in outcome.messages:
-        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
-
-
-# hglm.inference (another module) imports the criterion under its first name
-_Criterion = Criterion
 
 
 def _augmented_system(a: np.ndarray, z: np.ndarray, rows: list[tuple]) -> tuple:

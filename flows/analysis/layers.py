@@ -23,7 +23,7 @@ import math
 import re
 import time
 import warnings
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +31,7 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 from scipy import stats
+from threadpoolctl import threadpool_limits
 
 import hglm
 from flows.analysis.frames import CHAMBER, MEAS, SITES, TOOL, FrameLayout, layer_operations
@@ -379,10 +380,6 @@ def one_blas_thread() -> AbstractContextManager[object]:
     a 17 s one (measured on this 2-core machine at load 4). Layers run side by side in
     processes or threads instead (`flows.pipeline`). The limit is process-wide while active.
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency of the pipeline
-        return nullcontext()
     return threadpool_limits(limits=1, user_api="blas")
 
 
