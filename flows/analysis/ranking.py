@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +140,9 @@ def _typical_rows(estimates: np.ndarray) -> np.ndarray:
 # Draws are evaluated in blocks of about this many (draw, wafer) cells: a year of wafers
 # times 200 draws would not fit in memory at once.
 _CELLS_PER_BLOCK = 500_000
+# The draws of a larger layer are evaluated on a seeded sample of this many wafers (see
+# `simulate_impacts`); the point impacts always use every wafer.
+DRAW_WAFERS = 25_000
 
 
 def _layer_eta_and_shift(
@@ -248,6 +251,12 @@ def simulate_impacts(eff: LayerEffects, n_draws: int = 400, seed: int = 0) -> Im
     out (see `_same_mean`). Without L (no joint distribution given) levels are
     drawn independently with their full prediction SE, which errs wide. The dispersion
     parameters are held at their estimates.
+
+    An impact is a mean over wafers of a smooth function of the drawn effects, so on a layer
+    with more than DRAW_WAFERS wafers the draws are evaluated on a seeded random sample of
+    DRAW_WAFERS of them and moved by the difference between the full and the sample point
+    impact: the spread comes from the effects' uncertainty, which the sample carries (a year
+    of 300,000 wafers: 12 times less work), and the centre stays exactly the point impact.
     """
     rng = np.random.default_rng(seed)
     p = len(eff.beta_all)
@@ -263,20 +272,42 @@ def simulate_impacts(eff: LayerEffects, n_draws: int = 400, seed: int = 0) -> Im
         drawn.append(_same_mean(g, e))
     beta = (eff.beta_all + dbeta)[:, eff.beta_index] if eff.beta_index else np.zeros((n_draws, 0))
     point_total, point_items = _impacts(eff, *_point(eff))
-    block = max(1, _CELLS_PER_BLOCK // max(1, len(eff.eta_other)))
+    sample = _wafer_sample(eff, np.random.default_rng([seed, len(eff.eta_other)]))
+    block = max(1, _CELLS_PER_BLOCK // max(1, len(sample.eta_other)))
     totals, items = [], []
     for s in range(0, n_draws, block):
-        t, i = _impacts(eff, [e[s : s + block] for e in drawn], beta[s : s + block])
+        t, i = _impacts(sample, [e[s : s + block] for e in drawn], beta[s : s + block])
         totals.append(t)
         items.append(i)
     layer_draws = np.concatenate(totals) if totals else np.zeros(0)
     item_draws = np.vstack(items) if items else np.zeros((0, point_items.shape[1]))
+    if sample is not eff:
+        sample_total, sample_items = _impacts(sample, *_point(sample))
+        layer_draws += point_total[0] - sample_total[0]
+        item_draws += point_items[0] - sample_items[0]
     return ImpactDraws(
         layer=float(point_total[0]),
         layer_draws=layer_draws,
         items=[
             (term, lev, float(point_items[0, k]), item_draws[:, k])
             for k, (term, lev) in enumerate(_item_labels(eff))
+        ],
+    )
+
+
+def _wafer_sample(eff: LayerEffects, rng: np.random.Generator) -> LayerEffects:
+    """The layer's effects on DRAW_WAFERS wafers drawn at random, or `eff` if it has no more."""
+    n = len(eff.eta_other)
+    if n <= DRAW_WAFERS:
+        return eff
+    keep = np.sort(rng.choice(n, size=DRAW_WAFERS, replace=False))
+    return replace(
+        eff,
+        eta_other=eff.eta_other[keep],
+        groups=[replace(g, index=g.index[keep]) for g in eff.groups],
+        metrology=[
+            replace(t, z=t.z[keep], tool_index=None if t.tool_index is None else t.tool_index[keep])
+            for t in eff.metrology
         ],
     )
 

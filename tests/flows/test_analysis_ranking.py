@@ -107,6 +107,41 @@ def test_interval_collapses_without_uncertainty_and_widens_with_it():
     assert sum(v for _, _, v, _ in d.items) == pytest.approx(d.layer, abs=0.05)
 
 
+def test_draws_on_a_wafer_sample_match_the_draws_on_every_wafer(monkeypatch):
+    # A large layer's draws are evaluated on a sample of its wafers and recentred on the full
+    # point impact: the interval must be the one all wafers give, to well within its width.
+    import flows.analysis.ranking as ranking
+
+    rng = np.random.default_rng(5)
+    n = 20_000
+    eta = 2.0 + rng.normal(0, 0.5, n)  # wafers differ, so the sample's mean is not exact
+    tools = _group([-0.3, 0.02, 0.0, 0.05], rng.integers(0, 4, n), se=0.05)
+    chambers = _group(rng.normal(0, 0.05, 12), rng.integers(0, 12, n), se=0.03)
+    z = rng.normal(0, 1, n)
+    met = MetrologyTerm("m_0", "CD", "OP", z, rng.integers(0, 4, n))
+    eff = LayerEffects(
+        eta_other=eta,
+        groups=[tools, chambers],
+        metrology=[met],
+        beta_all=np.array([-0.1]),
+        beta_cov=np.array([[0.02**2]]),
+        beta_index=[0],
+    )
+    full = simulate_impacts(eff, n_draws=300, seed=1)
+    monkeypatch.setattr(ranking, "DRAW_WAFERS", 3_000)
+    sampled = simulate_impacts(eff, n_draws=300, seed=1)
+    assert sampled.layer == full.layer  # the point always uses every wafer
+    # The same effects are drawn in both runs, so the draws compare one by one.
+    width = np.subtract(*percentile_interval(full.layer_draws)[::-1])
+    assert width > 0.5
+    gap = sampled.layer_draws - full.layer_draws
+    assert abs(np.median(gap)) < 0.005 * width  # centred (without recentring: 0.016 of it)
+    assert np.max(np.abs(gap)) < 0.03 * width
+    for (_, _, p_full, d_full), (_, _, p_s, d_s) in zip(full.items, sampled.items, strict=True):
+        assert p_s == p_full
+        assert np.max(np.abs(d_s - d_full)) < 0.03 * width
+
+
 def test_joint_draws_keep_a_shared_shift_shared():
     # All levels move together with beta (loading = 1): the intercept absorbs a common shift, the
     # comparison with the typical level does not change, so neither does the impact.
