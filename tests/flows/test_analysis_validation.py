@@ -31,3 +31,38 @@ def test_planted_fab(seed, tmp_path):
 def test_null_fab(seed, tmp_path):
     o = run_seed(seed, null=True, lots=LOTS, workdir=tmp_path)
     assert not o.any_rejection, o.detail
+
+
+def test_oracle_tool_p_is_the_f_test_statsmodels_computes(tmp_path):
+    # The oracle is checked against statsmodels' nested-model F test on lot means that DuckDB
+    # aggregates here independently of the analysis frames.
+    import duckdb
+    import numpy as np
+    import statsmodels.formula.api as smf
+
+    from flows.analysis.validation import oracle_tool_p
+    from flows.ingest import ingest_drop
+    from flows.simulate import simulate_fab
+
+    truth = simulate_fab(tmp_path / "drops", lots=80, seed=5)
+    db = tmp_path / "fab.duckdb"
+    for drop in truth.drop_dirs:
+        ingest_drop(drop, db, gx=False)
+    e = truth.effect("tool")
+    with duckdb.connect(str(db), read_only=True) as con:
+        lots = con.execute(
+            """
+            SELECT o.lot_id, any_value(o.product) AS product, any_value(o.tool_id) AS tool,
+                   sum(y.dies_good) AS good, sum(y.dies_total) AS total
+            FROM core.wafer_yield AS y
+            JOIN marts.wafer_operation AS o ON o.wafer_id = y.wafer_id AND o.operation = ?
+            GROUP BY o.lot_id
+            """,
+            [e.operation],
+        ).df()
+    lots["logit"] = np.log((lots.good + 0.5) / (lots.total - lots.good + 0.5))
+    full = smf.ols("logit ~ C(product) + C(tool)", lots).fit()
+    base = smf.ols("logit ~ C(product)", lots).fit()
+    expected = full.compare_f_test(base)[1]
+    assert oracle_tool_p(db, truth) == pytest.approx(expected, rel=1e-8)
+    assert 1e-12 < expected < 0.5  # neither end of the scale, so the comparison means something
