@@ -179,18 +179,23 @@ def yield_design(frame: pa.Table | pl.DataFrame) -> _Design:
     return _Design(data, formula, base, groups, metrology, n_wafers, n_lots)
 
 
+# Every fit here is checked (`res.converged`) and a layer that did not converge is reported
+# with the reason, so the engine's warning would only repeat it. The filter names this module
+# (the engine warns at its caller) and is installed once: `warnings.catch_warnings` around each
+# fit is not thread-safe, and the layers are fitted on threads.
+warnings.filterwarnings("ignore", category=hglm.ConvergenceWarning, module=__name__)
+
+
 def _fit_binomial(formula: str, data: object, method: str = YIELD_METHOD) -> hglm.HGLMResult:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", hglm.ConvergenceWarning)
-        return hglm.fit(
-            formula,
-            data,
-            family="binomial",
-            rand_family={"wafer_id": "beta"},
-            method=method,
-            reml=False,  # for HL(1,1): ML dispersions, p_v(h) (ignored by EQL)
-            trials="dies_total",
-        )
+    return hglm.fit(
+        formula,
+        data,
+        family="binomial",
+        rand_family={"wafer_id": "beta"},
+        method=method,
+        reml=False,  # for HL(1,1): ML dispersions, p_v(h) (ignored by EQL)
+        trials="dies_total",
+    )
 
 
 def _with_groups(design: _Design, groups: dict[str, tuple[str, str]]) -> _Design:
@@ -534,16 +539,14 @@ def _site_frame(df: pl.DataFrame, op: str, param: str) -> pl.DataFrame:
 
 
 def _fit_process(formula: str, data: object, family: str, disp: str | None) -> hglm.HGLMResult:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", hglm.ConvergenceWarning)
-        return hglm.fit(
-            formula,
-            data,
-            family=family,
-            link="log" if family == "gamma" else None,
-            disp=disp,
-            method=PROCESS_METHOD,
-        )
+    return hglm.fit(
+        formula,
+        data,
+        family=family,
+        link="log" if family == "gamma" else None,
+        disp=disp,
+        method=PROCESS_METHOD,
+    )
 
 
 def process_models(layer: str, frame: pa.Table) -> tuple[list[dict], list[Finding]]:
