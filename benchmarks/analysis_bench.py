@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/analysis_bench.py --lots 300            # goal: < 2 minutes
     .venv/bin/python benchmarks/analysis_bench.py --lots 12000          # a year: goal < 15 minutes
+    .venv/bin/python benchmarks/analysis_bench.py --lots 12000 --route full --flow
 
 Times each stage (simulate_fab, ingest_drop without GX, layer_frames, fit_layer per layer,
 fit_chained, ranking and write_results) sequentially in this process, the way
@@ -9,6 +10,12 @@ fit_chained, ranking and write_results) sequentially in this process, the way
 interval draws, process models). The machine is shared: CPU seconds of this process are recorded
 beside the wall-clock ones, with the load average before and after, so that a slow run can be
 told apart from a busy machine. Writes benchmarks/results/analysis_<lots>_lots.json.
+
+`--flow` times what an engineer runs instead: `yieldrank run` on the simulated drop, in a child
+process (the Prefect flow: ingestion with Great Expectations, the layer fits side by side on the
+thread runner, the chained model, the ranking, the report), with its peak resident memory;
+writes analysis_<lots>_lots_flow.json. `--route full` simulates the 12-layer route (a year of it
+is 15 M step rows) instead of the default 8 layers.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lots", type=int, default=300)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--route", choices=["default", "full"], default="default")
+    ap.add_argument("--flow", action="store_true", help="time `yieldrank run` instead")
     args = ap.parse_args(argv)
 
     from flows.analysis.frames import chained_frame, layer_frames
@@ -42,10 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     from flows.analysis.ranking import rank_layers, write_results
     from flows.analysis.results import AnalysisResult
     from flows.ingest import ingest_drop
-    from flows.simulate import simulate_fab
+    from flows.simulate import DEFAULT_LAYERS, LAYER_ORDER, simulate_fab
 
     warnings.simplefilter("ignore")
     work = Path(tempfile.mkdtemp(prefix="analysis-bench-"))
+    layers = LAYER_ORDER if args.route == "full" else DEFAULT_LAYERS
+    if args.flow:
+        return _time_flow(args, work, layers)
     t: dict[str, float] = {}
     cpu: dict[str, float] = {}
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -58,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu[name] = cpu.get(name, 0.0) + time.process_time() - c0
 
     with stage("simulate"):
-        truth = simulate_fab(work / "drops", lots=args.lots, seed=args.seed)
+        truth = simulate_fab(work / "drops", lots=args.lots, seed=args.seed, layers=layers)
     db = work / "fab.duckdb"
     with stage("ingest"):
         for drop in truth.drop_dirs:
@@ -127,6 +139,56 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  {'end to end':<16} {total:8.1f} s {sum(cpu.values()):8.1f} s"
         "   (goal: 120 s at 300 lots, 900 s at 12,000)"
+    )
+    print(f"written {path}")
+    return 0
+
+
+def _time_flow(args: argparse.Namespace, work: Path, layers: tuple[str, ...]) -> int:
+    """`yieldrank run` on a simulated drop, in a child process: wall, CPU and peak memory."""
+    import resource
+    import subprocess
+
+    from flows.simulate import simulate_fab
+
+    truth = simulate_fab(work / "drops", lots=args.lots, seed=args.seed, layers=layers)
+    cli = Path(sys.executable).with_name("yieldrank")
+    command = [str(cli)] if cli.exists() else [sys.executable, "-m", "flows.cli"]
+    command += ["run", *map(str, truth.drop_dirs), "--db", str(work / "fab.duckdb")]
+    command += ["--out", str(work / "runs"), "--seed", str(args.seed)]
+    load_before = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    done = subprocess.run(command, cwd=work, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load = os.getloadavg()[0]
+    if done.returncode != 0:
+        print(done.stdout[-3000:], done.stderr[-3000:], sep="\n")
+        raise SystemExit(f"yieldrank run failed with exit code {done.returncode}")
+    report = {
+        "lots": args.lots,
+        "wafers": truth.wafers,
+        "layers": len(layers),
+        "command": " ".join(command),
+        "wall_seconds": wall,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
+        "peak_rss_gb": usage.ru_maxrss / 1e6,  # Linux reports KiB
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_before": load_before,
+            "load_after": load,
+        },
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "output_tail": done.stdout[-2000:],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"analysis_{args.lots}_lots_flow.json"
+    path.write_text(json.dumps(report, indent=1))
+    print(
+        f"yieldrank run, {args.lots} lots, {truth.wafers} wafers, {len(layers)} layers: "
+        f"{wall:.0f} s wall, {report['cpu_seconds']:.0f} CPU s, peak {report['peak_rss_gb']:.1f} GB "
+        f"(load avg before {load_before:.1f}, after {load:.1f}; goal 900 s at 12,000 lots)"
     )
     print(f"written {path}")
     return 0

@@ -454,10 +454,12 @@ def analyse(
         logger.info("model frames: %s", {k: v.num_rows for k, v in frames.items()})
         _emit("fits", total=len(frames) + 1)
 
-        futures = {
+        # The chained model is the longest fit: submitted first, it runs beside the layers
+        # instead of alone at the end on one of the cores.
+        futures = {CHAINED_LAYER: fit_chained_task.submit(frame_all, seed)}
+        futures |= {
             layer: fit_layer_task.submit(layer, frame, seed) for layer, frame in frames.items()
         }
-        futures[CHAINED_LAYER] = fit_chained_task.submit(frame_all, seed)
 
         layer_of = {future.task_run_id: layer for layer, future in futures.items()}
         fits: dict[str, LayerFit] = {}
