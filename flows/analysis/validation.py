@@ -319,7 +319,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _rescore_all(workdir: Path) -> int:
     outcomes = []
-    for where in sorted(workdir.glob("*-*"), key=lambda p: (p.name.startswith("null"), p.name)):
+
+    def kind_and_seed(p: Path) -> tuple[bool, int]:
+        kind, _, seed = p.name.partition("-")
+        return kind == "null", int(seed) if seed.isdigit() else -1
+
+    for where in sorted(workdir.glob("*-*"), key=kind_and_seed):
         if not (where / "out" / "analysis.json").is_file():
             continue
         o = rescore_seed(where)
