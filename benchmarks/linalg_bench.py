@@ -6,7 +6,11 @@ case 6 (300,000 wafers) and 40,800 for case 7. Times the CHOLMOD analysis + fact
 refactorisation with new values, the selected inverse (Takahashi), the leverages of all data
 rows, and checks the results against dense numpy on a sub-fab small enough to invert densely.
 
-    python -m benchmarks.linalg_bench [--cases 6,7] [--out benchmarks/results]
+With the chambers dealt per wafer (the chained model of every layer), no two wafers share a
+row pattern of Z: the mixed-model equations of hglm.mme are timed on that structure too, with
+the memory their set-up traces (``--chained-lots``, 0 to skip).
+
+    python -m benchmarks.linalg_bench [--cases 6,7] [--chained-lots 12000] [--out ...]
 """
 
 from __future__ import annotations
@@ -16,13 +20,20 @@ import json
 import os
 import resource
 import time
+import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
-from benchmarks.cases import FAB_1M, FAB_300K, FabLayout, fab_yield
+from benchmarks.cases import FAB_1M, FAB_300K, FabLayout, fab_paths, fab_yield
+from hglm.design import build_design
+from hglm.families import response_family
+from hglm.formula import parse_formula
 from hglm.linalg import SparseCholesky, row_quadratic_forms
+from hglm.mme import MixedModelEquations
 
 LAYOUTS = {"6": FAB_300K, "7": FAB_1M}
 
@@ -132,6 +143,65 @@ def dense_check(layout: FabLayout, lots: int, rng: np.random.Generator) -> dict:
     }
 
 
+def chained_design(layout: FabLayout, rng: np.random.Generator):
+    """The design of lot + tool + chamber terms with the tools fixed per lot and the chambers
+    dealt per wafer (the chained model's structure), and its random terms."""
+    tool, _ = fab_paths(layout)
+    lot = np.repeat(np.arange(layout.lots), layout.wafers_per_lot)
+    columns: dict[str, np.ndarray] = {"lot": lot, "x": rng.normal(size=layout.n)}
+    for k, (t_name, c_name) in enumerate(
+        zip(layout.tool_columns(), layout.chamber_columns(), strict=True)
+    ):
+        columns[t_name] = tool[lot, k]
+        dealt = rng.integers(0, layout.chambers_per_tool, layout.n)
+        columns[c_name] = tool[lot, k] * layout.chambers_per_tool + dealt
+    columns["dies"] = np.full(layout.n, 600)
+    columns["good"] = rng.binomial(600, 0.8, layout.n)
+    terms = ["lot", *layout.tool_columns(), *layout.chamber_columns()]
+    formula = "good ~ x + " + " + ".join(f"(1 | {t})" for t in terms)
+    design = build_design(
+        parse_formula(formula), pd.DataFrame(columns), response_family("binomial"), trials="dies"
+    )
+    return design.X, design.terms
+
+
+def bench_chained(layout: FabLayout, rng: np.random.Generator) -> dict:
+    """Set-up (seconds, traced peak memory), factorisations and leverages of the equations
+    with one row pattern per wafer; H checked against Z'AZ + diag(w) on a sub-fab."""
+    X, terms = chained_design(layout, rng)
+    tracemalloc.start()
+    start = time.perf_counter()
+    mme = MixedModelEquations(X, terms)
+    set_up = time.perf_counter() - start
+    traced_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    a, w_m = rng.uniform(20.0, 60.0, mme.n), rng.uniform(5.0, 50.0, mme.q)
+    wall = {"set_up": set_up}
+    for name in ("analyse_and_factor", "refactor"):
+        start = time.perf_counter()
+        mme.factor(a, w_m)
+        wall[name] = time.perf_counter() - start
+    start = time.perf_counter()
+    mme.level_row_variances()
+    wall["leverages_all_rows"] = time.perf_counter() - start
+    small_X, small_terms = chained_design(replace(layout, lots=200), rng)
+    small = MixedModelEquations(small_X, small_terms)
+    c, d = rng.uniform(0.5, 2.0, small.n_patterns), rng.uniform(1.0, 2.0, small.q)
+    H = small.products.assemble(c, d)
+    expected = small.Zd.T @ sp.diags(c) @ small.Zd + sp.diags(d)
+    return {
+        "lots": layout.lots,
+        "rows": mme.n,
+        "row_patterns": mme.n_patterns,
+        "unknowns": mme.q,
+        "group_pairs": len(mme.products.pairs),
+        "set_up_traced_peak_mb": traced_peak / 2**20,
+        "seconds": wall,
+        "assemble_seconds": mme.timings["assemble"],
+        "max_rel_error_H_sub_fab": float(abs(H - expected).max() / abs(expected).max()),
+    }
+
+
 def to_markdown(report: dict) -> str:
     lines = [
         "# Sparse linear algebra on the fab structure (hglm.linalg)",
@@ -165,6 +235,22 @@ def to_markdown(report: dict) -> str:
         f"{d['max_abs_error_selected_inverse']:.1e}, log-determinant "
         f"{d['abs_error_logdet']:.1e}, leverages {d['max_abs_error_leverages']:.1e}.",
         "",
+    ]
+    chained = report.get("chained")
+    if chained:
+        s = chained["seconds"]
+        lines += [
+            f"Chambers dealt per wafer ({chained['lots']:,} lots, {chained['rows']:,} rows, "
+            f"{chained['row_patterns']:,} row patterns, q = {chained['unknowns']:,}, "
+            f"{chained['group_pairs']} group pairs): set-up of the equations {s['set_up']:.1f} s "
+            f"(traced peak {chained['set_up_traced_peak_mb']:.0f} MB), assembly + analysis + "
+            f"factorisation {s['analyse_and_factor']:.1f} s, refactorisation {s['refactor']:.1f} s "
+            f"(assembly {chained['assemble_seconds']:.1f} s of the two), leverages of all rows "
+            f"{s['leverages_all_rows']:.1f} s; max relative error of H (against Z'AZ + W "
+            f"by scipy) on a 200-lot sub-fab {chained['max_rel_error_H_sub_fab']:.1e}.",
+            "",
+        ]
+    lines += [
         f"Peak RSS of the process: {report['peak_rss_mb']:.0f} MB; load average at the end: "
         f"{report['load_average']}.",
         "",
@@ -177,6 +263,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cases", default="6,7", help="comma-separated: 6, 7")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--dense-lots", type=int, default=2_000, help="lots of the dense check")
+    parser.add_argument(
+        "--chained-lots", type=int, default=12_000, help="lots with chambers per wafer (0: skip)"
+    )
     args = parser.parse_args(argv)
     rng = np.random.default_rng(4)
     keys = [k.strip() for k in args.cases.split(",") if k.strip()]
@@ -189,6 +278,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(result, indent=1), flush=True)
         report["cases"].append(result)
     report["dense_check"] = dense_check(FAB_300K, args.dense_lots, rng)
+    if args.chained_lots:
+        report["chained"] = bench_chained(replace(FAB_300K, lots=args.chained_lots), rng)
+        print(json.dumps(report["chained"], indent=1), flush=True)
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report["load_average"] = [round(x, 1) for x in os.getloadavg()]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ leverages and prediction variances.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -47,6 +47,12 @@ from hglm.linalg import NotPositiveDefiniteError, SparseCholesky
 # supernode anyway, and the selected inverse on its pattern the whole inverse.
 _MAX_DENSE_ORDER = 3000
 _MIN_DENSE_FILL = 0.3
+# keys (the levels of two terms as one index) are grouped by counting over their range when
+# it is at most this many times as long as the list of keys, plus the slack; else hashed
+_COUNT_RANGE_PER_KEY = 4
+_COUNT_RANGE_SLACK = 1024
+# levels and indices below this are computed in 16 bits
+_SMALL = np.iinfo(np.int16).max
 
 
 @dataclass
@@ -119,24 +125,100 @@ def _nesting_groups(levels: list[np.ndarray], sizes: list[int]) -> list[list[int
     return groups
 
 
-def _cells(key: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(cell of each pattern, the distinct keys in the range 0..size-1, one per cell)."""
-    if size <= 4 * len(key) + 1024:  # a small range: count instead of hashing
-        present = np.bincount(key, minlength=size) > 0
-        return (np.cumsum(present) - 1)[key], np.flatnonzero(present)
-    local, uniq = pd.factorize(key)
-    return local, np.asarray(uniq, dtype=np.int64)
+def _countable(size: int, n: int) -> bool:
+    """Whether n keys in the range 0..size-1 are grouped by counting over the range (nothing
+    kept per key: the keys are recomputed on every pass) rather than by hashing (the group of
+    every key kept)."""
+    return size <= _COUNT_RANGE_PER_KEY * n + _COUNT_RANGE_SLACK
+
+
+@dataclass
+class _TermPair:
+    """Where the cells of a group pair go for one pair of its terms (a, b): to the entries
+    (level of a, level of b) of the m x m matrix, at ``lower`` in keys and, for two different
+    terms, mirrored at ``upper``.
+
+    A cell's entry is found from its index in the range of (level of a, level of b): for the
+    groups' finest terms the cells are the entries (``present`` and ``entry`` None); else the
+    cells are counted over that range (``present``: the occurring indices, in order) or, for a
+    large range, each cell's entry is kept (``entry``)."""
+
+    a: int
+    b: int
+    rows: np.ndarray  # finest level of g -> level of a
+    cols: np.ndarray | None  # finest level of h -> level of b; None: b is h's finest term
+    width: int  # levels of b
+    n_range: int
+    present: np.ndarray | None = None
+    entry: np.ndarray | None = None
+    lower: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
+    upper: np.ndarray | None = None
+
+    @property
+    def weight(self) -> float:
+        """e' R e counts an entry between two different terms twice."""
+        return 1.0 if self.a == self.b else 2.0
+
+    def index(self, cg: np.ndarray, ch: np.ndarray) -> np.ndarray:
+        """Each cell's (level of a, level of b) as one index into the range."""
+        if self.a == self.b:  # a diagonal block: the cell is one level of a
+            return self.rows[cg]
+        rows = self.rows[cg] * self.width
+        return rows + (ch if self.cols is None else self.cols[ch])
+
+    def levels(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(level of a, level of b) of indices into the range."""
+        if self.a == self.b:
+            return index, index
+        return index // self.width, index % self.width
+
+    def sums(self, table: np.ndarray, cg: np.ndarray, ch: np.ndarray) -> np.ndarray:
+        """The entries' sums of the cells' values, each over its cells in order."""
+        if self.entry is not None:
+            return np.bincount(self.entry, weights=table, minlength=len(self.lower))
+        if self.present is None:
+            return table
+        counts = np.bincount(self.index(cg, ch), weights=table, minlength=self.n_range)
+        return counts[self.present]
+
+    def per_cell(self, values: np.ndarray, cg: np.ndarray, ch: np.ndarray) -> np.ndarray:
+        """The value of each cell's entry, given the entries' values (in ``lower`` order)."""
+        if self.entry is not None:
+            return values[self.entry]
+        if self.present is None:
+            return values
+        full = np.zeros(self.n_range)
+        full[self.present] = values
+        return full[self.index(cg, ch)]
 
 
 @dataclass
 class _GroupPair:
-    """The cells of a pair of groups (g <= h): the distinct (level of g, level of h) pairs
-    of the patterns; ``local`` maps each pattern to its cell, cells start at ``offset`` in
-    the flat table of all pairs."""
+    """The cells of a pair of groups (g <= h): the distinct (level of g, level of h) of the
+    patterns (the finest terms' levels ``cg``, ``ch``), and the term pairs they feed.
 
-    local: np.ndarray
-    offset: int
-    n_cells: int
+    A pattern's cell is counted afresh on every pass over the range of (level of g, level of
+    h), ``present`` holding the occurring indices in order, or, for a large range, kept per
+    pattern (``local``)."""
+
+    g: int
+    h: int
+    width: int  # levels of h's finest term: the index is level_g * width + level_h
+    cg: np.ndarray
+    ch: np.ndarray
+    present: np.ndarray | None
+    local: np.ndarray | None
+    terms: list[_TermPair]
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.cg)
+
+    @property
+    def n_range(self) -> int:
+        """The indices' range as far as it occurs."""
+        assert self.present is not None
+        return int(self.present[-1]) + 1 if len(self.present) else 0
 
 
 class _PatternProducts:
@@ -145,93 +227,142 @@ class _PatternProducts:
 
     A pattern adds its weight to one cell per pair of groups (a fab: one per pair of
     operations, the chambers fixing the tools), so the work per assembly is n_d times the
-    number of group pairs; every term pair (k, l) of a group pair reads its entry of the
-    m x m matrix off the cell's levels. Two fixed sparse maps take cell sums to the stored
-    entries of the symmetric pattern (``keys``: col * m + row, sorted) and back."""
+    number of group pairs; every term pair (a, b) of a group pair then sums the cells into its
+    entries of the m x m matrix (``keys``: col * m + row, sorted). The cells and entries are
+    found afresh on every pass from the groups' levels, so nothing is kept per pattern and
+    group pair, nor per cell and term pair, unless a range is too large to count over (the
+    chained model of a fab's year: 300,000 patterns in 741 group pairs, whose 1.3 million cells
+    feed term pairs 82 million times). Every sum runs over the patterns, and then over the
+    cells, in a fixed order."""
 
     def __init__(self, levels: list[np.ndarray], sizes: list[int]) -> None:
         self.m = m = int(sum(sizes))
         offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
-        n_d = len(levels[0]) if levels else 0
+        self.n_patterns = len(levels[0]) if levels else 0
         groups = _nesting_groups(levels, sizes)
-        maps = []  # per group: finest level -> column (in 0..m-1) of each member
+        # per group: its finest term's level of each pattern, and the map from that level to
+        # each member's level
+        self.widths = [sizes[group[0]] for group in groups]
+        self.group_levels = [
+            levels[group[0]].astype(np.int16 if width <= _SMALL else np.intp)
+            for group, width in zip(groups, self.widths, strict=True)
+        ]
+        maps = []
         for group in groups:
-            f = group[0]
-            cols = {}
+            members = {}
             for j in group:
-                image = np.full(sizes[f], -1, dtype=np.int64)
-                image[levels[f]] = levels[j] + offsets[j]
-                cols[j] = image
-            maps.append(cols)
+                image = np.zeros(sizes[group[0]], dtype=np.intp)
+                image[levels[group[0]]] = levels[j]
+                members[j] = image
+            maps.append(members)
         self.pairs: list[_GroupPair] = []
-        rows, cols, cells, twice = [], [], [], []
-        offset = 0
+        entries = []  # each term pair's entries as (row, col) in 0..m-1
         for g, group_g in enumerate(groups):
-            key_g = levels[group_g[0]]
             for h in range(g, len(groups)):
-                group_h = groups[h]
-                if g == h:
-                    local, uniq = _cells(key_g, sizes[group_g[0]])
-                    cg = ch = uniq
-                    term_pairs = [(a, b) for i, a in enumerate(group_g) for b in group_g[i:]]
-                else:
-                    size_h = sizes[group_h[0]]
-                    local, uniq = _cells(
-                        key_g * size_h + levels[group_h[0]], sizes[group_g[0]] * size_h
-                    )
-                    cg, ch = uniq // size_h, uniq % size_h
-                    term_pairs = [(a, b) for a in group_g for b in group_h]
-                n_cells = len(uniq)
-                self.pairs.append(_GroupPair(local.astype(np.intp), offset, n_cells))
-                cell_ids = offset + np.arange(n_cells)
+                pair = self._group_pair(g, h)
+                term_pairs = (
+                    [(a, b) for i, a in enumerate(group_g) for b in group_g[i:]]
+                    if g == h
+                    else [(a, b) for a in group_g for b in groups[h]]
+                )
                 for a, b in term_pairs:
-                    rows.append(maps[g][a][cg])
-                    cols.append(maps[h][b][ch])
-                    cells.append(cell_ids)
-                    twice.append(np.full(n_cells, a != b))
-                offset += n_cells
-        self.n_cells = offset
-        self.n_patterns = n_d
-        r = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-        c = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
-        cell = np.concatenate(cells) if cells else np.zeros(0, dtype=np.int64)
-        off = np.concatenate(twice) if twice else np.zeros(0, dtype=bool)
+                    cols = None if b == groups[h][0] else maps[h][b]
+                    n_range = sizes[a] if a == b else sizes[a] * sizes[b]
+                    tp = _TermPair(a, b, maps[g][a], cols, sizes[b], n_range)
+                    found = self._find_entries(tp, pair, (a, b) == (group_g[0], groups[h][0]))
+                    row, col = tp.levels(found)
+                    entries.append((row + offsets[a], col + offsets[b]))
+                    pair.terms.append(tp)
+                self.pairs.append(pair)
+        # the symmetric pattern: every term pair's entries, mirrored, and the whole diagonal
         diag = np.arange(m, dtype=np.int64)
-        keys = np.sort(np.concatenate((c * m + r, r * m + c, diag * m + diag)))
+        parts = [diag * m + diag]
+        parts += [col * m + row for row, col in entries]
+        parts += [row * m + col for row, col in entries]
+        keys = np.sort(np.concatenate(parts))
         self.keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]
-        lower = np.searchsorted(self.keys, c * m + r)  # entry (r, c)
-        upper = np.searchsorted(self.keys, r * m + c)
+        term_pairs = (tp for pair in self.pairs for tp in pair.terms)
+        for tp, (row, col) in zip(term_pairs, entries, strict=True):
+            tp.lower = np.searchsorted(self.keys, col * m + row)
+            if tp.a != tp.b:
+                tp.upper = np.searchsorted(self.keys, row * m + col)
+        for pair in self.pairs:
+            # e' R e adds up a cell's entries in the order of their keys: by the column's
+            # term, then the row's
+            pair.terms.sort(key=lambda tp: (tp.b, tp.a))
         self.diag_pos = np.searchsorted(self.keys, diag * m + diag)
-        # assembly: entries = cells_to_entries @ cell sums; each cell goes into (r, c) and,
-        # for two different terms, into (c, r)
-        n_keys = len(self.keys)
-        self.cells_to_entries = sp.csr_matrix(
-            (
-                np.ones(len(cell) + int(off.sum())),
-                (np.concatenate((lower, upper[off])), np.concatenate((cell, cell[off]))),
-            ),
-            shape=(n_keys, offset),
-        )
-        # quadratic forms: cell values = entries_to_cells @ entries of R; e' R e counts an
-        # entry between two different terms twice
-        self.entries_to_cells = sp.csr_matrix(
-            (np.where(off, 2.0, 1.0), (cell, lower)), shape=(offset, n_keys)
-        )
         self.indices = (self.keys % m).astype(np.int32)
         self.indptr = np.searchsorted(self.keys // m, np.arange(m + 1)).astype(np.int32)
+
+    def _index(self, g: int, h: int, width: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Each pattern's (level of g, level of h) as one index, level_g * width + level_h
+        (in ``out`` if given)."""
+        if out is None:
+            out = np.empty(self.n_patterns, dtype=np.intp)
+        level_g, level_h = self.group_levels[g], self.group_levels[h]
+        if g == h:
+            if level_g.dtype == np.intp:
+                return level_g
+            np.copyto(out, level_g)
+        elif level_g.dtype == level_h.dtype == np.int16 and self.widths[g] * width <= _SMALL:
+            # two small groups (a fab's chambers): 16-bit arithmetic is several times faster
+            small = np.multiply(level_g, width)
+            np.copyto(out, np.add(small, level_h, out=small))
+        else:
+            np.multiply(level_g, width, out=out, dtype=np.intp)
+            np.add(out, level_h, out=out)
+        return out
+
+    def _group_pair(self, g: int, h: int) -> _GroupPair:
+        """The cells of groups g and h, counted over the range of their index or hashed."""
+        width = self.widths[h]
+        index = self._index(g, h, width)
+        n_range = int(index.max()) + 1 if len(index) else 0
+        if _countable(n_range, len(index)):
+            present = np.flatnonzero(np.bincount(index, minlength=n_range))
+            cells, local = present, None
+        else:
+            codes, uniques = pd.factorize(index)
+            present, local = None, codes.astype(np.intp)
+            cells = np.asarray(uniques, dtype=np.int64)
+        cg, ch = (cells, cells) if g == h else (cells // width, cells % width)
+        return _GroupPair(g, h, width, cg, ch, present, local, [])
+
+    @staticmethod
+    def _find_entries(tp: _TermPair, pair: _GroupPair, finest: bool) -> np.ndarray:
+        """The term pair's entries as indices into its range (the order of its sums), and how
+        the cells find them."""
+        if finest:  # the groups' finest terms: the cells are the entries
+            return pair.cg if tp.a == tp.b else pair.cg * tp.width + pair.ch
+        index = tp.index(pair.cg, pair.ch)
+        if _countable(tp.n_range, len(index)):
+            tp.present = np.flatnonzero(np.bincount(index, minlength=tp.n_range))
+            return tp.present
+        found, entry = np.unique(index, return_inverse=True)
+        tp.entry = entry.astype(np.intp)
+        return found
 
     @property
     def fill(self) -> float:
         """Share of the m x m entries on the pattern."""
         return len(self.keys) / max(self.m * self.m, 1)
 
+    def _cell_sums(self, pair: _GroupPair, c: np.ndarray, buffer: np.ndarray) -> np.ndarray:
+        if pair.local is not None:
+            return np.bincount(pair.local, weights=c, minlength=pair.n_cells)
+        index = self._index(pair.g, pair.h, pair.width, buffer)
+        return np.bincount(index, weights=c, minlength=pair.n_range)[pair.present]
+
     def _entries(self, c: np.ndarray, diagonal: np.ndarray) -> np.ndarray:
-        table = np.empty(self.n_cells)
+        data = np.zeros(len(self.keys))
+        buffer = np.empty(self.n_patterns, dtype=np.intp)
         for pair in self.pairs:
-            table[pair.offset : pair.offset + pair.n_cells] = np.bincount(
-                pair.local, weights=c, minlength=pair.n_cells
-            )
-        data = self.cells_to_entries @ table
+            table = self._cell_sums(pair, c, buffer)
+            for tp in pair.terms:
+                sums = tp.sums(table, pair.cg, pair.ch)
+                data[tp.lower] = sums
+                if tp.upper is not None:
+                    data[tp.upper] = sums
         data[self.diag_pos] += diagonal
         if not np.all(np.isfinite(data)):
             raise ValueError("the mixed-model equations have non-finite entries")
@@ -250,10 +381,18 @@ class _PatternProducts:
 
     def quadratic_forms(self, entries: np.ndarray) -> np.ndarray:
         """e_p' R e_p for every pattern, given R's entries on the symmetric pattern (keys)."""
-        table = self.entries_to_cells @ entries
         out = np.zeros(self.n_patterns)
+        buffer = np.empty(self.n_patterns, dtype=np.intp)
         for pair in self.pairs:
-            out += table[pair.offset : pair.offset + pair.n_cells][pair.local]
+            table = np.zeros(pair.n_cells)
+            for tp in pair.terms:
+                table += tp.weight * tp.per_cell(entries[tp.lower], pair.cg, pair.ch)
+            if pair.local is not None:
+                out += table[pair.local]
+            else:
+                full = np.zeros(pair.n_range)
+                full[pair.present] = table
+                out += full[self._index(pair.g, pair.h, pair.width, buffer)]
         return out
 
 
@@ -344,11 +483,16 @@ class MixedModelEquations:
             self.Zd = sp.csr_matrix((0, 0))
             self.pattern = np.zeros(self.n, dtype=np.int64)
             self.n_patterns = 1
+            self._rows_are_patterns = False
             return
         K = len(terms)
         self.pattern, cols_d = _distinct_patterns([t.codes for t in terms])
-        cols_d = cols_d + self.offsets[:-1]
+        cols_d = cols_d.astype(np.int64, copy=False)  # a fresh array: shifted in place
+        cols_d += self.offsets[:-1]
         self.n_patterns = n_d = len(cols_d)
+        # every row its own pattern (a fab whose chambers are dealt per wafer): patterns are
+        # numbered by first appearance, so the rows are the patterns in order
+        self._rows_are_patterns = n_d == self.n
         self.Zd = sp.csr_matrix(
             (np.ones(n_d * K), cols_d.ravel(), np.arange(0, n_d * K + 1, K)),
             shape=(n_d, self.q),
@@ -377,6 +521,8 @@ class MixedModelEquations:
     # ------------------------------------------------------------- row products
     def per_pattern(self, values: np.ndarray) -> np.ndarray:
         """Sum of per-row values (n,) or (n, k) over the rows of each pattern."""
+        if self._rows_are_patterns:
+            return values + 0.0  # a sum over one row, -0.0 included
         if values.ndim == 1:
             return np.bincount(self.pattern, weights=values, minlength=self.n_patterns)
         return np.column_stack([self.per_pattern(values[:, j]) for j in range(values.shape[1])])
@@ -522,7 +668,7 @@ class MixedModelEquations:
 
     def row_variances(self, sol: MMESolution) -> np.ndarray:
         """t_i' C^{-1} t_i for every data row t_i = (x_i, z_i), without any n x n object."""
-        Xt = self.X - ((self.Zd @ sol.M)[self.pattern] if self.q else 0.0)
+        Xt = self.X - (self._to_rows(self.Zd @ sol.M) if self.q else 0.0)
         out = np.einsum("ij,jk,ik->i", Xt, sol.cov_beta, Xt) if self.p else np.zeros(self.n)
         if self.q:
             out = out + self.level_row_variances()
@@ -548,7 +694,9 @@ class MixedModelEquations:
         if el is not None:
             assert el.D is not None and el.f is not None
             forms = 1.0 / el.D + (1.0 - el.f) ** 2 * forms
-        return forms[self.pattern]
+        elif self._rows_are_patterns:
+            forms = forms.copy()  # not the cached array itself
+        return self._to_rows(forms)
 
     def level_inverse_diagonal(self) -> np.ndarray:
         """diag(H^{-1}) (beta held fixed); an eliminated level: 1/D + f^2 e' R^{-1} e."""
@@ -575,7 +723,11 @@ class MixedModelEquations:
         return [v[self.offsets[k] : self.offsets[k + 1]] for k in range(len(self.terms))]
 
     def eta_random(self, v: np.ndarray) -> np.ndarray:
-        return (self.Zd @ v)[self.pattern] if self.q else np.zeros(self.n)
+        return self._to_rows(self.Zd @ v) if self.q else np.zeros(self.n)
+
+    def _to_rows(self, per_pattern: np.ndarray) -> np.ndarray:
+        """Per-pattern values (n_d,) or (n_d, k) repeated to the rows of each pattern."""
+        return per_pattern if self._rows_are_patterns else per_pattern[self.pattern]
 
 
 @dataclass

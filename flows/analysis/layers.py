@@ -267,7 +267,9 @@ def _effects(
         tab = ranef[name]
         levels = [str(x) for x in tab.index]
         pos = {lv: i for i, lv in enumerate(levels)}
-        index = np.array([pos.get(str(x), -1) for x in data[name]], dtype=int)  # type: ignore[index]
+        codes, uniques = pd.factorize(data[name])  # type: ignore[index]
+        lookup = np.array([pos.get(str(u), -1) for u in uniques], dtype=int)
+        index = np.where(codes >= 0, lookup[codes], -1)
         est = tab["v"].to_numpy(dtype=float)
         se = np.nan_to_num(tab["se"].to_numpy(dtype=float), nan=0.0)
         given = joint.get(name)

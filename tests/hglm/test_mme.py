@@ -1,5 +1,7 @@
 """The mixed-model equations with a pattern-level term (the lot of a fab) eliminated in closed
-form against the plain path that keeps it in the sparse factor, and against dense algebra."""
+form against the plain path that keeps it in the sparse factor, and against dense algebra; the
+sums over row patterns whichever way their cells are found (counted or hashed), and with every
+row its own pattern (chambers dealt per wafer)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import pandas as pd
 import pytest
 
 import hglm.fitting
+import hglm.mme
 from hglm.design import build_design
 from hglm.families import response_family
 from hglm.fitting import Dispersions, Model
@@ -18,6 +21,7 @@ from hglm.mme import (
     _distinct_patterns,
     _distinct_patterns_exact,
     _nesting_groups,
+    _PatternProducts,
 )
 
 TOL = 1e-8
@@ -106,35 +110,60 @@ def test_hashed_row_patterns_equal_the_exact_grouping():
     assert len(np.unique(patterns, axis=0)) == len(patterns)
 
 
+def check_against_dense_algebra(mme: MixedModelEquations, rng: np.random.Generator) -> None:
+    """H, its log-determinant, H^{-1} b, diag(H^{-1}), z_i' H^{-1} z_i and the joint inverse's
+    pieces against dense numpy, at random weights."""
+    n, q = mme.n, mme.q
+    a = rng.uniform(0.5, 5.0, n)
+    w_m = rng.uniform(1.0, 20.0, q)
+    sol = mme.solve(a, rng.normal(size=n), w_m, rng.normal(size=q))
+    Z = mme.Zd.toarray()[mme.pattern]
+    H = Z.T @ (a[:, None] * Z) + np.diag(w_m)
+    H_inv = np.linalg.inv(H)
+    assert sol.logdet_H == pytest.approx(np.linalg.slogdet(H)[1], rel=1e-12)
+    b = rng.normal(size=(q, 2))
+    np.testing.assert_allclose(mme.solve_levels(b), H_inv @ b, rtol=TOL, atol=TOL)
+    np.testing.assert_allclose(mme.level_inverse_diagonal(), np.diag(H_inv), rtol=TOL)
+    np.testing.assert_allclose(
+        mme.level_row_variances(), np.einsum("ij,jk,ik->i", Z, H_inv, Z), rtol=TOL
+    )
+    T = np.hstack([mme.X, Z])
+    C = T.T @ (a[:, None] * T) + np.diag(np.r_[np.zeros(mme.p), w_m])
+    C_inv = np.linalg.inv(C)
+    np.testing.assert_allclose(sol.cov_beta, C_inv[: mme.p, : mme.p], rtol=TOL)
+    np.testing.assert_allclose(
+        mme.row_variances(sol), np.einsum("ij,jk,ik->i", T, C_inv, T), rtol=TOL
+    )
+    np.testing.assert_allclose(
+        mme.level_variances(sol), np.diag(C_inv)[mme.p :], rtol=TOL, atol=1e-12
+    )
+
+
 def test_equations_match_dense_algebra(models):
     """H, its log-determinant, H^{-1} b, diag(H^{-1}) and z_i' H^{-1} z_i by dense numpy."""
     rng = np.random.default_rng(3)
     for model in models:
-        mme = model.mme
-        n, q = mme.n, mme.q
-        a = rng.uniform(0.5, 5.0, n)
-        w_m = rng.uniform(1.0, 20.0, q)
-        sol = mme.solve(a, rng.normal(size=n), w_m, rng.normal(size=q))
-        Z = mme.Zd.toarray()[mme.pattern]
-        H = Z.T @ (a[:, None] * Z) + np.diag(w_m)
-        H_inv = np.linalg.inv(H)
-        assert sol.logdet_H == pytest.approx(np.linalg.slogdet(H)[1], rel=1e-12)
-        b = rng.normal(size=(q, 2))
-        np.testing.assert_allclose(mme.solve_levels(b), H_inv @ b, rtol=TOL, atol=TOL)
-        np.testing.assert_allclose(mme.level_inverse_diagonal(), np.diag(H_inv), rtol=TOL)
-        np.testing.assert_allclose(
-            mme.level_row_variances(), np.einsum("ij,jk,ik->i", Z, H_inv, Z), rtol=TOL
-        )
-        T = np.hstack([mme.X, Z])
-        C = T.T @ (a[:, None] * T) + np.diag(np.r_[np.zeros(mme.p), w_m])
-        C_inv = np.linalg.inv(C)
-        np.testing.assert_allclose(sol.cov_beta, C_inv[: mme.p, : mme.p], rtol=TOL)
-        np.testing.assert_allclose(
-            mme.row_variances(sol), np.einsum("ij,jk,ik->i", T, C_inv, T), rtol=TOL
-        )
-        np.testing.assert_allclose(
-            mme.level_variances(sol), np.diag(C_inv)[mme.p :], rtol=TOL, atol=1e-12
-        )
+        check_against_dense_algebra(model.mme, rng)
+
+
+def test_equations_with_every_row_its_own_pattern(monkeypatch):
+    """Chambers dealt per wafer and the wafer's slot in its lot: no two rows share a pattern
+    (the chained model of a fab), so the rows are taken as the patterns themselves."""
+    data = fab_like(lots=30, ops=2, seed=9)
+    rng = np.random.default_rng(10)
+    for k in range(2):
+        data[f"chamber{k}"] = data[f"tool{k}"] * 2 + rng.integers(0, 2, len(data))
+    data["slot"] = np.tile(np.arange(5), 30)
+    formula = fab_formula(ops=2) + " + (1 | slot)"
+    mme = make_model(data, formula, True, monkeypatch).mme
+    assert mme.n_patterns == mme.n and mme._rows_are_patterns
+    check_against_dense_algebra(mme, rng)
+    values = rng.normal(size=(mme.n, 3))
+    Z = mme.Zd.toarray()[mme.pattern]
+    np.testing.assert_allclose(mme.zt(values), Z.T @ values, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(mme.zt(values[:, 0]), Z.T @ values[:, 0], rtol=1e-12, atol=1e-12)
+    v = rng.normal(size=mme.q)
+    np.testing.assert_allclose(mme.eta_random(v), Z @ v, rtol=1e-12, atol=1e-12)
 
 
 def test_elimination_reproduces_the_plain_path_at_given_dispersions(models):
@@ -211,3 +240,114 @@ def test_row_guard_keeps_each_wafer_no_worse_than_before(monkeypatch):
     assert np.all((after >= before - 1e-9 * np.abs(before))[~small])
     np.testing.assert_array_equal(guarded[small], e_new[small])
     assert np.all(np.abs(guarded[~small] - e_old[~small]) < 40.0)
+
+
+def nested_and_crossed_levels(seed: int = 4) -> tuple[list[np.ndarray], list[int]]:
+    """Patterns of a fab whose chambers are dealt per wafer: a lot with two tools fixed by it,
+    and per operation a chamber (fixing its tool) drawn per pattern; levels of every term."""
+    rng = np.random.default_rng(seed)
+    lots, per_lot = 30, 8
+    lot = np.repeat(np.arange(lots), per_lot)
+    tool_a, tool_b = rng.integers(0, 3, lots)[lot], rng.integers(0, 4, lots)[lot]
+    chamber_a = tool_a * 2 + rng.integers(0, 2, len(lot))
+    chamber_b = tool_b * 3 + rng.integers(0, 3, len(lot))
+    other = rng.integers(0, 5, len(lot))
+    levels = [tool_a, lot, chamber_a, tool_b, other, chamber_b]
+    return levels, [3, lots, 6, 4, 5, 12]
+
+
+def indicator(levels: list[np.ndarray], sizes: list[int]) -> np.ndarray:
+    offsets = np.concatenate(([0], np.cumsum(sizes)))
+    E = np.zeros((len(levels[0]), offsets[-1]))
+    for k, lv in enumerate(levels):
+        E[np.arange(len(lv)), offsets[k] + lv] = 1.0
+    return E
+
+
+@pytest.fixture(params=["counted", "counted_wide", "hashed"])
+def ranges(request, monkeypatch):
+    """Group and term pairs found by counting over their ranges (nothing kept per pattern or
+    per cell; the indices in 16 bits, or all in 64 as for groups of many levels), or, with the
+    bound forced to zero, by hashing (a cell per pattern kept)."""
+    if request.param == "counted_wide":
+        monkeypatch.setattr(hglm.mme, "_SMALL", 0)
+    if request.param == "hashed":
+        monkeypatch.setattr(hglm.mme, "_COUNT_RANGE_PER_KEY", 0)
+        monkeypatch.setattr(hglm.mme, "_COUNT_RANGE_SLACK", 0)
+    return request.param
+
+
+def test_pattern_products_match_dense_algebra(ranges):
+    """sum_p c_p e_p e_p' + diag(d) and e_p' R e_p against the dense indicator matrix, for
+    groups holding terms on both sides of a pair (tools in the lot and in the chambers)."""
+    levels, sizes = nested_and_crossed_levels()
+    products = _PatternProducts(levels, sizes)
+    small = [lv.dtype == np.int16 for lv in products.group_levels]
+    assert not any(small) if ranges == "counted_wide" else all(small)
+    if ranges == "hashed":
+        assert all(pair.local is not None for pair in products.pairs)
+        assert any(tp.entry is not None for pair in products.pairs for tp in pair.terms)
+    else:
+        assert all(pair.local is None for pair in products.pairs)
+        assert all(tp.entry is None for pair in products.pairs for tp in pair.terms)
+    E = indicator(levels, sizes)
+    rng = np.random.default_rng(8)
+    c, d = rng.uniform(0.5, 3.0, len(E)), rng.uniform(1.0, 2.0, E.shape[1])
+    expected = E.T @ (c[:, None] * E) + np.diag(d)
+    np.testing.assert_allclose(products.assemble(c, d).toarray(), expected, rtol=1e-13)
+    np.testing.assert_allclose(products.assemble_dense(c, d), expected, rtol=1e-13)
+    # every nonzero of the matrix is on the pattern
+    assert np.count_nonzero(expected) <= len(products.keys)
+    R = rng.normal(size=(E.shape[1], E.shape[1]))
+    R = R + R.T
+    forms = products.quadratic_forms(R.ravel()[products.keys])
+    on_pattern = np.zeros(R.size)
+    on_pattern[products.keys] = R.ravel()[products.keys]
+    R_on = on_pattern.reshape(R.shape)
+    np.testing.assert_allclose(forms, np.einsum("ij,jk,ik->i", E, R_on, E), rtol=1e-12)
+    # e_p' R e_p reads only entries on the pattern, so it is the full R's form too
+    np.testing.assert_allclose(forms, np.einsum("ij,jk,ik->i", E, R, E), rtol=1e-12)
+
+
+def test_nothing_is_kept_per_pattern_and_group_pair():
+    """Counting over the ranges, a group pair keeps no array as long as the patterns (the
+    chained model of a year: 300,000 patterns x 700 group pairs)."""
+    levels, sizes = nested_and_crossed_levels()
+    products = _PatternProducts(levels, sizes)
+    n = products.n_patterns
+    assert len(products.pairs) >= 6
+    held = [
+        value
+        for pair in products.pairs
+        for obj in (pair, *pair.terms)
+        for value in vars(obj).values()
+        if isinstance(value, np.ndarray)
+    ]
+    assert not [a for a in held if len(a) == n]
+    assert max(len(a) for a in held) < n
+
+
+def test_counted_and_hashed_equations_agree(monkeypatch):
+    """The fab's equations with the lot kept in the factor (chambers per wafer) built both
+    ways: the same matrix, factor and leverages."""
+    data = fab_like(lots=40, ops=3, seed=5)
+    rng = np.random.default_rng(6)
+    for k in range(3):  # deal the chambers per wafer: the lot fixes no pattern
+        data[f"chamber{k}"] = data[f"tool{k}"] * 2 + rng.integers(0, 2, len(data))
+    formula = fab_formula()
+    counted = make_model(data, formula, True, monkeypatch, dense=False).mme
+    with monkeypatch.context() as patch:
+        patch.setattr(hglm.mme, "_COUNT_RANGE_PER_KEY", 0)
+        patch.setattr(hglm.mme, "_COUNT_RANGE_SLACK", 0)
+        hashed = make_model(data, formula, True, monkeypatch, dense=False).mme
+    assert counted.elimination is None and counted.n_patterns > data["lot"].nunique()
+    assert any(pair.local is not None for pair in hashed.products.pairs)
+    a = rng.uniform(0.5, 5.0, counted.n)
+    w_m = rng.uniform(1.0, 20.0, counted.q)
+    r, z_m = rng.normal(size=counted.n), rng.normal(size=counted.q)
+    sols = [mme.solve(a, r, w_m, z_m) for mme in (counted, hashed)]
+    np.testing.assert_allclose(sols[0].v, sols[1].v, rtol=TOL, atol=TOL)
+    assert sols[0].logdet_H == pytest.approx(sols[1].logdet_H, rel=1e-12)
+    np.testing.assert_allclose(
+        counted.row_variances(sols[0]), hashed.row_variances(sols[1]), rtol=TOL
+    )
