@@ -118,13 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         "analysis_seconds": analysis,
         "per_layer": per_layer,
         "statuses": {r.layer: r.status for r in ranking},
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_before": load_before,
-            "load_after": load,
-        },
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        **_run_context(load_before, load),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"analysis_{args.lots}_lots.json"
@@ -142,6 +136,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"written {path}")
     return 0
+
+
+def _run_context(load_before: float | None, load_after: float | None) -> dict:
+    """The machine and the moment of a run, recorded beside its timings."""
+    return {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_before": load_before,
+            "load_after": load_after,
+        },
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
 
 
 def _time_flow(args: argparse.Namespace, work: Path, layers: tuple[str, ...]) -> int:
@@ -173,13 +180,7 @@ def _time_flow(args: argparse.Namespace, work: Path, layers: tuple[str, ...]) ->
         "wall_seconds": wall,
         "cpu_seconds": usage.ru_utime + usage.ru_stime,
         "peak_rss_gb": usage.ru_maxrss / 1e6,  # Linux reports KiB
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_before": load_before,
-            "load_after": load,
-        },
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        **_run_context(load_before, load),
         "output_tail": done.stdout[-2000:],
     }
     args.out.mkdir(parents=True, exist_ok=True)
