@@ -41,6 +41,9 @@ YIELD_IMPACT_DEFINITION = (
 )
 
 N_DRAWS = 200  # draws behind each interval: the 2.5 % quantile rests on about 5 of them
+# The draws of a larger layer are evaluated on a seeded sample of this many wafers (see
+# `simulate_impacts`); the point impacts always use every wafer.
+DRAW_WAFERS = 25_000
 
 INTERVAL_METHOD = (
     "simulation from the joint prediction distribution of the layer's effects in its fitted "
@@ -49,7 +52,8 @@ INTERVAL_METHOD = (
     "Var(v | beta) from the engine's ranef_given_fixef), the dispersion "
     "parameters (lambda) held at their estimates; 95 % percentile interval of the yield impact "
     f"recomputed on each of {N_DRAWS} draws (not a parametric bootstrap: the models are not "
-    "refitted)"
+    f"refitted); on layers of more than {DRAW_WAFERS:,} wafers the draws are evaluated on a "
+    "seeded random sample of that many wafers and recentred on the point impact of all of them"
 )
 P_VALUE_ADJUSTMENT = "holm"
 RANKING_RULE = (
@@ -140,9 +144,6 @@ def _typical_rows(estimates: np.ndarray) -> np.ndarray:
 # Draws are evaluated in blocks of about this many (draw, wafer) cells: a year of wafers
 # times 200 draws would not fit in memory at once.
 _CELLS_PER_BLOCK = 500_000
-# The draws of a larger layer are evaluated on a seeded sample of this many wafers (see
-# `simulate_impacts`); the point impacts always use every wafer.
-DRAW_WAFERS = 25_000
 
 
 def _layer_eta_and_shift(
