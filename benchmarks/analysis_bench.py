@@ -189,7 +189,7 @@ def _time_flow(args: argparse.Namespace, work: Path, layers: tuple[str, ...]) ->
     print(
         f"yieldrank run, {args.lots} lots, {truth.wafers} wafers, {len(layers)} layers: "
         f"{wall:.0f} s wall, {report['cpu_seconds']:.0f} CPU s, peak {report['peak_rss_gb']:.1f} GB "
-        f"(load avg before {load_before:.1f}, after {load:.1f}; goal 900 s at 12,000 lots)"
+        f"(load avg before {load_before:.1f}, after {load:.1f}; goals: 120 s at 300 lots, 900 s at 12,000)"
     )
     print(f"written {path}")
     return 0
