@@ -10,18 +10,22 @@ file and analysed end to end (`flows.analysis.analyse`). Against the simulator's
 - null fabs: does any layer reach an adjusted p-value below 0.05?
 
 Run `python -m flows.analysis.validation [--seeds 20] [--null-seeds 20] [--first 1] [--lots 300]
-[--out FILE]`.
-Planted and null seeds alternate, so that a run cut short still scores both kinds; with --out
-every seed's line is appended to FILE as it finishes and the table follows at the end.
+[--jobs N] [--out FILE]`.
+Planted and null seeds alternate, so that a run cut short still scores both kinds; --jobs fabs
+run side by side in worker processes (default: one per core); with --out every seed's line is
+appended to FILE as it finishes and the table follows at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import statistics
 import tempfile
 import time
 import warnings
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import zip_longest
@@ -269,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         "--workdir scores all parts together",
     )
     ap.add_argument("--lots", type=int, default=300)
+    ap.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1, help="fabs analysed side by side"
+    )
     ap.add_argument("--workdir", type=Path, default=None, help="keep the fabs here")
     ap.add_argument("--out", type=Path, default=None, help="append the lines and table here")
     ap.add_argument(
@@ -299,18 +306,38 @@ def main(argv: list[str] | None = None) -> int:
                 fh.write(text + "\n")
 
     stop_by = _utc_today_at(args.stop_by) if args.stop_by else None
-    for seed, null in jobs:
-        if stop_by is not None and outcomes:
-            typical = statistics.median(o.seconds for o in outcomes)
-            if datetime.now(UTC) + timedelta(seconds=typical) > stop_by:
-                say(f"stopped before seed {seed}: it would not finish by {args.stop_by} UTC")
-                break
-        o = run_seed(seed, null=null, lots=args.lots, workdir=workdir)
-        outcomes.append(o)
-        tag = "null   " if null else "planted"
-        say(f"{tag} seed {seed:>4} {o.seconds:5.0f}s  {o.detail}")
-        if not null:
-            say(f"        {_scores(o)}")
+
+    def too_late(seed: int) -> bool:
+        if stop_by is None or not outcomes:
+            return False
+        typical = statistics.median(o.seconds for o in outcomes)
+        if datetime.now(UTC) + timedelta(seconds=typical) <= stop_by:
+            return False
+        say(f"stopped before seed {seed}: it would not finish by {args.stop_by} UTC")
+        return True
+
+    # "spawn": a forked child would inherit the parent's DuckDB and BLAS thread state
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=context) as pool:
+        queue = list(jobs)
+        running: dict[Future[SeedOutcome], bool] = {}
+        while queue or running:
+            while queue and len(running) < max(1, args.jobs):
+                if too_late(queue[0][0]):
+                    queue.clear()
+                    break
+                seed, null = queue.pop(0)
+                job = pool.submit(run_seed, seed, null=null, lots=args.lots, workdir=workdir)
+                running[job] = null
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for job in finished:
+                null = running.pop(job)
+                o = job.result()
+                outcomes.append(o)
+                tag = "null   " if null else "planted"
+                say(f"{tag} seed {o.seed:>4} {o.seconds:5.0f}s  {o.detail}")
+                if not null:
+                    say(f"        {_scores(o)}")
     say("")
     n_planted = sum(not o.null for o in outcomes)
     say(table(outcomes, n_planted, len(outcomes) - n_planted))
