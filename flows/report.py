@@ -138,11 +138,12 @@ def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def _impact_order(f: Finding) -> tuple[float, float]:
-    """Largest yield impact first, then smallest p; missing values last."""
-    impact = f.yield_impact if _finite(f.yield_impact) else -math.inf
-    p = f.p_value if _finite(f.p_value) else math.inf
-    return (-impact, p)
+def _in_review_order(findings: Iterable[Finding]) -> list[Finding]:
+    """A layer's findings in the analysis's order (`sort_findings`: established effects first,
+    then by yield impact), so that the report's top finding is the analysis's."""
+    from flows.analysis.ranking import sort_findings
+
+    return sort_findings(list(findings))
 
 
 def where(finding: Finding) -> str:
@@ -310,8 +311,7 @@ def _p_words(p: float | None) -> str:
 
 
 def _top_finding(findings: Iterable[Finding]) -> Finding | None:
-    yield_findings = [f for f in findings if f.effect != "dispersion"]
-    return min(yield_findings, key=_impact_order, default=None)
+    return next((f for f in _in_review_order(findings) if f.effect != "dispersion"), None)
 
 
 def _ranking_table(ranked: Sequence[LayerRanking], findings: dict[str, list[Finding]]) -> Table:
@@ -455,7 +455,7 @@ def _findings_table(
     if not findings:
         return Unavailable(empty)
     rows, flagged = [], set()
-    ordered = sorted(findings, key=_impact_order)
+    ordered = _in_review_order(findings)
     for i, f in enumerate(ordered[:MAX_FINDINGS]):
         rows.append(
             [

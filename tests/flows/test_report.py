@@ -23,6 +23,7 @@ from flows.report import (
     MAX_FINDINGS,
     SECTIONS,
     _findings_table,
+    _top_finding,
     build_index,
     build_report,
     fmt_pp,
@@ -393,3 +394,20 @@ def test_a_long_findings_list_is_cut_with_a_note_and_missing_numbers_show_as_das
     dispersion = _findings_table(findings[-1:])
     assert dispersion.rows[0][1] == "tool T2 is noisier on its metrology at OP"
     assert dispersion.rows[0][3:] == ["–", "–", "–"]
+
+
+def test_an_established_finding_leads_its_layer_as_in_the_analysis():
+    # The demo's case: a chamber clearly worse than its sisters (p = 0.0002) with a smaller
+    # point impact than a tool whose difference could be chance (p = 0.41). The analysis puts
+    # the chamber first (`sort_findings`); the report's summary and tables must agree with it.
+    chamber = Finding("L", "chamber", -0.2, 0.37, 0.15, 0.62, 0.0002, "OP", "T7", "CH3")
+    tool = Finding("L", "tool", -0.07, 0.40, -0.31, 1.26, 0.41, "OP", "T7", None)
+    others = [
+        Finding("L", "tool", -0.01, 0.02 * i, -0.1, 0.2, 0.6, "OP2", f"U{i}", None)
+        for i in range(6)
+    ]
+    findings = [tool, *others, chamber]
+    assert _top_finding(findings) is chamber
+    assert _findings_table(findings).rows[0][1] == "chamber CH3 of tool T7 at OP"
+    # without an established finding the largest impact leads
+    assert _top_finding([tool, *others]) is tool
