@@ -298,9 +298,7 @@ def _sentences(
             text += ", not significant after adjustment across layers"
         top = _top_finding(findings.get(r.layer, []))
         if top is not None:
-            text += (
-                f"; its largest localised effect: {where(top)} ({fmt_pp(top.yield_impact)} points)"
-            )
+            text += f"; its top finding: {where(top)} ({fmt_pp(top.yield_impact)} points)"
         out.append(Sentence(r.layer, text + ".", anchors[r.layer]))
     return out
 
