@@ -130,7 +130,7 @@ def oracle_tool_p(db_path: Path, truth: SimulationTruth) -> float | None:
     logit = np.log(good / bad)
 
     def dummies(column: str) -> np.ndarray:
-        codes = lots.get_column(column).cast(pl.String).fill_null("").to_physical()
+        codes = lots.get_column(column).cast(pl.String).fill_null("")
         _, index = np.unique(codes.to_numpy(), return_inverse=True)
         return np.eye(index.max() + 1)[index][:, 1:]
 
