@@ -36,6 +36,7 @@ import jinja2
 import numpy as np
 from markupsafe import Markup, escape
 
+from flows.analysis.ranking import sort_findings
 from flows.analysis.results import AnalysisResult, Finding, LayerFit, LayerRanking
 from flows.report_charts import (
     Chart,
@@ -141,8 +142,6 @@ def _finite(value: float | None) -> bool:
 def _in_review_order(findings: Iterable[Finding]) -> list[Finding]:
     """A layer's findings in the analysis's order (`sort_findings`: established effects first,
     then by yield impact), so that the report's top finding is the analysis's."""
-    from flows.analysis.ranking import sort_findings
-
     return sort_findings(list(findings))
 
 
