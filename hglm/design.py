@@ -1,8 +1,8 @@
 """Model frame -> design: response, X (dense, R-style names), one code vector per random term.
 
-Every random term is a random intercept, so its block of Z is an indicator
-matrix: it is stored as an integer code per row (level index), never as a
-matrix. Input checks live here and raise ``ValueError`` naming the column and
+A random intercept's block of Z is an indicator matrix: it is stored as an integer
+code per row (level index), never as a matrix. Slopes and AR(1) terms keep the codes
+of their grouping; their columns are built by ``hglm.structured``. Input checks live here and raise ``ValueError`` naming the column and
 the offending rows.
 """
 
@@ -285,6 +285,11 @@ def build_design(
     for term in formula.random:
         for f in term.factors:
             needed.setdefault(f, f"grouping factor of {term.label}")
+        if not term.intercept_only:
+            for col in required_columns(f"~ {term.effects_formula}"):
+                needed.setdefault(col, f"random effects of {term.label}")
+        if term.time is not None:
+            needed.setdefault(term.time, f"time of {term.label}")
     if disp is not None:
         for col in required_columns(_rhs_formula(disp)):
             needed.setdefault(col, "dispersion model")
@@ -348,7 +353,20 @@ def build_design(
                 f"grouping factor {term.name!r} of {term.label} has a single level "
                 f"({levels[0]!r}); a variance cannot be estimated from one group"
             )
-        obs_level = len(levels) == len(frame)
+        obs_level = len(levels) == len(frame) and term.intercept_only
+        if not term.intercept_only:
+            fam = fams[term.name]
+            if fam.name != "normal" or fam.link.name != "identity":
+                raise ValueError(
+                    f"{term.label} needs normal random effects: random slopes and correlated "
+                    f"(CAR, SAR, AR(1)) terms are normal; the conjugate families ({fam}) stay "
+                    "intercept-only (1 | g)"
+                )
+            if term.name in rand_disp:
+                raise ValueError(
+                    f"rand_disp cannot model the variance of {term.label}: dispersion models "
+                    "are for random intercepts (1 | g)"
+                )
         if term.name in rand_disp:
             Xr_rows, rnames, _ = fixed_matrix(
                 _rhs_formula(rand_disp[term.name]).split("~", 1)[1],

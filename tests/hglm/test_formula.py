@@ -41,7 +41,11 @@ def test_plain_glm_formula_has_no_random_terms() -> None:
     [
         ("y + x", "no '~'"),
         ("~ x", "no response"),
-        ("y ~ x + (x|g)", "only random intercepts"),
+        ("y ~ x + (x|a/b)", "intercepts only"),
+        ("y ~ x + (0|g)", "no columns"),
+        ("y ~ x + ar1(a + b | g)", "one time column"),
+        ("y ~ x + ar1(t | a/b)", "one grouping factor"),
+        ("y ~ x + (x|g) + (1|g)", "more than once"),
         ("y ~ x + (1|g) + (1|g)", "more than once"),
         ("y ~ x + (1|g/)", "malformed"),
         ("y ~ x + (1|log(g))", "random part"),
@@ -57,3 +61,30 @@ def test_term_keys_accept_lme4_spelling() -> None:
     assert normalise_term_key("(1 | a : b)") == "a:b"
     assert normalise_term_key("(1|Device)") == "Device"
     assert normalise_term_key("lot") == "lot"
+
+
+def test_random_slopes_in_lme4_syntax() -> None:
+    f = parse_formula("Reaction ~ Days + (Days | Subject)")
+    (t,) = f.random
+    assert f.fixed == "Days"
+    assert t.effects == ("1", "Days") and t.name == "Subject" and t.label == "(Days | Subject)"
+    assert t.effects_formula == "1 + Days" and not t.intercept_only
+    (t0,) = parse_formula("y ~ x + (0 + x + z | g)").random
+    assert t0.effects == ("x", "z") and t0.name == "g.x.z" and t0.effects_formula == "0 + x + z"
+    assert parse_formula("y ~ x + (x - 1 | g)").random == (t0.__class__(("g",), ("x",)),)
+
+
+def test_double_bar_splits_into_uncorrelated_terms() -> None:
+    f = parse_formula("Reaction ~ Days + (Days || Subject)")
+    assert [t.label for t in f.random] == ["(1 | Subject)", "(0 + Days | Subject)"]
+    assert [t.name for t in f.random] == ["Subject", "Subject.Days"]
+    assert f.random[0].intercept_only
+
+
+@pytest.mark.parametrize("spelling", ["ar1(week | tool)", "ar1(factor(week) + 0 | tool)"])
+def test_ar1_terms(spelling: str) -> None:
+    f = parse_formula(f"cbind_good ~ x + {spelling} + (1|lot)")
+    assert f.fixed == "x"
+    ar, lot = f.random
+    assert (ar.structure, ar.time, ar.name, ar.label) == ("ar1", "week", "tool", "ar1(week | tool)")
+    assert lot.name == "lot"
