@@ -24,7 +24,7 @@ once) or from a closed form; nothing here inverts a q x q matrix.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -86,9 +86,7 @@ class Structure:
 
     def logdensity(self, theta: np.ndarray, v: np.ndarray) -> float:
         """log of the N(0, Q^{-1}) density at v."""
-        return 0.5 * (
-            self.logdet(theta) - self.q * np.log(2 * np.pi) - self.quadratic(theta, v)
-        )
+        return 0.5 * (self.logdet(theta) - self.q * np.log(2 * np.pi) - self.quadratic(theta, v))
 
 
 # ----------------------------------------------------------------------------- unstructured
@@ -171,7 +169,7 @@ class AR1(Structure):
     """AR(1) over ``n_times`` ordered times within each of ``n_groups`` levels; v is
     group-major (v[g * T + t])."""
 
-    param_names = ["log_variance", "atanh_rho"]
+    param_names: ClassVar[list[str]] = ["log_variance", "atanh_rho"]
 
     def __init__(self, n_times: int, n_groups: int) -> None:
         T = self.T = n_times
@@ -313,7 +311,7 @@ class SAR(_SpatialSpec):
 
 
 class _Spatial(Structure):
-    param_names = ["log_tau", "logit_rho"]
+    param_names: ClassVar[list[str]] = ["log_tau", "logit_rho"]
 
     def __init__(self, W: sp.csr_matrix, kind: str) -> None:
         self.kind = kind
@@ -396,7 +394,7 @@ class Precision(Structure):
     """A user-supplied precision matrix Q0 (sparse or dense, symmetric positive definite, or a
     DataFrame whose index names the levels): v ~ N(0, tau Q0^{-1}), tau estimated."""
 
-    param_names = ["log_tau"]
+    param_names: ClassVar[list[str]] = ["log_tau"]
 
     def __init__(self, Q: Any) -> None:
         self.Q_given = Q
@@ -415,7 +413,9 @@ class Precision(Structure):
         if names is not None:
             want = [str(x) for x in levels]
             if sorted(names) != sorted(want):
-                raise ValueError(f"Precision: the matrix's index does not name the levels of {term}")
+                raise ValueError(
+                    f"Precision: the matrix's index does not name the levels of {term}"
+                )
             order = pd.Index(names).get_indexer(want)
             M = M[order][:, order].tocsc()
         if (abs(M - M.T) > 1e-10 * max(abs(M).max(), 1.0)).nnz:

@@ -157,7 +157,7 @@ def _extract_ar1(rhs: str) -> tuple[str, list[RandomTerm]]:
             depth += {"(": 1, ")": -1}.get(rhs[i], 0)
             i += 1
         if depth:
-            raise ValueError(f"unbalanced parentheses in {rhs[m.start():]!r}")
+            raise ValueError(f"unbalanced parentheses in {rhs[m.start() :]!r}")
         inner = rhs[m.end() : i - 1]
         text = rhs[m.start() : i]
         if inner.count("|") != 1:
