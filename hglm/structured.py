@@ -1,0 +1,687 @@
+"""Structured normal random effects: random slopes, CAR/SAR, AR(1), user precisions.
+
+A model with any term other than an independent random intercept goes this way. Every
+term k is normal, v_k ~ N(0, Q_k(theta_k)^{-1}) (``hglm.covariance``), and its block of Z
+holds the term's columns per level (slopes: the covariate values; AR(1): one indicator per
+(group, time)). The mixed-model equations
+
+    [ X'AX   X'AZ         ] [beta]   [X'A z]
+    [ Z'AX   Z'AZ + Q(th) ] [ v  ] = [Z'A z]
+
+have the random-effect precision Q = blockdiag(Q_k) in place of diag(W_M / lambda): a sparse
+matrix on a pattern fixed once (Z'Z's pattern united with Q's), so CHOLMOD's symbolic
+analysis is done once and every evaluation refactors numerically. beta goes through the
+p x p Schur complement as in ``hglm.mme``. Nothing is q x q dense.
+
+Criteria (the notes' definitions, with log f(v) = 1/2 log|Q| - q/2 log 2 pi - v'Qv/2):
+
+* Gaussian identity response: phi and beta are profiled out as in lme4 (relative precisions
+  Q_rel = phi Q), and theta maximises p_beta,v(h) (REML) or p_v(h) (ML) exactly;
+* otherwise the Laplace criteria with an inner Newton iteration for the mode: HL(1,1) with
+  ML maximises p_v(h) over (beta, theta) (glmmTMB's Laplace fit); with REML (and HL(0,1))
+  theta maximises p_beta,v(h) with beta from h (HL(0,1)) or, at those theta, from p_v(h)
+  (HL(1,1)).
+
+The outer search is L-BFGS on the unconstrained theta with central-difference gradients (the
+criteria are smooth: the inner mode is solved to 1e-10). SEs of theta come from a
+finite-difference Hessian at the optimum, profile intervals from ``profile``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.linalg
+import scipy.optimize
+import scipy.sparse as sp
+
+from hglm.covariance import AR1, CAR, SAR, Precision, Structure, Unstructured
+from hglm.design import ModelDesign, RandomTermDesign, fixed_matrix, to_pandas
+from hglm.likelihood import conditional_loglik
+from hglm.linalg import NotPositiveDefiniteError, SparseCholesky
+
+_LOG_2PI = float(np.log(2 * np.pi))
+
+
+# --------------------------------------------------------------------------- the terms
+
+
+@dataclass
+class StructuredTerm:
+    """One random term: its design (grouping codes and levels), its structure and its Z block."""
+
+    design: RandomTermDesign
+    structure: Structure
+    Z: sp.csr_matrix  # (n, q_k)
+    kind: str  # "intercept", "slopes", "ar1", "CAR", "SAR", "precision"
+    columns: list[str]  # the columns per level (slopes) or ["(Intercept)"]
+    unknowns: pd.Index  # a label per unknown, in v's order
+
+    @property
+    def name(self) -> str:
+        return self.design.name
+
+    @property
+    def label(self) -> str:
+        return self.design.term.label
+
+    @property
+    def q(self) -> int:
+        return self.structure.q
+
+
+def _indicator(codes: np.ndarray, n_cols: int, values: np.ndarray | None = None) -> sp.csr_matrix:
+    n = len(codes)
+    data = np.ones(n) if values is None else values
+    return sp.csr_matrix((data, codes, np.arange(n + 1)), shape=(n, n_cols))
+
+
+def _sorted_levels(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, levels) of a column, levels sorted like R (numerically when numeric)."""
+    if pd.api.types.is_numeric_dtype(col):
+        levels, codes = np.unique(col.to_numpy(), return_inverse=True)
+    else:
+        levels, codes = np.unique(col.astype(str).to_numpy(), return_inverse=True)
+    return codes.astype(np.int64), levels
+
+
+def build_terms(
+    design: ModelDesign, data: Any, correlation: dict[str, Any] | None = None
+) -> list[StructuredTerm]:
+    """The structured view of every random term of a design (see the module docstring)."""
+    frame = to_pandas(data)
+    if not isinstance(frame.index, pd.RangeIndex):
+        frame = frame.reset_index(drop=False)
+    correlation = dict(correlation or {})
+    names = {t.name for t in design.terms}
+    unknown = set(correlation) - names
+    if unknown:
+        raise ValueError(
+            f"correlation= names unknown random term(s) {sorted(unknown)}; the terms are "
+            f"{sorted(names)}"
+        )
+    out = []
+    for t in design.terms:
+        term = t.term
+        fam = t.family
+        if fam.name != "normal" or fam.link.name != "identity":
+            raise ValueError(
+                f"{term.label} has {fam} random effects: a model with random slopes or "
+                "correlated terms needs normal random effects throughout (the conjugate "
+                "families stay with random intercepts alone)"
+            )
+        if t.X_disp.shape[1] != 1:
+            raise ValueError(
+                f"rand_disp is not available for {term.label} in a model with random slopes "
+                "or correlated terms"
+            )
+        spec = correlation.get(t.name)
+        G = t.n_levels
+        if spec is not None:
+            if not term.intercept_only:
+                raise ValueError(
+                    f"correlation= applies to random intercepts (1 | g); {term.label} is not one"
+                )
+            if not isinstance(spec, CAR | SAR | Precision):
+                raise TypeError(
+                    f"correlation[{t.name!r}] must be hglm.CAR(W), hglm.SAR(W) or "
+                    f"hglm.Precision(Q), got {type(spec).__name__}"
+                )
+            structure = spec.bind(t.levels, t.name)
+            kind = "precision" if isinstance(spec, Precision) else spec.kind
+            out.append(
+                StructuredTerm(
+                    t, structure, _indicator(t.codes, G), kind, ["(Intercept)"],
+                    pd.Index(t.levels.astype(str), name=t.name),
+                )
+            )
+        elif term.structure == "ar1":
+            assert term.time is not None
+            tcodes, times = _sorted_levels(frame[term.time])
+            T = len(times)
+            structure = AR1(T, G)
+            Z = _indicator(t.codes * T + tcodes, G * T)
+            labels = [f"{g}:{tm}" for g in t.levels for tm in times]
+            out.append(
+                StructuredTerm(t, structure, Z, "ar1", ["(Intercept)"], pd.Index(labels, name=t.name))
+            )
+        elif term.intercept_only:
+            out.append(
+                StructuredTerm(
+                    t, Unstructured(1, G, ["(Intercept)"]), _indicator(t.codes, G), "intercept",
+                    ["(Intercept)"], pd.Index(t.levels.astype(str), name=t.name),
+                )
+            )
+        else:
+            E, cols, _ = fixed_matrix(term.effects_formula, frame, f"random effects of {term.label}")
+            k = E.shape[1]
+            n = len(t.codes)
+            idx = (t.codes[:, None] * k + np.arange(k)[None, :]).ravel()
+            Z = sp.csr_matrix(
+                (E.ravel(), idx, np.arange(0, n * k + 1, k)), shape=(n, G * k)
+            )
+            labels = [f"{g}:{c}" for g in t.levels for c in cols]
+            out.append(
+                StructuredTerm(
+                    t, Unstructured(k, G, cols), Z, "slopes", cols, pd.Index(labels, name=t.name)
+                )
+            )
+    return out
+
+
+# ------------------------------------------------------------- the mixed-model equations
+
+
+@dataclass
+class Solution:
+    beta: np.ndarray
+    v: np.ndarray
+    cov_beta: np.ndarray  # S^{-1}
+    M: np.ndarray  # H^{-1} Z'AX
+    logdet_H: float
+    logdet_S: float
+
+
+class SparseMME:
+    """H = Z'AZ + Q on one fixed pattern; the Schur complement of beta."""
+
+    def __init__(self, X: np.ndarray, Z: sp.csr_matrix, q_rows: np.ndarray, q_cols: np.ndarray):
+        self.X = X
+        self.Z = Z = Z.tocsr()
+        Z.sort_indices()
+        self.n, self.q = Z.shape
+        self.p = X.shape[1]
+        q = self.q
+        # every ordered pair of non-zeros within a row of Z: Z'AZ = sum_i a_i z_i z_i'
+        nnz_row = np.diff(Z.indptr)
+        rows_l, a_l, b_l = [], [], []
+        for m in np.unique(nnz_row):
+            if m == 0:
+                continue
+            rows = np.flatnonzero(nnz_row == m)
+            pos = Z.indptr[rows][:, None] + np.arange(m)[None, :]
+            ia, ib = np.meshgrid(np.arange(m), np.arange(m), indexing="ij")
+            rows_l.append(np.repeat(rows, m * m))
+            a_l.append(pos[:, ia.ravel()].ravel())
+            b_l.append(pos[:, ib.ravel()].ravel())
+        self._pair_row = np.concatenate(rows_l) if rows_l else np.zeros(0, dtype=np.int64)
+        pa = np.concatenate(a_l) if a_l else np.zeros(0, dtype=np.int64)
+        pb = np.concatenate(b_l) if b_l else np.zeros(0, dtype=np.int64)
+        self._pair_prod = Z.data[pa] * Z.data[pb]
+        pair_keys = Z.indices[pb].astype(np.int64) * q + Z.indices[pa]  # col * q + row
+        q_keys = q_cols.astype(np.int64) * q + q_rows
+        diag = np.arange(q, dtype=np.int64) * (q + 1)
+        keys = np.unique(np.concatenate([pair_keys, q_keys, diag]))
+        self._keys = keys
+        self._pair_pos = np.searchsorted(keys, pair_keys)
+        self._q_pos = np.searchsorted(keys, q_keys)
+        self._indices = (keys % q).astype(np.int32)
+        self._indptr = np.searchsorted(keys // q, np.arange(q + 1)).astype(np.int32)
+        self._chol: SparseCholesky | None = None
+        self.n_factor = 0
+
+    def factor(self, a: np.ndarray, q_values: np.ndarray) -> SparseCholesky:
+        nnz = len(self._keys)
+        data = np.bincount(
+            self._pair_pos, weights=a[self._pair_row] * self._pair_prod, minlength=nnz
+        ) + np.bincount(self._q_pos, weights=q_values, minlength=nnz)
+        H = sp.csc_matrix((data, self._indices, self._indptr), shape=(self.q, self.q))
+        if self._chol is None:
+            self._chol = SparseCholesky(H)
+        else:
+            self._chol.refactor(H)
+        self.n_factor += 1
+        return self._chol
+
+    @property
+    def chol(self) -> SparseCholesky:
+        assert self._chol is not None
+        return self._chol
+
+    def solve(
+        self, a: np.ndarray, r: np.ndarray, q_values: np.ndarray, beta_fixed: np.ndarray | None
+    ) -> Solution:
+        """Solve the equations for working response r (data rows) and weights a."""
+        X, Z = self.X, self.Z
+        chol = self.factor(a, q_values)
+        AX = X * a[:, None]
+        ZtAX = np.asarray(Z.T @ AX)
+        M = chol.solve(ZtAX) if self.p else np.zeros((self.q, 0))
+        M = M.reshape(self.q, self.p)
+        S = X.T @ AX - ZtAX.T @ M
+        ar = a * r
+        bz = np.asarray(Z.T @ ar).ravel()
+        hb = chol.solve(bz)
+        if self.p:
+            try:
+                cf = scipy.linalg.cho_factor(S, lower=True)
+            except np.linalg.LinAlgError as err:
+                raise np.linalg.LinAlgError(
+                    "the fixed-effects block of the mixed-model equations is singular"
+                ) from err
+            logdet_S = 2.0 * float(np.sum(np.log(np.diag(cf[0]))))
+            cov_beta = scipy.linalg.cho_solve(cf, np.eye(self.p))
+        else:
+            logdet_S, cov_beta = 0.0, np.zeros((0, 0))
+        if beta_fixed is None:
+            beta = cov_beta @ (X.T @ ar - M.T @ bz) if self.p else np.zeros(0)
+        else:
+            beta = np.asarray(beta_fixed, dtype=float)
+        v = hb - M @ beta
+        return Solution(beta, v, cov_beta, M, chol.logdet(), logdet_S)
+
+    def row_variances(self, sol: Solution) -> np.ndarray:
+        """t_i' C^{-1} t_i per data row, from the selected inverse (no n x n or q x q)."""
+        Xt = self.X - np.asarray(self.Z @ sol.M)
+        out = np.einsum("ij,jk,ik->i", Xt, sol.cov_beta, Xt) if self.p else np.zeros(self.n)
+        return out + self.chol.row_quadratic_forms(self.Z)
+
+    def level_variances(self, sol: Solution) -> np.ndarray:
+        """diag of the v-block of C^{-1}."""
+        diag = self.chol.inverse_diagonal()
+        if self.p:
+            diag = diag + np.einsum("ij,jk,ik->i", sol.M, sol.cov_beta, sol.M)
+        return diag
+
+
+# ------------------------------------------------------------------------------ the model
+
+
+@dataclass
+class Mode:
+    beta: np.ndarray
+    v: np.ndarray
+    eta: np.ndarray
+    mu: np.ndarray
+    solution: Solution
+    a: np.ndarray  # data-row weights (with 1/phi) of the last factorisation
+    iterations: int
+    converged: bool
+
+
+@dataclass
+class Evaluation:
+    """Criteria at one parameter value."""
+
+    h: float
+    p_v: float
+    p_beta_v: float
+    conditional: float
+    mode: Mode
+
+
+class StructuredModel:
+    """Design + structured terms: Q(theta), h, the inner mode and the criteria."""
+
+    def __init__(self, design: ModelDesign, terms: list[StructuredTerm]) -> None:
+        self.design = design
+        self.terms = terms
+        self.family = design.family
+        sizes = [t.q for t in terms]
+        self.offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+        self.q = int(self.offsets[-1])
+        n_par = [t.structure.n_params for t in terms]
+        self.theta_offsets = np.concatenate(([0], np.cumsum(n_par))).astype(np.int64)
+        self.n_theta = int(self.theta_offsets[-1])
+        self.Z = sp.hstack([t.Z for t in terms], format="csr")
+        q_rows = np.concatenate([t.structure.rows + o for t, o in zip(terms, self.offsets, strict=False)])
+        q_cols = np.concatenate([t.structure.cols + o for t, o in zip(terms, self.offsets, strict=False)])
+        self.mme = SparseMME(design.X, self.Z, q_rows, q_cols)
+        self.phi_fixed = self.family.fixed_dispersion
+        self.n_gamma = 0 if self.phi_fixed else design.X_disp.shape[1]
+        self.profiled = self.family.name == "gaussian" and self.family.link.name == "identity" and (
+            design.X_disp.shape[1] == 1 and bool(np.all(design.X_disp == design.X_disp[0, 0]))
+        )
+
+    # -- pieces ----------------------------------------------------------------------
+    def theta_of(self, theta: np.ndarray, k: int) -> np.ndarray:
+        return theta[self.theta_offsets[k] : self.theta_offsets[k + 1]]
+
+    def q_values(self, theta: np.ndarray) -> np.ndarray:
+        return np.concatenate([t.structure.values(self.theta_of(theta, k)) for k, t in enumerate(self.terms)])
+
+    def logdet_q(self, theta: np.ndarray) -> float:
+        return float(sum(t.structure.logdet(self.theta_of(theta, k)) for k, t in enumerate(self.terms)))
+
+    def quadratic(self, theta: np.ndarray, v: np.ndarray) -> float:
+        return float(
+            sum(
+                t.structure.quadratic(self.theta_of(theta, k), v[self.offsets[k] : self.offsets[k + 1]])
+                for k, t in enumerate(self.terms)
+            )
+        )
+
+    def split(self, v: np.ndarray) -> list[np.ndarray]:
+        return [v[self.offsets[k] : self.offsets[k + 1]] for k in range(len(self.terms))]
+
+    def phi(self, gamma: np.ndarray) -> np.ndarray:
+        if self.phi_fixed:
+            return np.ones(self.design.n)
+        return np.exp(self.design.X_disp @ gamma)
+
+    def start_theta(self, variance: float) -> np.ndarray:
+        return np.concatenate([t.structure.start(variance) for t in self.terms])
+
+    def rescale(self, theta: np.ndarray, log_c: float) -> np.ndarray:
+        return np.concatenate(
+            [t.structure.rescale(self.theta_of(theta, k), log_c) for k, t in enumerate(self.terms)]
+        )
+
+    def eta(self, beta: np.ndarray, v: np.ndarray) -> np.ndarray:
+        d = self.design
+        return d.offset + d.X @ beta + self.Z @ v
+
+    def h(self, eta: np.ndarray, v: np.ndarray, theta: np.ndarray, phi: np.ndarray) -> tuple[float, float]:
+        """(h, log f(y | v)) at eta, v."""
+        d, fam = self.design, self.family
+        with np.errstate(all="ignore"):
+            mu = fam.valid_mu(fam.link.inverse(eta))
+            cond = conditional_loglik(fam, d.y, mu, phi, d.prior_weights)
+        rand = 0.5 * (self.logdet_q(theta) - self.q * _LOG_2PI - self.quadratic(theta, v))
+        value = cond + rand
+        return (value if np.isfinite(value) else -np.inf), cond
+
+    def _weights(self, eta: np.ndarray, mu: np.ndarray, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(data-row weights a, working response z - offset) at eta: Newton's where positive."""
+        d, fam = self.design, self.family
+        a = fam.working_weight(eta, mu, d.prior_weights) / phi
+        if not fam.canonical:
+            obs = fam.observed_weight(d.y, eta, mu, d.prior_weights) / phi
+            if np.all(obs > 0):
+                a = obs
+        score = d.prior_weights * (d.y - mu) * fam.link.mu_eta(eta) / (fam.variance(mu) * phi)
+        return a, eta - d.offset + score / a
+
+    # -- the inner mode ------------------------------------------------------------------
+    def mode(
+        self,
+        theta: np.ndarray,
+        gamma: np.ndarray,
+        beta: np.ndarray,
+        v: np.ndarray,
+        beta_fixed: bool,
+        tol: float = 1e-10,
+        max_iter: int = 100,
+    ) -> Mode:
+        """(beta, v) maximising h (v alone when ``beta_fixed``) by Newton steps with halving."""
+        fam = self.family
+        phi = self.phi(gamma)
+        qv = self.q_values(theta)
+        eta = self.eta(beta, v)
+        h_old, _ = self.h(eta, v, theta, phi)
+        converged = False
+        it = 0
+        sol = None
+        a = np.zeros(self.design.n)
+        for it in range(1, max_iter + 1):
+            mu = fam.valid_mu(fam.link.inverse(eta))
+            a, r = self._weights(eta, mu, phi)
+            sol = self.mme.solve(a, r, qv, beta if beta_fixed else None)
+            new_beta, new_v = sol.beta, sol.v
+            step = 1.0
+            for _ in range(40):
+                b_try = beta + step * (new_beta - beta)
+                v_try = v + step * (new_v - v)
+                eta_try = self.eta(b_try, v_try)
+                h_new, _ = self.h(eta_try, v_try, theta, phi)
+                if np.isfinite(h_new) and h_new >= h_old - 1e-12 * abs(h_old):
+                    break
+                step *= 0.5
+            change = float(np.max(np.abs(eta_try - eta), initial=0.0))
+            beta, v, eta = b_try, v_try, eta_try
+            gain = h_new - h_old
+            h_old = h_new
+            if change < tol or (step == 1.0 and abs(gain) < 1e-13 * max(1.0, abs(h_new)) and change < 1e-6):
+                converged = True
+                break
+        assert sol is not None
+        mu = fam.valid_mu(fam.link.inverse(eta))
+        return Mode(beta, v, eta, mu, sol, a, it, converged)
+
+    def evaluate(
+        self,
+        theta: np.ndarray,
+        gamma: np.ndarray,
+        beta: np.ndarray,
+        v: np.ndarray,
+        beta_fixed: bool,
+    ) -> Evaluation:
+        """The criteria at (theta, gamma[, beta]): the mode, then one factorisation there."""
+        m = self.mode(theta, gamma, beta, v, beta_fixed)
+        phi = self.phi(gamma)
+        a, r = self._weights(m.eta, m.mu, phi)
+        sol = self.mme.solve(a, r, self.q_values(theta), m.beta)
+        m.solution, m.a = sol, a
+        h, cond = self.h(m.eta, m.v, theta, phi)
+        p_v = h - 0.5 * (sol.logdet_H - self.q * _LOG_2PI)
+        p_bv = p_v - 0.5 * (sol.logdet_S - self.design.p * _LOG_2PI)
+        return Evaluation(h, p_v, p_bv, cond, m)
+
+
+# ----------------------------------------------------------------- profiled Gaussian LMM
+
+
+class ProfiledLMM:
+    """p_v(h) / p_beta,v(h) of a linear mixed model over relative theta (Q_rel = phi Q):
+    one factorisation per evaluation, phi = PRSS / m and beta at GLS (lme4's profiling)."""
+
+    def __init__(self, model: StructuredModel, reml: bool) -> None:
+        d = model.design
+        self.model = model
+        self.reml = reml
+        self.y = d.y - d.offset
+        self.w = d.prior_weights
+        self.m = d.n - d.p if reml else d.n
+        self.const = 0.5 * float(np.sum(np.log(self.w)))
+        self.n_eval = 0
+
+    def solve(self, theta_rel: np.ndarray) -> tuple[Solution, float]:
+        mdl = self.model
+        sol = mdl.mme.solve(self.w, self.y, mdl.q_values(theta_rel), None)
+        resid = self.y - mdl.design.X @ sol.beta - mdl.Z @ sol.v
+        prss = float(np.sum(self.w * resid**2)) + mdl.quadratic(theta_rel, sol.v)
+        return sol, prss
+
+    def __call__(self, theta_rel: np.ndarray) -> float:
+        self.n_eval += 1
+        try:
+            sol, prss = self.solve(theta_rel)
+        except (NotPositiveDefiniteError, np.linalg.LinAlgError):
+            return -np.inf
+        logdet = sol.logdet_H + (sol.logdet_S if self.reml else 0.0)
+        m = self.m
+        return float(
+            -0.5 * m * (np.log(2 * np.pi * prss / m) + 1)
+            + self.const
+            + 0.5 * self.model.logdet_q(theta_rel)
+            - 0.5 * logdet
+        )
+
+    def absolute(self, theta_rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(theta, gamma) on the absolute scale: phi = PRSS / m."""
+        _, prss = self.solve(theta_rel)
+        log_phi = float(np.log(prss / self.m))
+        d = self.model.design
+        return self.model.rescale(theta_rel, log_phi), np.array([log_phi / d.X_disp[0, 0]])
+
+
+# ------------------------------------------------------------------------ the outer search
+
+
+def numeric_gradient(f, x: np.ndarray, step: float = 1e-5) -> np.ndarray:
+    g = np.zeros_like(x)
+    for i in range(len(x)):
+        e = np.zeros_like(x)
+        e[i] = step
+        g[i] = (f(x + e) - f(x - e)) / (2 * step)
+    return g
+
+
+def numeric_hessian(f, x: np.ndarray, step: float = 1e-3) -> np.ndarray:
+    m = len(x)
+    H = np.zeros((m, m))
+    f0 = f(x)
+    for i in range(m):
+        ei = np.zeros(m)
+        ei[i] = step
+        H[i, i] = (f(x + ei) - 2 * f0 + f(x - ei)) / step**2
+        for j in range(i):
+            ej = np.zeros(m)
+            ej[j] = step
+            H[i, j] = H[j, i] = (
+                f(x + ei + ej) - f(x + ei - ej) - f(x - ei + ej) + f(x - ei - ej)
+            ) / (4 * step**2)
+    return H
+
+
+def maximise(f, x0: np.ndarray, gtol: float = 1e-6) -> scipy.optimize.OptimizeResult:
+    """L-BFGS-B on -f with central-difference gradients."""
+
+    def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
+        val = f(x)
+        if not np.isfinite(val):
+            return 1e300, np.zeros_like(x)
+        return -val, -numeric_gradient(f, x)
+
+    return scipy.optimize.minimize(
+        fun, x0, jac=True, method="L-BFGS-B",
+        options={"maxiter": 1000, "ftol": 1e-15, "gtol": gtol, "maxcor": 20},
+    )
+
+
+@dataclass
+class StructuredFit:
+    """What the result needs: estimates, criteria, covariance of beta, the parameter vector
+    of the criterion (for SEs and profiles) and how to evaluate it."""
+
+    model: StructuredModel
+    method: str
+    reml: bool
+    theta: np.ndarray
+    gamma: np.ndarray
+    evaluation: Evaluation
+    leverages: np.ndarray
+    level_var: np.ndarray
+    criterion: Any  # x -> criterion value; x = [beta,] theta[, gamma]
+    x_hat: np.ndarray
+    n_beta_in_x: int
+    converged: bool
+    n_iter: int
+    messages: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def fit_structured(model: StructuredModel, method: str, reml: bool, start: dict | None = None) -> StructuredFit:
+    """HL(0,1) / HL(1,1) fit of a structured model (see the module docstring)."""
+    t0 = time.perf_counter()
+    d = model.design
+    messages: list[str] = []
+    if model.profiled:
+        crit = ProfiledLMM(model, reml)
+        x0 = model.start_theta(1.0) if start is None else start["theta_rel"]
+        res = maximise(crit, x0)
+        theta, gamma = crit.absolute(res.x)
+        beta = model.mme.solve(crit.w, crit.y, model.q_values(res.x), None).beta
+        ev = model.evaluate(theta, gamma, beta, np.zeros(model.q), beta_fixed=False)
+        criterion, x_hat, n_beta = _absolute_criterion(model, reml, ev), np.concatenate([theta, gamma]), 0
+        converged, n_iter = bool(res.success) or _flat(crit, res.x), int(res.nit)
+        outer = crit.n_eval
+    else:
+        fam = model.family
+        from hglm.fitting import fit_glm_start, Model  # noqa: I001  (the GLM start only)
+
+        beta0, disp0 = fit_glm_start(Model(d))
+        gamma0 = np.zeros(model.n_gamma)
+        if model.n_gamma:
+            gamma0 = np.linalg.lstsq(d.X_disp, np.full(d.n, np.log(max(disp0, 1e-3))), rcond=None)[0]
+        theta0 = model.start_theta(0.1 if fam.fixed_dispersion else max(0.1 * disp0, 1e-3))
+        if start is not None:
+            theta0 = start.get("theta", theta0)
+        state = {"beta": beta0, "v": np.zeros(model.q)}
+        joint = method == "HL(1,1)" and not reml
+        which = "p_v" if not reml else "p_beta_v"
+        p = d.p
+
+        def split(x):
+            if joint:
+                return x[:p], x[p : p + model.n_theta], x[p + model.n_theta :]
+            return None, x[: model.n_theta], x[model.n_theta :]
+
+        n_eval = [0]
+
+        def crit(x: np.ndarray) -> float:
+            n_eval[0] += 1
+            beta, theta, gamma = split(x)
+            try:
+                ev = model.evaluate(
+                    theta, gamma, state["beta"] if beta is None else beta, state["v"], beta_fixed=joint
+                )
+            except (NotPositiveDefiniteError, np.linalg.LinAlgError, FloatingPointError):
+                return -np.inf
+            if not np.isfinite(ev.p_v):
+                return -np.inf
+            state["v"] = ev.mode.v
+            if not joint:
+                state["beta"] = ev.mode.beta
+            return ev.p_v if which == "p_v" else ev.p_beta_v
+
+        x0 = np.concatenate(([beta0] if joint else []) + [theta0, gamma0])
+        res = maximise(crit, x0)
+        converged, n_iter = bool(res.success) or _flat(crit, res.x), int(res.nit)
+        beta_hat, theta, gamma = split(res.x)
+        if beta_hat is None and method == "HL(1,1)":
+            # REML dispersions, beta by p_v(h) at them
+            ev0 = model.evaluate(theta, gamma, state["beta"], state["v"], beta_fixed=False)
+
+            def crit_beta(b: np.ndarray) -> float:
+                ev = model.evaluate(theta, gamma, b, state["v"], beta_fixed=True)
+                state["v"] = ev.mode.v
+                return ev.p_v
+
+            bres = maximise(crit_beta, ev0.mode.beta)
+            beta_hat = bres.x
+            n_iter += int(bres.nit)
+        if beta_hat is None:
+            ev = model.evaluate(theta, gamma, state["beta"], state["v"], beta_fixed=False)
+        else:
+            ev = model.evaluate(theta, gamma, beta_hat, state["v"], beta_fixed=True)
+        criterion, x_hat, n_beta = crit, res.x.copy(), p if joint else 0
+        outer = n_eval[0]
+        if not ev.mode.converged:
+            messages.append("the final Newton iteration for the random effects did not converge")
+    if not converged:
+        messages.append(f"the optimisation over the variance parameters did not converge: {res.message}")
+    lev = ev.mode.a * model.mme.row_variances(ev.mode.solution)
+    level_var = model.mme.level_variances(ev.mode.solution)
+    return StructuredFit(
+        model=model, method=method, reml=reml, theta=theta, gamma=gamma, evaluation=ev,
+        leverages=lev, level_var=level_var, criterion=criterion, x_hat=x_hat, n_beta_in_x=n_beta,
+        converged=converged, n_iter=n_iter, messages=messages,
+        timings={"outer": time.perf_counter() - t0, "outer_evaluations": float(outer)},
+    )
+
+
+def _absolute_criterion(model: StructuredModel, reml: bool, ev: Evaluation):
+    """The LMM's criterion over absolute (theta, log phi) for SEs and profiles: the mode of a
+    linear model is one solve, exact at any parameter value."""
+    state = {"beta": ev.mode.beta, "v": ev.mode.v}
+
+    def crit(x: np.ndarray) -> float:
+        theta, gamma = x[: model.n_theta], x[model.n_theta :]
+        try:
+            e = model.evaluate(theta, gamma, state["beta"], state["v"], beta_fixed=False)
+        except (NotPositiveDefiniteError, np.linalg.LinAlgError):
+            return -np.inf
+        return e.p_beta_v if reml else e.p_v
+
+    return crit
+
+
+def _flat(crit, x: np.ndarray) -> bool:
+    """L-BFGS-B can stop 'abnormally' where the criterion is flat to rounding."""
+    g = numeric_gradient(crit, x)
+    return bool(np.all(np.isfinite(g)) and np.max(np.abs(g), initial=0.0) < 1e-3)
