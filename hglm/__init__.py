@@ -1,14 +1,20 @@
 """hglm: hierarchical generalized linear models by h-likelihood (Lee & Nelder 1996)."""
 
 from hglm.api import fit
+from hglm.covariance import CAR, SAR, Precision
 from hglm.families import RandomFamily, ResponseFamily, random_family, response_family
 from hglm.fitting import ConvergenceWarning
 from hglm.inference import BootstrapResult, LRTResult, bootstrap, confint, lrt, profile_ci
 from hglm.marginal import marginal_effect, marginal_predict
 from hglm.results import HGLMResult, RanefGivenFixef
 from hglm.simulate import simulate_responses
+from hglm.structured_results import StructuredResult
 
 __all__ = [
+    "CAR",
+    "SAR",
+    "Precision",
+    "StructuredResult",
     "BootstrapResult",
     "ConvergenceWarning",
     "HGLMResult",

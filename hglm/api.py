@@ -13,6 +13,7 @@ from hglm.fitting import ConvergenceWarning, DispersionSE, Model, fit_eql, fit_h
 from hglm.formula import parse_formula
 from hglm.lmm import fit_lmm, is_linear_mixed_model
 from hglm.results import HGLMResult
+from hglm.structured_results import StructuredResult, fit_structured_result
 
 METHODS = ("EQL", "HL(0,1)", "HL(1,1)")
 
@@ -43,7 +44,8 @@ def fit(
     offset: Any = None,
     max_iter: int = 50,
     dispersion_se: bool = False,
-) -> HGLMResult:
+    correlation: dict[str, Any] | None = None,
+) -> HGLMResult | StructuredResult:
     """Fit a hierarchical GLM by h-likelihood.
 
     ``formula`` uses lme4 syntax for random intercepts, e.g.
@@ -55,6 +57,12 @@ def fit(
     The HL methods' standard errors of the log-dispersion parameters come from a
     finite-difference Hessian of the criterion, computed when first read (``varcomp``,
     ``disp_coef``, ``summary()``, ...); ``dispersion_se=True`` computes them within the fit.
+
+    Random slopes ``(x | g)``, ``(0 + x | g)``, ``(x || g)``, ``ar1(time | g)`` and
+    ``correlation={"area": hglm.CAR(W)}`` (or ``hglm.SAR(W)``, ``hglm.Precision(Q)``) fit
+    normal random effects with a structured covariance (``hglm.structured``) and return a
+    ``StructuredResult``; ``method="EQL"`` is available there for CAR/SAR terms (R hglm's
+    spectral algorithm).
     """
     t0 = time.perf_counter()
     meth = _method(method)
@@ -73,6 +81,15 @@ def fit(
         weights=weights,
         offset=offset,
     )
+    if correlation or any(not t.intercept_only for t in mf.random):
+        call = _call_text(formula, fam, rand_family, disp, meth, reml)
+        if correlation:
+            call += ", correlation={" + ", ".join(
+                f"{k}: {type(v).__name__}" for k, v in correlation.items()
+            ) + "}"
+        return fit_structured_result(
+            design, data, correlation, meth, reml, call, {"design": time.perf_counter() - t0}
+        )
     model = Model(design)
     t1 = time.perf_counter()
     if meth != "EQL" and is_linear_mixed_model(model):
