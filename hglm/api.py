@@ -84,9 +84,11 @@ def fit(
     if correlation or any(not t.intercept_only for t in mf.random):
         call = _call_text(formula, fam, rand_family, disp, meth, reml)
         if correlation:
-            call += ", correlation={" + ", ".join(
-                f"{k}: {type(v).__name__}" for k, v in correlation.items()
-            ) + "}"
+            call += (
+                ", correlation={"
+                + ", ".join(f"{k}: {type(v).__name__}" for k, v in correlation.items())
+                + "}"
+            )
         return fit_structured_result(
             design, data, correlation, meth, reml, call, {"design": time.perf_counter() - t0}
         )

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hglm.structured import Evaluation, Mode, StructuredFit, StructuredModel, _LOG_2PI
+from hglm.structured import _LOG_2PI, Evaluation, Mode, StructuredFit, StructuredModel
 
 
 @dataclass
@@ -85,17 +85,12 @@ def fit_spectral_eql(
     t0 = time.perf_counter()
     d = model.design
     fam = model.family
-    if not fam.fixed_dispersion:
-        raise ValueError(
-            "method='EQL' with CAR/SAR terms is available with phi fixed at 1 (binomial, "
-            "Poisson); use method='HL(1,1)' or 'HL(0,1)'"
-        )
     blocks, omegas, vectors = [], [], []
     for t in model.terms:
         if t.kind in ("CAR", "SAR"):
             assert isinstance(t.structure, _Spatial)
             omega, V = np.linalg.eigh(t.structure.W.toarray())
-            blocks.append(np.asarray((t.Z @ V)))
+            blocks.append(np.asarray(t.Z @ V))
             omegas.append(omega)
             vectors.append(V)
         elif t.kind == "intercept":
@@ -107,6 +102,11 @@ def fit_spectral_eql(
                 f"method='EQL' supports CAR/SAR terms and random intercepts, not {t.label}; "
                 "use method='HL(1,1)' or 'HL(0,1)'"
             )
+    if not fam.fixed_dispersion:
+        raise ValueError(
+            "method='EQL' with CAR/SAR terms is available with phi fixed at 1 (binomial, "
+            "Poisson); use method='HL(1,1)' or 'HL(0,1)'"
+        )
     Zs = np.hstack(blocks)
     n, p, q = d.n, d.p, Zs.shape[1]
     sizes = [b.shape[1] for b in blocks]

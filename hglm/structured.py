@@ -135,7 +135,11 @@ def build_terms(
             kind = "precision" if isinstance(spec, Precision) else spec.kind
             out.append(
                 StructuredTerm(
-                    t, structure, _indicator(t.codes, G), kind, ["(Intercept)"],
+                    t,
+                    structure,
+                    _indicator(t.codes, G),
+                    kind,
+                    ["(Intercept)"],
                     pd.Index(t.levels.astype(str), name=t.name),
                 )
             )
@@ -147,23 +151,29 @@ def build_terms(
             Z = _indicator(t.codes * T + tcodes, G * T)
             labels = [f"{g}:{tm}" for g in t.levels for tm in times]
             out.append(
-                StructuredTerm(t, structure, Z, "ar1", ["(Intercept)"], pd.Index(labels, name=t.name))
+                StructuredTerm(
+                    t, structure, Z, "ar1", ["(Intercept)"], pd.Index(labels, name=t.name)
+                )
             )
         elif term.intercept_only:
             out.append(
                 StructuredTerm(
-                    t, Unstructured(1, G, ["(Intercept)"]), _indicator(t.codes, G), "intercept",
-                    ["(Intercept)"], pd.Index(t.levels.astype(str), name=t.name),
+                    t,
+                    Unstructured(1, G, ["(Intercept)"]),
+                    _indicator(t.codes, G),
+                    "intercept",
+                    ["(Intercept)"],
+                    pd.Index(t.levels.astype(str), name=t.name),
                 )
             )
         else:
-            E, cols, _ = fixed_matrix(term.effects_formula, frame, f"random effects of {term.label}")
+            E, cols, _ = fixed_matrix(
+                term.effects_formula, frame, f"random effects of {term.label}"
+            )
             k = E.shape[1]
             n = len(t.codes)
             idx = (t.codes[:, None] * k + np.arange(k)[None, :]).ravel()
-            Z = sp.csr_matrix(
-                (E.ravel(), idx, np.arange(0, n * k + 1, k)), shape=(n, G * k)
-            )
+            Z = sp.csr_matrix((E.ravel(), idx, np.arange(0, n * k + 1, k)), shape=(n, G * k))
             labels = [f"{g}:{c}" for g in t.levels for c in cols]
             out.append(
                 StructuredTerm(
@@ -328,13 +338,19 @@ class StructuredModel:
         self.theta_offsets = np.concatenate(([0], np.cumsum(n_par))).astype(np.int64)
         self.n_theta = int(self.theta_offsets[-1])
         self.Z = sp.hstack([t.Z for t in terms], format="csr")
-        q_rows = np.concatenate([t.structure.rows + o for t, o in zip(terms, self.offsets, strict=False)])
-        q_cols = np.concatenate([t.structure.cols + o for t, o in zip(terms, self.offsets, strict=False)])
+        q_rows = np.concatenate(
+            [t.structure.rows + o for t, o in zip(terms, self.offsets, strict=False)]
+        )
+        q_cols = np.concatenate(
+            [t.structure.cols + o for t, o in zip(terms, self.offsets, strict=False)]
+        )
         self.mme = SparseMME(design.X, self.Z, q_rows, q_cols)
         self.phi_fixed = self.family.fixed_dispersion
         self.n_gamma = 0 if self.phi_fixed else design.X_disp.shape[1]
-        self.profiled = self.family.name == "gaussian" and self.family.link.name == "identity" and (
-            design.X_disp.shape[1] == 1 and bool(np.all(design.X_disp == design.X_disp[0, 0]))
+        self.profiled = (
+            self.family.name == "gaussian"
+            and self.family.link.name == "identity"
+            and (design.X_disp.shape[1] == 1 and bool(np.all(design.X_disp == design.X_disp[0, 0])))
         )
 
     # -- pieces ----------------------------------------------------------------------
@@ -342,15 +358,21 @@ class StructuredModel:
         return theta[self.theta_offsets[k] : self.theta_offsets[k + 1]]
 
     def q_values(self, theta: np.ndarray) -> np.ndarray:
-        return np.concatenate([t.structure.values(self.theta_of(theta, k)) for k, t in enumerate(self.terms)])
+        return np.concatenate(
+            [t.structure.values(self.theta_of(theta, k)) for k, t in enumerate(self.terms)]
+        )
 
     def logdet_q(self, theta: np.ndarray) -> float:
-        return float(sum(t.structure.logdet(self.theta_of(theta, k)) for k, t in enumerate(self.terms)))
+        return float(
+            sum(t.structure.logdet(self.theta_of(theta, k)) for k, t in enumerate(self.terms))
+        )
 
     def quadratic(self, theta: np.ndarray, v: np.ndarray) -> float:
         return float(
             sum(
-                t.structure.quadratic(self.theta_of(theta, k), v[self.offsets[k] : self.offsets[k + 1]])
+                t.structure.quadratic(
+                    self.theta_of(theta, k), v[self.offsets[k] : self.offsets[k + 1]]
+                )
                 for k, t in enumerate(self.terms)
             )
         )
@@ -375,7 +397,9 @@ class StructuredModel:
         d = self.design
         return d.offset + d.X @ beta + self.Z @ v
 
-    def h(self, eta: np.ndarray, v: np.ndarray, theta: np.ndarray, phi: np.ndarray) -> tuple[float, float]:
+    def h(
+        self, eta: np.ndarray, v: np.ndarray, theta: np.ndarray, phi: np.ndarray
+    ) -> tuple[float, float]:
         """(h, log f(y | v)) at eta, v."""
         d, fam = self.design, self.family
         with np.errstate(all="ignore"):
@@ -385,7 +409,9 @@ class StructuredModel:
         value = cond + rand
         return (value if np.isfinite(value) else -np.inf), cond
 
-    def _weights(self, eta: np.ndarray, mu: np.ndarray, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _weights(
+        self, eta: np.ndarray, mu: np.ndarray, phi: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(data-row weights a, working response z - offset) at eta: Newton's where positive."""
         d, fam = self.design, self.family
         a = fam.working_weight(eta, mu, d.prior_weights) / phi
@@ -414,10 +440,11 @@ class StructuredModel:
         eta = self.eta(beta, v)
         h_old, _ = self.h(eta, v, theta, phi)
         converged = False
-        it = 0
+        iterations = 0
         sol = None
         a = np.zeros(self.design.n)
         for it in range(1, max_iter + 1):
+            iterations = it
             mu = fam.valid_mu(fam.link.inverse(eta))
             a, r = self._weights(eta, mu, phi)
             sol = self.mme.solve(a, r, qv, beta if beta_fixed else None)
@@ -435,12 +462,14 @@ class StructuredModel:
             beta, v, eta = b_try, v_try, eta_try
             gain = h_new - h_old
             h_old = h_new
-            if change < tol or (step == 1.0 and abs(gain) < 1e-13 * max(1.0, abs(h_new)) and change < 1e-6):
+            if change < tol or (
+                step == 1.0 and abs(gain) < 1e-13 * max(1.0, abs(h_new)) and change < 1e-6
+            ):
                 converged = True
                 break
         assert sol is not None
         mu = fam.valid_mu(fam.link.inverse(eta))
-        return Mode(beta, v, eta, mu, sol, a, it, converged)
+        return Mode(beta, v, eta, mu, sol, a, iterations, converged)
 
     def evaluate(
         self,
@@ -548,7 +577,10 @@ def maximise(f, x0: np.ndarray, gtol: float = 1e-6) -> scipy.optimize.OptimizeRe
         return -val, -numeric_gradient(f, x)
 
     return scipy.optimize.minimize(
-        fun, x0, jac=True, method="L-BFGS-B",
+        fun,
+        x0,
+        jac=True,
+        method="L-BFGS-B",
         options={"maxiter": 1000, "ftol": 1e-15, "gtol": gtol, "maxcor": 20},
     )
 
@@ -575,7 +607,9 @@ class StructuredFit:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def fit_structured(model: StructuredModel, method: str, reml: bool, start: dict | None = None) -> StructuredFit:
+def fit_structured(
+    model: StructuredModel, method: str, reml: bool, start: dict | None = None
+) -> StructuredFit:
     """HL(0,1) / HL(1,1) fit of a structured model (see the module docstring)."""
     t0 = time.perf_counter()
     d = model.design
@@ -587,7 +621,11 @@ def fit_structured(model: StructuredModel, method: str, reml: bool, start: dict 
         theta, gamma = crit.absolute(res.x)
         beta = model.mme.solve(crit.w, crit.y, model.q_values(res.x), None).beta
         ev = model.evaluate(theta, gamma, beta, np.zeros(model.q), beta_fixed=False)
-        criterion, x_hat, n_beta = _absolute_criterion(model, reml, ev), np.concatenate([theta, gamma]), 0
+        criterion, x_hat, n_beta = (
+            _absolute_criterion(model, reml, ev),
+            np.concatenate([theta, gamma]),
+            0,
+        )
         converged, n_iter = bool(res.success) or _flat(crit, res.x), int(res.nit)
         outer = crit.n_eval
     else:
@@ -597,7 +635,9 @@ def fit_structured(model: StructuredModel, method: str, reml: bool, start: dict 
         beta0, disp0 = fit_glm_start(Model(d))
         gamma0 = np.zeros(model.n_gamma)
         if model.n_gamma:
-            gamma0 = np.linalg.lstsq(d.X_disp, np.full(d.n, np.log(max(disp0, 1e-3))), rcond=None)[0]
+            gamma0 = np.linalg.lstsq(d.X_disp, np.full(d.n, np.log(max(disp0, 1e-3))), rcond=None)[
+                0
+            ]
         theta0 = model.start_theta(0.1 if fam.fixed_dispersion else max(0.1 * disp0, 1e-3))
         if start is not None:
             theta0 = start.get("theta", theta0)
@@ -618,7 +658,11 @@ def fit_structured(model: StructuredModel, method: str, reml: bool, start: dict 
             beta, theta, gamma = split(x)
             try:
                 ev = model.evaluate(
-                    theta, gamma, state["beta"] if beta is None else beta, state["v"], beta_fixed=joint
+                    theta,
+                    gamma,
+                    state["beta"] if beta is None else beta,
+                    state["v"],
+                    beta_fixed=joint,
                 )
             except (NotPositiveDefiniteError, np.linalg.LinAlgError, FloatingPointError):
                 return -np.inf
@@ -654,13 +698,26 @@ def fit_structured(model: StructuredModel, method: str, reml: bool, start: dict 
         if not ev.mode.converged:
             messages.append("the final Newton iteration for the random effects did not converge")
     if not converged:
-        messages.append(f"the optimisation over the variance parameters did not converge: {res.message}")
+        messages.append(
+            f"the optimisation over the variance parameters did not converge: {res.message}"
+        )
     lev = ev.mode.a * model.mme.row_variances(ev.mode.solution)
     level_var = model.mme.level_variances(ev.mode.solution)
     return StructuredFit(
-        model=model, method=method, reml=reml, theta=theta, gamma=gamma, evaluation=ev,
-        leverages=lev, level_var=level_var, criterion=criterion, x_hat=x_hat, n_beta_in_x=n_beta,
-        converged=converged, n_iter=n_iter, messages=messages,
+        model=model,
+        method=method,
+        reml=reml,
+        theta=theta,
+        gamma=gamma,
+        evaluation=ev,
+        leverages=lev,
+        level_var=level_var,
+        criterion=criterion,
+        x_hat=x_hat,
+        n_beta_in_x=n_beta,
+        converged=converged,
+        n_iter=n_iter,
+        messages=messages,
         timings={"outer": time.perf_counter() - t0, "outer_evaluations": float(outer)},
     )
 

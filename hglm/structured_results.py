@@ -137,7 +137,9 @@ class StructuredResult:
                     for i in range(j + 1, len(cols)):
                         rows.append((t.name, cols[j], cols[i], S[i, j], nat["corr"][i, j]))
             elif t.kind == "ar1":
-                rows.append((t.name, "(Intercept)", None, nat["variance"], math.sqrt(nat["variance"])))
+                rows.append(
+                    (t.name, "(Intercept)", None, nat["variance"], math.sqrt(nat["variance"]))
+                )
                 rows.append((t.name, "rho", None, math.nan, nat["rho"]))
             else:
                 rows.append((t.name, "tau", None, nat["tau"], math.sqrt(nat["tau"])))
@@ -220,7 +222,9 @@ class StructuredResult:
             j = {"rho": 1, "tau": 0, "variance": 0}[parameter]
             to_value = parameter
         else:
-            raise ValueError(f"{term} has no parameter {parameter!r}; it has {names} and {list(natural)}")
+            raise ValueError(
+                f"{term} has no parameter {parameter!r}; it has {names} and {list(natural)}"
+            )
         i = base + j
         crit, x_hat = self.fit.criterion, self.fit.x_hat
         f_hat = crit(x_hat)
@@ -270,7 +274,9 @@ class StructuredResult:
         return (min(out), max(out)) if all(np.isfinite(out)) else (out[0], out[1])
 
     # ------------------------------------------------------------- predict
-    def predict(self, newdata: Any = None, type: str = "response", random: bool = True) -> np.ndarray:
+    def predict(
+        self, newdata: Any = None, type: str = "response", random: bool = True
+    ) -> np.ndarray:
         """Predictions on the link or response scale; new data: fixed part plus the known
         levels' effects (unknown levels: 0)."""
         if type not in ("link", "response"):
@@ -295,7 +301,11 @@ class StructuredResult:
         vc: dict[str, Any] = {}
         for k, t in enumerate(self.terms):
             nat = t.structure.natural(self._theta(k))
-            entry: dict[str, Any] = {"kind": t.kind, "label": t.label, "n_levels": t.design.n_levels}
+            entry: dict[str, Any] = {
+                "kind": t.kind,
+                "label": t.label,
+                "n_levels": t.design.n_levels,
+            }
             if t.kind in ("intercept", "slopes"):
                 entry.update(
                     columns=list(t.columns),
@@ -349,14 +359,17 @@ class StructuredResult:
                 + " ".join(f"{c:>8}" for c in corr)
             )
         out += lines
-        out.append(f"Number of obs: {self.nobs}; groups: " + ", ".join(
-            f"{t.name} {t.design.n_levels}" for t in self.terms
-        ))
+        out.append(
+            f"Number of obs: {self.nobs}; groups: "
+            + ", ".join(f"{t.name} {t.design.n_levels}" for t in self.terms)
+        )
         sp_ = self.structure_params
         if len(sp_):
             out += ["", "Structure parameters (SE by the delta method):"]
             for _, r in sp_.iterrows():
-                out.append(f"  {r['term']:<12} {r['parameter']:<10} {r['estimate']:>12.5g} {r['se']:>10.4g}")
+                out.append(
+                    f"  {r['term']:<12} {r['parameter']:<10} {r['estimate']:>12.5g} {r['se']:>10.4g}"
+                )
         lik = self.likelihood
         out += [
             "",
@@ -376,7 +389,9 @@ class StructuredResult:
         return f"<StructuredResult {self.method} {self.call}>"
 
 
-def _new_level_effects(t: StructuredTerm, vk: np.ndarray, frame: pd.DataFrame, _build) -> np.ndarray:
+def _new_level_effects(
+    t: StructuredTerm, vk: np.ndarray, frame: pd.DataFrame, _build
+) -> np.ndarray:
     """Z_new v for one term on new rows: known levels (and times) only."""
     cols = list(t.design.term.factors)
     missing = [c for c in cols if c not in frame.columns]

@@ -1,0 +1,231 @@
+"""Random slopes and correlated random effects against lme4, glmmTMB and R hglm
+(``references_v2.json``), and the Laplace optimum against a dense computation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import hglm
+from tests.hglm.conftest import DATA
+
+
+def _refs() -> dict:
+    return json.loads((DATA / "references_v2.json").read_text())
+
+
+def _sig(x: float, digits: int) -> float:
+    return float(f"{x:.{digits - 1}e}")
+
+
+@pytest.fixture(scope="module")
+def sleepstudy() -> pd.DataFrame:
+    return pd.read_csv(DATA / "sleepstudy.csv")
+
+
+@pytest.fixture(scope="module")
+def cancer() -> tuple[pd.DataFrame, np.ndarray]:
+    return pd.read_csv(DATA / "cancer.csv"), pd.read_csv(DATA / "cancer_nbr.csv").to_numpy()
+
+
+# ----------------------------------------------------------------------------- sleepstudy
+
+
+@pytest.mark.parametrize(
+    ("formula", "key"),
+    [
+        ("Reaction ~ Days + (Days | Subject)", "sleepstudy_corr_slope_REML"),
+        ("Reaction ~ Days + (Days || Subject)", "sleepstudy_uncorr_slope_REML"),
+    ],
+)
+def test_sleepstudy_slopes_match_lme4_reml(sleepstudy, formula: str, key: str) -> None:
+    ref = _refs()[key]["results"]
+    res = hglm.fit(formula, sleepstudy, reml=True)
+    assert res.converged
+    assert res.likelihood["p_beta_v"] == pytest.approx(ref["logLik"], abs=1e-3)
+    fx = res.fixef
+    for row in ref["fixed_effects"]:
+        assert _sig(fx.loc[row["name"], "estimate"], 4) == _sig(row["estimate"], 4)
+        assert _sig(fx.loc[row["name"], "se"], 4) == _sig(row["se"], 4)
+    vc = res.varcomp
+    for row in ref["varcorr"]:
+        grp = row["grp"].replace("Subject.1", "Subject.Days")
+        sel = vc[(vc["grp"] == grp) & (vc["var1"].fillna("") == (row["var1"] or ""))]
+        sel = sel[sel["var2"].isna()] if row["var2"] is None else sel[sel["var2"] == row["var2"]]
+        assert len(sel) == 1, row
+        got = sel.iloc[0]
+        if row["var2"] is None:  # a variance
+            assert got["vcov"] == pytest.approx(row["vcov"], rel=5e-3)
+        else:  # a correlation
+            assert got["sdcor"] == pytest.approx(row["sdcor"], rel=5e-3)
+
+
+def test_slopes_result_reports_covariance_matrices(sleepstudy) -> None:
+    res = hglm.fit("Reaction ~ Days + (Days | Subject)", sleepstudy)
+    entry = res.to_dict()["varcomp"]["Subject"]
+    cov = np.array(entry["cov"])
+    assert cov.shape == (2, 2) and cov[0, 1] == pytest.approx(cov[1, 0])
+    assert entry["columns"] == ["(Intercept)", "Days"]
+    assert entry["corr"][0][1] == pytest.approx(cov[0, 1] / np.sqrt(cov[0, 0] * cov[1, 1]))
+    json.dumps(res.to_dict())
+    text = str(res.summary())
+    assert "Subject" in text and "Days" in text and "Residual" in text
+    re = res.ranef["Subject"]
+    assert list(re.columns[:2]) == ["(Intercept)", "Days"] and len(re) == 18
+    # predictions on the fitting data reproduce the fitted values
+    np.testing.assert_allclose(res.predict(sleepstudy), res.fitted, rtol=1e-10)
+
+
+# -------------------------------------------------------------------------------- cancer
+
+
+def _cancer_fit(cancer, method: str, **kw):
+    df, W = cancer
+    return hglm.fit(
+        "O ~ Paff + (1|area)",
+        df,
+        family="poisson",
+        offset="np.log(E)",
+        correlation={"area": hglm.CAR(sp.csr_matrix(W))},
+        method=method,
+        **kw,
+    )
+
+
+def test_cancer_car_eql_matches_r_hglm(cancer) -> None:
+    ref = _refs()["cancer_CAR_phi1"]["results"]
+    res = _cancer_fit(cancer, "EQL")
+    assert res.converged
+    fx = res.fixef
+    for row in ref["fixed_effects"]:
+        assert _sig(fx.loc[row["name"], "estimate"], 3) == _sig(row["estimate"], 3)
+        assert _sig(fx.loc[row["name"], "se"], 3) == _sig(row["se"], 3)
+    params = res.structure_params.set_index("parameter")["estimate"]
+    assert _sig(params["tau"], 3) == _sig(ref["CAR_tau"], 3)
+    assert _sig(params["rho"], 3) == _sig(ref["CAR_rho"], 3)
+    extras = res.fit.extras["area"]
+    for got, want in zip(extras["coef"], ref["rand_disp_coef"], strict=True):
+        assert _sig(got, 3) == _sig(want, 3)
+    for got, want in zip(extras["se"], ref["rand_disp_se"], strict=True):
+        assert _sig(got, 3) == _sig(want, 3)
+    lik = res.likelihood
+    for ours, theirs in (("h", "hlik"), ("p_v", "pvh"), ("p_beta_v", "pbvh"), ("caic", "cAIC")):
+        assert _sig(lik[ours], 3) == _sig(ref["likelihood"][theirs], 3)
+
+
+def _dense_laplace(df, W, beta, tau, rho) -> float:
+    """p_v(h) of the Poisson CAR model by dense numpy: Newton for the mode, then Laplace."""
+    y = df["O"].to_numpy(float)
+    off = np.log(df["E"].to_numpy(float))
+    X = np.column_stack([np.ones(len(y)), df["Paff"].to_numpy(float)])
+    Q = (np.eye(len(y)) - rho * W) / tau
+    v = np.zeros(len(y))
+    for _ in range(100):
+        mu = np.exp(off + X @ beta + v)
+        step = np.linalg.solve(np.diag(mu) + Q, (y - mu) - Q @ v)
+        v = v + step
+        if np.max(np.abs(step)) < 1e-12:
+            break
+    mu = np.exp(off + X @ beta + v)
+    from scipy.special import gammaln
+
+    cond = float(np.sum(y * np.log(mu) - mu - gammaln(y + 1)))
+    logdet_q = np.linalg.slogdet(Q)[1]
+    h = cond + 0.5 * (logdet_q - len(y) * np.log(2 * np.pi) - v @ Q @ v)
+    return h - 0.5 * (np.linalg.slogdet(np.diag(mu) + Q)[1] - len(y) * np.log(2 * np.pi))
+
+
+def test_cancer_car_laplace_optimum_checked_densely(cancer) -> None:
+    df, W = cancer
+    res = _cancer_fit(cancer, "HL(1,1)", reml=False)
+    assert res.converged
+    beta = res.fixef["estimate"].to_numpy()
+    params = res.structure_params.set_index("parameter")["estimate"]
+    tau, rho = float(params["tau"]), float(params["rho"])
+    best = _dense_laplace(df, W, beta, tau, rho)
+    assert res.likelihood["p_v"] == pytest.approx(best, abs=1e-6)
+    # the optimum: no coordinate move improves the dense Laplace likelihood
+    for which, step in (("b0", 1e-3), ("b1", 1e-4), ("tau", 1e-3), ("rho", 1e-4)):
+        for sign in (-1, 1):
+            b, t, r = beta.copy(), tau, rho
+            if which == "b0":
+                b[0] += sign * step
+            elif which == "b1":
+                b[1] += sign * step
+            elif which == "tau":
+                t *= 1 + sign * step
+            else:
+                r += sign * step * 0.5 * (0.175 - rho) / 0.175
+            assert _dense_laplace(df, W, b, t, r) <= best + 1e-7, (which, sign)
+
+
+def test_car_rho_has_an_se_and_a_profile_interval(cancer) -> None:
+    res = _cancer_fit(cancer, "HL(1,1)", reml=False)
+    sp_ = res.structure_params.set_index("parameter")
+    rho, se = sp_.loc["rho", "estimate"], sp_.loc["rho", "se"]
+    assert np.isfinite(se) and se > 0
+    lo, hi = res.profile_ci("area", "rho")
+    assert lo < rho < hi
+    hi_bound = res.terms[0].structure.rho_hi
+    assert hi <= hi_bound
+
+
+# ------------------------------------------------------------------------------ tooldrift
+
+
+def test_tooldrift_ar1_matches_glmmtmb() -> None:
+    ref = _refs()["tooldrift_binomial_ar1_ML"]["results"]
+    df = pd.read_csv(DATA / "tooldrift.csv")
+    res = hglm.fit(
+        "good ~ x + ar1(factor(week) + 0 | tool)",
+        df,
+        family="binomial",
+        trials="dies",
+        method="HL(1,1)",
+        reml=False,
+    )
+    assert res.converged
+    assert res.likelihood["p_v"] == pytest.approx(ref["logLik"], abs=0.01)
+    params = res.structure_params.set_index("parameter")
+    assert params.loc["variance", "estimate"] == pytest.approx(ref["ar1_var"], rel=0.01)
+    assert params.loc["rho", "estimate"] == pytest.approx(ref["ar1_rho"], rel=0.01)
+    for row in ref["fixed_effects"]:
+        assert res.fixef.loc[row["name"], "estimate"] == pytest.approx(row["estimate"], abs=1e-3)
+    assert np.isfinite(params.loc["rho", "se"])
+    assert res.ranef["tool"].shape[0] == 24 * 40
+
+
+# --------------------------------------------------------------------------------- errors
+
+
+def test_conjugate_families_stay_intercept_only(sleepstudy) -> None:
+    with pytest.raises(ValueError, match=r"conjugate families .* stay intercept-only"):
+        hglm.fit(
+            "Reaction ~ Days + (Days | Subject)", sleepstudy, family="gamma", rand_family="gamma"
+        )
+
+
+def test_correlation_names_must_be_terms(cancer) -> None:
+    df, W = cancer
+    with pytest.raises(ValueError, match="unknown random term"):
+        hglm.fit("O ~ Paff + (1|area)", df, family="poisson", correlation={"zone": hglm.CAR(W)})
+    with pytest.raises(ValueError, match="has 56 rows, the term area has 10 levels"):
+        hglm.fit(
+            "O ~ Paff + (1|area)", df.iloc[:10], family="poisson", correlation={"area": hglm.CAR(W)}
+        )
+
+
+def test_eql_is_for_car_and_intercepts(sleepstudy) -> None:
+    with pytest.raises(ValueError, match="EQL supports CAR/SAR terms and random intercepts"):
+        hglm.fit("Reaction ~ Days + (Days | Subject)", sleepstudy, method="EQL")
+    with pytest.raises(ValueError, match=r"EQL.*phi fixed at 1"):
+        hglm.fit(
+            "Reaction ~ Days + (1 | Subject)",
+            sleepstudy,
+            method="EQL",
+            correlation={"Subject": hglm.Precision(sp.identity(18, format="csc"))},
+        )
