@@ -37,6 +37,7 @@ class Case:
     trials: str | None = None  # column of binomial totals
     statsmodels: str | None = None  # "mixedlm", "binomial_bayes", "poisson_bayes" or None
     statsmodels_note: str = ""
+    r_peers: tuple[str, ...] = ("lme4", "glmmTMB")  # the R packages that can fit the model
 
     @property
     def response(self) -> str:
@@ -218,6 +219,40 @@ def fab_yield(layout: FabLayout) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
+def slopes(family: str) -> pd.DataFrame:
+    """n = 100,000 rows in 5,000 groups of 20: a random intercept and slope per group (SDs 0.5
+    and 0.3, correlation 0.4), one covariate; Gaussian (residual SD 1) or binary."""
+    rng = np.random.default_rng(108 if family == "gaussian" else 109)
+    n, q = 100_000, 5_000
+    g = np.repeat(np.arange(q), n // q)
+    x = rng.normal(size=n)
+    cov = np.array([[0.25, 0.4 * 0.5 * 0.3], [0.4 * 0.5 * 0.3, 0.09]])
+    b = rng.multivariate_normal([0.0, 0.0], cov, q)
+    eta = 0.5 + 0.4 * x + b[g, 0] + b[g, 1] * x
+    y = eta + rng.normal(0, 1.0, n) if family == "gaussian" else _bernoulli(rng, eta)
+    return pd.DataFrame({"y": y, "x": x, "g": g})
+
+
+def tool_drift(tools: int = 200, weeks: int = 100) -> pd.DataFrame:
+    """Good dies of 400 per tool and week; the tool effect follows an AR(1) over the weeks
+    (rho 0.8, SD 0.35), logit yield = 1.5 + 0.2 x + effect (like tooldrift.csv, at fab scale)."""
+    rng = np.random.default_rng(110)
+    rho, sd = 0.8, 0.35
+    effect = np.empty((tools, weeks))
+    effect[:, 0] = rng.normal(0, sd, tools)
+    for t in range(1, weeks):
+        effect[:, t] = rho * effect[:, t - 1] + rng.normal(0, sd * np.sqrt(1 - rho**2), tools)
+    tool = np.repeat(np.arange(tools), weeks)
+    week = np.tile(np.arange(1, weeks + 1), tools)
+    x = rng.normal(size=tools * weeks)
+    eta = 1.5 + 0.2 * x + effect.ravel()
+    dies = np.full(tools * weeks, 400)
+    good = rng.binomial(dies, 1.0 / (1.0 + np.exp(-eta)))
+    return pd.DataFrame(
+        {"good": good, "dies": dies, "x": x, "tool": [f"T{k:03d}" for k in tool], "week": week}
+    )
+
+
 FAB_PEER_SIZED = FabLayout(lots=2_000, operations=3, tools_per_operation=8, chambers_per_tool=3)
 FAB_300K = FabLayout(lots=12_000, operations=40, tools_per_operation=5, chambers_per_tool=3)
 FAB_1M = FabLayout(lots=40_000, operations=40, tools_per_operation=5, chambers_per_tool=3)
@@ -294,12 +329,36 @@ CASES: dict[str, Case] = {
             trials="dies",
             statsmodels_note="BinomialBayesMixedGLM takes binary responses only",
         ),
+        Case(
+            "8a",
+            "random slopes (x | g), Gaussian, n = 100,000, 5,000 groups",
+            "gaussian",
+            "y ~ x + (x | g)",
+            lambda: slopes("gaussian"),
+        ),
+        Case(
+            "8b",
+            "random slopes (x | g), binary, n = 100,000, 5,000 groups",
+            "binomial",
+            "y ~ x + (x | g)",
+            lambda: slopes("binomial"),
+        ),
+        Case(
+            "9",
+            "tool drift: AR(1) over 100 weeks per tool, 200 tools, binomial (400 dies)",
+            "binomial",
+            "good ~ x + ar1(factor(week) + 0 | tool)",
+            tool_drift,
+            trials="dies",
+            r_peers=("glmmTMB",),
+        ),
     ]
 }
 
 
 def select(spec: str | None) -> list[Case]:
-    """'1,3,5' -> those cases; '1' means 1a and 1b; None or 'all' -> every case."""
+    """'1,3,5' -> those cases; '1' means 1a and 1b (8: 8a and 8b); None or 'all' -> every
+    case."""
     if spec is None or spec.strip().lower() == "all":
         return list(CASES.values())
     chosen: list[Case] = []

@@ -383,6 +383,8 @@ def main(argv: list[str] | None = None) -> dict:
             available, why = availability[package]
             if not available:
                 run = Run(case.key, package, "skipped: not installed", messages=why)
+            elif package in R_PACKAGES and package not in case.r_peers:
+                run = Run(case.key, package, "not applicable", messages="no such model")
             elif package == "statsmodels" and case.statsmodels is None:
                 run = Run(case.key, package, "not applicable", messages=case.statsmodels_note)
             else:
