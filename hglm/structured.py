@@ -185,6 +185,64 @@ def build_terms(
 
 # ------------------------------------------------------------- the mixed-model equations
 
+# H made of equal diagonal blocks of at most this order (one slope term, or AR(1) over at most
+# this many times, and nothing crossed) is factored as a stack of dense blocks: CHOLMOD's
+# supernodal selected inverse loops in Python over thousands of tiny supernodes.
+_MAX_BLOCK = 32
+
+
+def _block_layout(keys: np.ndarray, q: int) -> tuple[int, np.ndarray] | None:
+    """(block order b, position of each pattern entry in a (q/b, b, b) stack) if H's pattern
+    lies within equal consecutive diagonal blocks of order b <= _MAX_BLOCK, else None."""
+    col, row = keys // q, keys % q
+    # a column starts a block when no earlier column reaches it
+    first = np.zeros(q, dtype=bool)
+    first[0] = True
+    last_reach = np.full(q, -1, dtype=np.int64)
+    np.maximum.at(last_reach, col, np.maximum(row, col))
+    reach = np.maximum.accumulate(last_reach)
+    first[1:] = reach[:-1] < np.arange(1, q)
+    starts = np.flatnonzero(first)
+    sizes = np.diff(np.append(starts, q))
+    b = int(sizes[0])
+    if not np.all(sizes == b) or b > _MAX_BLOCK or b == q:
+        return None
+    g = col // b
+    return b, g * b * b + (row % b) * b + (col % b)
+
+
+class BlockFactor:
+    """H as a stack of dense b x b diagonal blocks: batched LAPACK Cholesky, solves and inverse."""
+
+    def __init__(self, data: np.ndarray, b: int, where: np.ndarray) -> None:
+        self.b = b
+        self._where = where
+        blocks = np.zeros(where.max() // (b * b) * b * b + b * b)
+        blocks[where] = data
+        self.blocks = blocks.reshape(-1, b, b)
+        try:
+            self.L = np.linalg.cholesky(self.blocks)
+        except np.linalg.LinAlgError as err:
+            raise NotPositiveDefiniteError(
+                "matrix is not positive definite (a diagonal block)"
+            ) from err
+
+    def logdet(self) -> float:
+        return 2.0 * float(np.sum(np.log(np.diagonal(self.L, axis1=1, axis2=2))))
+
+    def solve(self, rhs: np.ndarray) -> np.ndarray:
+        G, b = self.blocks.shape[:2]
+        r = np.asarray(rhs, dtype=float).reshape(G, b, -1)
+        out = np.linalg.solve(self.blocks, r)
+        return out.reshape(rhs.shape)
+
+    def inverse_entries(self) -> np.ndarray:
+        """H^{-1} at every pattern entry (blocks invert on their own)."""
+        G, b = self.blocks.shape[:2]
+        eye = np.broadcast_to(np.eye(b), (G, b, b))
+        inv = np.linalg.solve(self.blocks, eye)
+        return inv.reshape(-1)[self._where]
+
 
 @dataclass
 class Solution:
@@ -231,26 +289,64 @@ class SparseMME:
         self._q_pos = np.searchsorted(keys, q_keys)
         self._indices = (keys % q).astype(np.int32)
         self._indptr = np.searchsorted(keys // q, np.arange(q + 1)).astype(np.int32)
-        self._chol: SparseCholesky | None = None
+        self._chol: SparseCholesky | BlockFactor | None = None
+        self._selected_map: np.ndarray | None = None
+        self._inverse: np.ndarray | None = None
+        self._block = _block_layout(keys, q)
         self.n_factor = 0
 
-    def factor(self, a: np.ndarray, q_values: np.ndarray) -> SparseCholesky:
+    def factor(self, a: np.ndarray, q_values: np.ndarray) -> SparseCholesky | BlockFactor:
         nnz = len(self._keys)
         data = np.bincount(
             self._pair_pos, weights=a[self._pair_row] * self._pair_prod, minlength=nnz
         ) + np.bincount(self._q_pos, weights=q_values, minlength=nnz)
-        H = sp.csc_matrix((data, self._indices, self._indptr), shape=(self.q, self.q))
-        if self._chol is None:
-            self._chol = SparseCholesky(H)
+        self._inverse = None
+        if self._block is not None:
+            self._chol = BlockFactor(data, *self._block)
         else:
-            self._chol.refactor(H)
+            H = sp.csc_matrix((data, self._indices, self._indptr), shape=(self.q, self.q))
+            if self._chol is None:
+                self._chol = SparseCholesky(H)
+            else:
+                self._chol.refactor(H)
         self.n_factor += 1
         return self._chol
 
     @property
-    def chol(self) -> SparseCholesky:
+    def chol(self) -> SparseCholesky | BlockFactor:
         assert self._chol is not None
         return self._chol
+
+    def _inverse_on_pattern(self) -> np.ndarray:
+        """H^{-1} on H's pattern (``_keys`` order): the selected inverse of the factor."""
+        if self._inverse is None:
+            chol = self.chol
+            if isinstance(chol, BlockFactor):
+                self._inverse = chol.inverse_entries()
+            else:
+                S = chol.selected_inverse()
+                if self._selected_map is None:
+                    col = np.repeat(np.arange(self.q, dtype=np.int64), np.diff(S.indptr))
+                    self._selected_map = np.searchsorted(col * self.q + S.indices, self._keys)
+                self._inverse = S.data[self._selected_map]
+        return self._inverse
+
+    def inverse_entries(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Entries (rows, cols) of H^{-1}, all on H's pattern."""
+        return self._inverse_on_pattern()[
+            np.searchsorted(self._keys, cols.astype(np.int64) * self.q + rows)
+        ]
+
+    def row_forms(self) -> np.ndarray:
+        """z_i' H^{-1} z_i per data row, from the pairs of Z's non-zeros within each row."""
+        inv = self._inverse_on_pattern()
+        return np.bincount(
+            self._pair_row, weights=self._pair_prod * inv[self._pair_pos], minlength=self.n
+        )
+
+    def inverse_diagonal(self) -> np.ndarray:
+        diag = np.arange(self.q, dtype=np.int64)
+        return self.inverse_entries(diag, diag)
 
     def solve(
         self, a: np.ndarray, r: np.ndarray, q_values: np.ndarray, beta_fixed: np.ndarray | None
@@ -288,11 +384,11 @@ class SparseMME:
         """t_i' C^{-1} t_i per data row, from the selected inverse (no n x n or q x q)."""
         Xt = self.X - np.asarray(self.Z @ sol.M)
         out = np.einsum("ij,jk,ik->i", Xt, sol.cov_beta, Xt) if self.p else np.zeros(self.n)
-        return out + self.chol.row_quadratic_forms(self.Z)
+        return out + self.row_forms()
 
     def level_variances(self, sol: Solution) -> np.ndarray:
         """diag of the v-block of C^{-1}."""
-        diag = self.chol.inverse_diagonal()
+        diag = self.inverse_diagonal()
         if self.p:
             diag = diag + np.einsum("ij,jk,ik->i", sol.M, sol.cov_beta, sol.M)
         return diag
@@ -344,6 +440,8 @@ class StructuredModel:
         q_cols = np.concatenate(
             [t.structure.cols + o for t, o in zip(terms, self.offsets, strict=False)]
         )
+        self.q_rows, self.q_cols = q_rows, q_cols
+        self.q_spans = np.concatenate(([0], np.cumsum([len(t.structure.rows) for t in terms])))
         self.mme = SparseMME(design.X, self.Z, q_rows, q_cols)
         self.phi_fixed = self.family.fixed_dispersion
         self.n_gamma = 0 if self.phi_fixed else design.X_disp.shape[1]
@@ -376,6 +474,59 @@ class StructuredModel:
                 for k, t in enumerate(self.terms)
             )
         )
+
+    def q_derivatives(self, theta: np.ndarray) -> list[tuple[slice, np.ndarray]]:
+        """Per parameter: (its term's span of the Q pattern, dQ/dtheta there)."""
+        out = []
+        for k, t in enumerate(self.terms):
+            span = slice(int(self.q_spans[k]), int(self.q_spans[k + 1]))
+            out += [(span, dq) for dq in t.structure.derivatives(self.theta_of(theta, k))]
+        return out
+
+    def dlogdet_q(self, theta: np.ndarray) -> np.ndarray:
+        return np.concatenate(
+            [t.structure.dlogdet(self.theta_of(theta, k)) for k, t in enumerate(self.terms)]
+        )
+
+    def _dq_times(self, span: slice, dq: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """dQ v for one parameter (dQ on its span of the pattern)."""
+        r, c = self.q_rows[span], self.q_cols[span]
+        return np.bincount(r, weights=dq * v[c], minlength=self.q)
+
+    def gradient_p_v(self, ev: Evaluation, theta: np.ndarray, beta_free: bool) -> np.ndarray:
+        """Analytic gradient of p_v(h) in ([beta,] theta) at an evaluation whose factor is
+        current (canonical link, phi fixed): the envelope theorem for h and, for log|H|, the
+        change of the weights along the mode's tangent (dv/dtheta = -H^{-1} dQ v,
+        dv/dbeta = -H^{-1} Z'AX)."""
+        d, fam, m = self.design, self.family, ev.mode
+        mme = self.mme
+        v, eta = m.v, m.eta
+        # derivative of the data weights in eta (numerically: any canonical family)
+        step = 1e-6 * np.maximum(1.0, np.abs(eta))
+
+        def weight(e: np.ndarray) -> np.ndarray:
+            mu = fam.valid_mu(fam.link.inverse(e))
+            return fam.working_weight(e, mu, d.prior_weights)
+
+        da = (weight(eta + step) - weight(eta - step)) / (2 * step)
+        rowq = mme.row_forms()
+        c = da * rowq
+        h_inv = mme.inverse_entries(self.q_rows, self.q_cols)
+        dlog = self.dlogdet_q(theta)
+        grad_theta = np.empty(self.n_theta)
+        for j, (span, dq) in enumerate(self.q_derivatives(theta)):
+            dqv = self._dq_times(span, dq, v)
+            dv = -mme.chol.solve(dqv)
+            dh = 0.5 * dlog[j] - 0.5 * float(v @ dqv)
+            dlogdet_h = float(np.sum(h_inv[span] * dq)) + float(c @ (self.Z @ dv))
+            grad_theta[j] = dh - 0.5 * dlogdet_h
+        if not beta_free:
+            return grad_theta
+        score = d.prior_weights * (d.y - m.mu) * fam.link.mu_eta(eta) / fam.variance(m.mu)
+        dh_beta = d.X.T @ score
+        moved = d.X - np.asarray(self.Z @ m.solution.M)  # d eta / d beta along the mode
+        grad_beta = dh_beta - 0.5 * (moved.T @ c)
+        return np.concatenate([grad_beta, grad_theta])
 
     def split(self, v: np.ndarray) -> list[np.ndarray]:
         return [v[self.offsets[k] : self.offsets[k + 1]] for k in range(len(self.terms))]
@@ -530,6 +681,36 @@ class ProfiledLMM:
             - 0.5 * logdet
         )
 
+    def value_and_gradient(self, theta_rel: np.ndarray) -> tuple[float, np.ndarray]:
+        """The criterion and its analytic gradient: -m/2 v'dQ v / PRSS + 1/2 dlog|Q| -
+        1/2 tr(C_vv^{-1} dQ), C_vv^{-1} the v-block of the inverse (H^{-1} for ML; plus
+        M S^{-1} M' for REML), read on Q's pattern from the selected inverse."""
+        self.n_eval += 1
+        mdl = self.model
+        try:
+            sol, prss = self.solve(theta_rel)
+        except (NotPositiveDefiniteError, np.linalg.LinAlgError):
+            return -np.inf, np.zeros_like(theta_rel)
+        m = self.m
+        logdet = sol.logdet_H + (sol.logdet_S if self.reml else 0.0)
+        value = float(
+            -0.5 * m * (np.log(2 * np.pi * prss / m) + 1)
+            + self.const
+            + 0.5 * mdl.logdet_q(theta_rel)
+            - 0.5 * logdet
+        )
+        inv = mdl.mme.inverse_entries(mdl.q_rows, mdl.q_cols)
+        if self.reml and mdl.design.p:
+            MC = sol.M @ sol.cov_beta
+            inv = inv + np.einsum("ij,ij->i", MC[mdl.q_rows], sol.M[mdl.q_cols])
+        dlog = mdl.dlogdet_q(theta_rel)
+        grad = np.empty(mdl.n_theta)
+        v = sol.v
+        for j, (span, dq) in enumerate(mdl.q_derivatives(theta_rel)):
+            quad = float(np.sum(dq * v[mdl.q_rows[span]] * v[mdl.q_cols[span]]))
+            grad[j] = -0.5 * m * quad / prss + 0.5 * dlog[j] - 0.5 * float(np.sum(inv[span] * dq))
+        return value, grad
+
     def absolute(self, theta_rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(theta, gamma) on the absolute scale: phi = PRSS / m."""
         _, prss = self.solve(theta_rel)
@@ -567,14 +748,20 @@ def numeric_hessian(f, x: np.ndarray, step: float = 1e-3) -> np.ndarray:
     return H
 
 
-def maximise(f, x0: np.ndarray, gtol: float = 1e-6) -> scipy.optimize.OptimizeResult:
-    """L-BFGS-B on -f with central-difference gradients."""
+def maximise(
+    f, x0: np.ndarray, gtol: float = 1e-6, value_and_gradient=None
+) -> scipy.optimize.OptimizeResult:
+    """L-BFGS-B on -f with the given gradient, else central differences."""
 
     def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
-        val = f(x)
+        if value_and_gradient is not None:
+            val, grad = value_and_gradient(x)
+        else:
+            val = f(x)
+            grad = numeric_gradient(f, x) if np.isfinite(val) else None
         if not np.isfinite(val):
             return 1e300, np.zeros_like(x)
-        return -val, -numeric_gradient(f, x)
+        return -val, -grad
 
     return scipy.optimize.minimize(
         fun,
@@ -617,7 +804,7 @@ def fit_structured(
     if model.profiled:
         crit = ProfiledLMM(model, reml)
         x0 = model.start_theta(1.0) if start is None else start["theta_rel"]
-        res = maximise(crit, x0)
+        res = maximise(crit, x0, value_and_gradient=crit.value_and_gradient)
         theta, gamma = crit.absolute(res.x)
         beta = model.mme.solve(crit.w, crit.y, model.q_values(res.x), None).beta
         ev = model.evaluate(theta, gamma, beta, np.zeros(model.q), beta_fixed=False)
@@ -673,8 +860,22 @@ def fit_structured(
                 state["beta"] = ev.mode.beta
             return ev.p_v if which == "p_v" else ev.p_beta_v
 
+        analytic = joint and fam.canonical and model.phi_fixed
+
+        def crit_and_grad(x: np.ndarray) -> tuple[float, np.ndarray]:
+            n_eval[0] += 1
+            beta, theta, gamma = split(x)
+            try:
+                ev = model.evaluate(theta, gamma, beta, state["v"], beta_fixed=True)
+            except (NotPositiveDefiniteError, np.linalg.LinAlgError, FloatingPointError):
+                return -np.inf, np.zeros_like(x)
+            if not np.isfinite(ev.p_v):
+                return -np.inf, np.zeros_like(x)
+            state["v"] = ev.mode.v
+            return ev.p_v, model.gradient_p_v(ev, theta, beta_free=True)
+
         x0 = np.concatenate(([beta0] if joint else []) + [theta0, gamma0])
-        res = maximise(crit, x0)
+        res = maximise(crit, x0, value_and_gradient=crit_and_grad if analytic else None)
         converged, n_iter = bool(res.success) or _flat(crit, res.x), int(res.nit)
         beta_hat, theta, gamma = split(res.x)
         if beta_hat is None and method == "HL(1,1)":
