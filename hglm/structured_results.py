@@ -203,6 +203,27 @@ class StructuredResult:
                 rows.append((t.name, name, value, math.sqrt(var) if var > 0 else math.nan))
         return pd.DataFrame(rows, columns=["term", "parameter", "estimate", "se"])
 
+    def varcomp_ci(self, level: float = 0.95) -> pd.DataFrame:
+        """Wald intervals of the variance components from the criterion's curvature: variances
+        (and tau) on the log scale, correlations and AR(1) rho on Fisher's z (atanh) scale,
+        CAR/SAR rho on the logit of its position in its admissible range (the scale the search
+        runs on), mapped back. ``profile_ci`` gives profile-likelihood intervals."""
+        cov = self._cov_x()
+        z = stats.norm.ppf(0.5 + level / 2)
+        rows = []
+        for k, t in enumerate(self.terms):
+            th = self._theta(k)
+            base = self.fit.n_beta_in_x + int(self.fit.model.theta_offsets[k])
+            sub = cov[base : base + len(th), base : base + len(th)]
+            for key, (fwd, back) in _scales(t, th).items():
+                value = fwd(th)
+                grad = np.array(
+                    [(fwd(th + e) - fwd(th - e)) / 2e-6 for e in np.eye(len(th)) * 1e-6]
+                )
+                se = math.sqrt(max(float(grad @ sub @ grad), 0.0))
+                rows.append((t.name, *key, back(value), back(value - z * se), back(value + z * se)))
+        return pd.DataFrame(rows, columns=["grp", "var1", "var2", "estimate", "lower", "upper"])
+
     def profile_ci(self, term: str, parameter: str, level: float = 0.95) -> tuple[float, float]:
         """Profile-likelihood interval of one parameter of a term's structure (``"rho"``,
         ``"tau"``, ``"variance"``; slopes: ``"log_L[i,j]"``/``"L[i,j]"`` on the theta scale),
@@ -387,6 +408,34 @@ class StructuredResult:
 
     def __repr__(self) -> str:
         return f"<StructuredResult {self.method} {self.call}>"
+
+
+def _scales(t: StructuredTerm, theta: np.ndarray) -> dict:
+    """Per reported quantity of a term ((var1, var2) -> (theta -> transformed value, inverse
+    transform)): the scales on which ``varcomp_ci`` builds its Wald intervals."""
+    s = t.structure
+    out: dict = {}
+    if t.kind in ("intercept", "slopes"):
+        for j, c in enumerate(t.columns):
+            out[(c, None)] = (lambda th, j=j: math.log(s.natural(th)["cov"][j, j]), math.exp)
+        for j in range(len(t.columns)):
+            for i in range(j + 1, len(t.columns)):
+                out[(t.columns[j], t.columns[i])] = (
+                    lambda th, i=i, j=j: math.atanh(s.natural(th)["corr"][i, j]),
+                    math.tanh,
+                )
+    elif t.kind == "ar1":
+        out[("variance", None)] = (lambda th: float(th[0]), math.exp)
+        out[("rho", None)] = (lambda th: float(th[1]), math.tanh)
+    else:
+        out[("tau", None)] = (lambda th: float(th[0]), math.exp)
+        if len(theta) > 1:
+            lo, hi = s.rho_lo, s.rho_hi  # type: ignore[attr-defined]
+            out[("rho", None)] = (
+                lambda th: float(th[1]),
+                lambda x: lo + (hi - lo) / (1 + math.exp(-x)),
+            )
+    return out
 
 
 def _new_level_effects(

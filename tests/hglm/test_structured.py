@@ -229,3 +229,86 @@ def test_eql_is_for_car_and_intercepts(sleepstudy) -> None:
             method="EQL",
             correlation={"Subject": hglm.CAR(sp.diags([np.ones(17), np.ones(17)], [-1, 1]))},
         )
+
+
+# ---------------------------------------------------------------------------- invariants
+
+
+def test_analytic_gradients_match_central_differences(sleepstudy) -> None:
+    from hglm.design import build_design
+    from hglm.families import response_family
+    from hglm.formula import parse_formula
+    from hglm.structured import ProfiledLMM, StructuredModel, build_terms, numeric_gradient
+
+    for reml in (True, False):
+        f = parse_formula("Reaction ~ Days + (Days | Subject)")
+        d = build_design(f, sleepstudy, response_family("gaussian"))
+        crit = ProfiledLMM(StructuredModel(d, build_terms(d, sleepstudy)), reml)
+        x = np.array([0.1, 0.05, -1.2])
+        np.testing.assert_allclose(
+            crit.value_and_gradient(x)[1], numeric_gradient(crit, x), rtol=1e-6
+        )
+    drift = pd.read_csv(DATA / "tooldrift.csv")
+    f = parse_formula("good ~ x + ar1(week | tool)")
+    d = build_design(f, drift, response_family("binomial"), trials="dies")
+    m = StructuredModel(d, build_terms(d, drift))
+    x = np.array([1.5, 0.2, np.log(0.1), 1.0])
+
+    def p_v(x: np.ndarray) -> float:
+        return m.evaluate(x[2:], np.zeros(0), x[:2], np.zeros(m.q), True).p_v
+
+    ev = m.evaluate(x[2:], np.zeros(0), x[:2], np.zeros(m.q), True)
+    np.testing.assert_allclose(m.gradient_p_v(ev, x[2:], True), numeric_gradient(p_v, x), rtol=1e-5)
+
+
+def test_identity_precision_reproduces_the_intercept_engine() -> None:
+    """A random intercept with Precision(I) is the plain (1 | herd) model: same Laplace fit as
+    the engine's own path (and glmmTMB's logLik on cbpp)."""
+    cbpp = pd.read_csv(DATA / "cbpp.csv", dtype={"herd": str, "period": str})
+    args = dict(family="binomial", trials="size", method="HL(1,1)", reml=False)
+    plain = hglm.fit("incidence ~ period + (1|herd)", cbpp, **args)
+    structured = hglm.fit(
+        "incidence ~ period + (1|herd)",
+        cbpp,
+        correlation={"herd": hglm.Precision(sp.identity(15, format="csc"))},
+        **args,
+    )
+    assert structured.likelihood["p_v"] == pytest.approx(plain.likelihood["p_v"], abs=1e-6)
+    assert structured.likelihood["p_v"] == pytest.approx(-92.02628, abs=1e-4)
+    np.testing.assert_allclose(
+        structured.fixef["estimate"], plain.fixef["estimate"], rtol=1e-5, atol=1e-6
+    )
+    tau = structured.structure_params.set_index("parameter").loc["tau", "estimate"]
+    assert tau == pytest.approx(plain.lambdas["herd"], rel=1e-4)
+
+
+def test_slopes_without_intercept_and_the_uncorrelated_split(sleepstudy) -> None:
+    only = hglm.fit("Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)", sleepstudy)
+    split = hglm.fit("Reaction ~ Days + (Days || Subject)", sleepstudy)
+    assert only.likelihood["p_beta_v"] == pytest.approx(split.likelihood["p_beta_v"], abs=1e-8)
+    assert list(only.ranef["Subject.Days"].columns) == ["Days", "se:Days"]
+
+
+def test_sar_criteria_equal_a_dense_computation() -> None:
+    rng = np.random.default_rng(7)
+    n = 5
+    W = np.zeros((n * n, n * n))
+    for i in range(n):
+        for j in range(n):
+            k = i * n + j
+            if i + 1 < n:
+                W[k, k + n] = W[k + n, k] = 1
+            if j + 1 < n:
+                W[k, k + 1] = W[k + 1, k] = 1
+    area = np.repeat(np.arange(n * n), 4)
+    y = rng.normal(size=len(area)) + rng.normal(size=n * n)[area]
+    df = pd.DataFrame({"y": y, "area": area})
+    res = hglm.fit("y ~ 1 + (1|area)", df, correlation={"area": hglm.SAR(W)}, reml=False)
+    params = res.structure_params.set_index("parameter")["estimate"]
+    tau, rho, phi = params["tau"], params["rho"], res.phi
+    Z = np.eye(n * n)[area]
+    A = np.eye(n * n) - rho * W
+    V = phi * np.eye(len(y)) + tau * Z @ np.linalg.inv(A.T @ A) @ Z.T
+    r = y - res.fixef["estimate"].iloc[0]
+    loglik = -0.5 * (np.linalg.slogdet(2 * np.pi * V)[1] + r @ np.linalg.solve(V, r))
+    assert res.likelihood["p_v"] == pytest.approx(loglik, abs=1e-6)
