@@ -749,7 +749,7 @@ def numeric_hessian(f, x: np.ndarray, step: float = 1e-3) -> np.ndarray:
 
 
 def maximise(
-    f, x0: np.ndarray, gtol: float = 1e-6, value_and_gradient=None
+    f, x0: np.ndarray, gtol: float = 1e-6, value_and_gradient=None, max_iter: int = 1000
 ) -> scipy.optimize.OptimizeResult:
     """L-BFGS-B on -f with the given gradient, else central differences."""
 
@@ -768,7 +768,7 @@ def maximise(
         x0,
         jac=True,
         method="L-BFGS-B",
-        options={"maxiter": 1000, "ftol": 1e-15, "gtol": gtol, "maxcor": 20},
+        options={"maxiter": max_iter, "ftol": 1e-15, "gtol": gtol, "maxcor": 20},
     )
 
 
@@ -792,10 +792,15 @@ class StructuredFit:
     n_iter: int
     messages: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    criterion_gradient: Any = None  # x -> (value, gradient), where analytic
 
 
 def fit_structured(
-    model: StructuredModel, method: str, reml: bool, start: dict | None = None
+    model: StructuredModel,
+    method: str,
+    reml: bool,
+    start: dict | None = None,
+    outer_max_iter: int = 1000,
 ) -> StructuredFit:
     """HL(0,1) / HL(1,1) fit of a structured model (see the module docstring)."""
     t0 = time.perf_counter()
@@ -804,7 +809,9 @@ def fit_structured(
     if model.profiled:
         crit = ProfiledLMM(model, reml)
         x0 = model.start_theta(1.0) if start is None else start["theta_rel"]
-        res = maximise(crit, x0, value_and_gradient=crit.value_and_gradient)
+        res = maximise(
+            crit, x0, value_and_gradient=crit.value_and_gradient, max_iter=outer_max_iter
+        )
         theta, gamma = crit.absolute(res.x)
         beta = model.mme.solve(crit.w, crit.y, model.q_values(res.x), None).beta
         ev = model.evaluate(theta, gamma, beta, np.zeros(model.q), beta_fixed=False)
@@ -813,6 +820,7 @@ def fit_structured(
             np.concatenate([theta, gamma]),
             0,
         )
+        criterion_gradient = None
         converged, n_iter = bool(res.success) or _flat(crit, res.x), int(res.nit)
         outer = crit.n_eval
     else:
@@ -875,7 +883,12 @@ def fit_structured(
             return ev.p_v, model.gradient_p_v(ev, theta, beta_free=True)
 
         x0 = np.concatenate(([beta0] if joint else []) + [theta0, gamma0])
-        res = maximise(crit, x0, value_and_gradient=crit_and_grad if analytic else None)
+        res = maximise(
+            crit,
+            x0,
+            value_and_gradient=crit_and_grad if analytic else None,
+            max_iter=outer_max_iter,
+        )
         converged, n_iter = bool(res.success) or _flat(crit, res.x), int(res.nit)
         beta_hat, theta, gamma = split(res.x)
         if beta_hat is None and method == "HL(1,1)":
@@ -887,7 +900,7 @@ def fit_structured(
                 state["v"] = ev.mode.v
                 return ev.p_v
 
-            bres = maximise(crit_beta, ev0.mode.beta)
+            bres = maximise(crit_beta, ev0.mode.beta, max_iter=outer_max_iter)
             beta_hat = bres.x
             n_iter += int(bres.nit)
         if beta_hat is None:
@@ -895,6 +908,7 @@ def fit_structured(
         else:
             ev = model.evaluate(theta, gamma, beta_hat, state["v"], beta_fixed=True)
         criterion, x_hat, n_beta = crit, res.x.copy(), p if joint else 0
+        criterion_gradient = crit_and_grad if analytic else None
         outer = n_eval[0]
         if not ev.mode.converged:
             messages.append("the final Newton iteration for the random effects did not converge")
@@ -914,6 +928,7 @@ def fit_structured(
         leverages=lev,
         level_var=level_var,
         criterion=criterion,
+        criterion_gradient=criterion_gradient,
         x_hat=x_hat,
         n_beta_in_x=n_beta,
         converged=converged,

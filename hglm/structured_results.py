@@ -254,14 +254,25 @@ class StructuredResult:
         others = np.array([m for m in range(len(x_hat)) if m != i])
         warm = {"x": x_hat[others].copy()}
 
+        full_gradient = self.fit.criterion_gradient
+
         def profile(value: float) -> float:
-            def sub(z: np.ndarray) -> float:
+            def place(z: np.ndarray) -> np.ndarray:
                 x = x_hat.copy()
                 x[i] = value
                 x[others] = z
-                return crit(x)
+                return x
 
-            res = maximise(sub, warm["x"], gtol=1e-5)
+            def sub(z: np.ndarray) -> float:
+                return crit(place(z))
+
+            def sub_grad(z: np.ndarray) -> tuple[float, np.ndarray]:
+                f, g = full_gradient(place(z))
+                return f, g[others]
+
+            res = maximise(
+                sub, warm["x"], gtol=1e-5, value_and_gradient=sub_grad if full_gradient else None
+            )
             warm["x"] = res.x
             return f_hat - (-res.fun) - cut
 
