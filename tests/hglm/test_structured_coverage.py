@@ -44,7 +44,9 @@ def test_slope_variance_and_correlation_intervals_cover(record_property) -> None
         res = _fit("y ~ x + (x | g)", pd.DataFrame({"y": y, "x": x, "g": g}))
         ci = res.varcomp_ci()
         var = ci[ci["var2"].isna()].set_index("var1")
-        hits["(Intercept)"].append(var.loc["(Intercept)", "lower"] < 1.0 < var.loc["(Intercept)", "upper"])
+        hits["(Intercept)"].append(
+            var.loc["(Intercept)", "lower"] < 1.0 < var.loc["(Intercept)", "upper"]
+        )
         hits["x"].append(var.loc["x", "lower"] < 0.25 < var.loc["x", "upper"])
         c = ci[ci["var2"].notna()].iloc[0]
         hits["corr"].append(c["lower"] < corr < c["upper"])
