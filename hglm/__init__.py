@@ -1,16 +1,21 @@
 """hglm: hierarchical generalized linear models by h-likelihood (Lee & Nelder 1996)."""
 
 from hglm.api import fit
+from hglm.control import FitControl
+from hglm.diagnostics import ConvergenceCode, ConvergenceWarning, Diagnostics
 from hglm.families import RandomFamily, ResponseFamily, random_family, response_family
-from hglm.fitting import ConvergenceWarning
 from hglm.inference import BootstrapResult, LRTResult, bootstrap, confint, lrt, profile_ci
 from hglm.marginal import marginal_effect, marginal_predict
 from hglm.results import HGLMResult, RanefGivenFixef
 from hglm.simulate import simulate_responses
+from hglm.solve import solve
 
 __all__ = [
     "BootstrapResult",
+    "ConvergenceCode",
     "ConvergenceWarning",
+    "Diagnostics",
+    "FitControl",
     "HGLMResult",
     "LRTResult",
     "RandomFamily",
@@ -26,6 +31,7 @@ __all__ = [
     "random_family",
     "response_family",
     "simulate_responses",
+    "solve",
 ]
 
 

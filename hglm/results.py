@@ -10,8 +10,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from hglm.control import FitControl
 from hglm.design import ModelDesign, new_fixed_matrix, new_term_codes
-from hglm.fitting import DispersionSE, FitOutcome, Model
+from hglm.diagnostics import Diagnostics
+from hglm.dispersion_se import DispersionSE
+from hglm.model import Model
+from hglm.state import FitOutcome
 
 
 def _json(x: Any) -> Any:
@@ -53,6 +57,7 @@ class HGLMResult:
     call: str
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    control: FitControl = field(default_factory=FitControl)
 
     def __post_init__(self) -> None:
         # the lazy dispersion SEs charge their Hessian to this fit's timings
@@ -77,8 +82,15 @@ class HGLMResult:
         return self.design.n
 
     @property
+    def diagnostics(self) -> Diagnostics:
+        """The fit's status: ``converged``, ``code``, ``iterations``, ``singular_terms``,
+        ``messages`` (see ``hglm.diagnostics.Diagnostics``)."""
+        return self.outcome.diagnostics
+
+    @property
     def singular(self) -> list[str]:
-        return [w for w in self.warnings if w.startswith("singular fit")]
+        """The warning texts of the singular terms (``diagnostics.singular_terms``: their names)."""
+        return [s.message for s in self.outcome.singular]
 
     @property
     def df_residual(self) -> int:

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 import hglm
-from hglm.fitting import Criterion, _maximise, _stationary, fit_eql
+from hglm.criterion import Criterion, _maximise, _stationary
+from hglm.eql import fit_eql
 
 from .conftest import load_dataset
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hglm
-from hglm.fitting import Criterion
+from hglm.criterion import Criterion
 
 from .conftest import load_dataset
 
