@@ -1,7 +1,7 @@
 """Refits of a fitted model to new responses (the bootstrap's and the LRT bootstrap's), and
 the progress bar they show.
 
-May import: ``hglm.solve``, ``hglm.model``, ``hglm.simulate``, ``hglm.results``.
+May import: ``hglm.solve``, ``hglm.model``, ``hglm.simulate`` (``hglm.results`` for annotations).
 """
 
 from __future__ import annotations
@@ -10,14 +10,16 @@ import copy
 import dataclasses
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hglm.model import Model
-from hglm.results import HGLMResult
 from hglm.simulate import design_response
 from hglm.solve import FIT_ERRORS, solve
+
+if TYPE_CHECKING:
+    from hglm.results import HGLMResult
 
 _FIT_ERRORS = FIT_ERRORS
 
@@ -48,15 +50,13 @@ def refit(res: HGLMResult, y: np.ndarray, warm_start: bool = True) -> HGLMResult
     outcome = solve(
         model, res.method, reml=res.reml, start=res if warm_start else None, control=res.control
     )
-    return HGLMResult(
+    # a copy of the result (its class, without importing it: hglm.results sits above this)
+    return dataclasses.replace(
+        res,
         model=model,
         outcome=outcome,
-        method=res.method,
-        reml=res.reml,
-        call=res.call,
         warnings=outcome.warnings,
         timings={"total": time.perf_counter() - t0},
-        control=res.control,
     )
 
 
