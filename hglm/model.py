@@ -42,9 +42,11 @@ class Model:
         return next(i for i, t in enumerate(self.design.terms) if t is term)
 
     def start_v(self) -> list[np.ndarray]:
+        """The random effects at their mean scale v(psi), per term: the IWLS's cold start."""
         return [np.full(t.n_levels, t.family.v_of_psi) for t in self.design.terms]
 
     def linear_predictor(self, beta: np.ndarray, v: list[np.ndarray]) -> np.ndarray:
+        """eta = offset + X beta + the random terms' contributions."""
         d = self.design
         eta = d.offset + d.X @ beta
         sparse = [vk for t, vk in zip(d.terms, v, strict=True) if not t.observation_level]
@@ -165,6 +167,29 @@ class Model:
         hglm_start: bool = False,
         hglm_previous: tuple[list[np.ndarray], np.ndarray] | None = None,
     ) -> MeanFit:
+        """(beta, v) maximising h (``exact``) or its quasi version (EQL) at given dispersions.
+
+        Parameters
+        ----------
+        beta, v : numpy.ndarray, list of numpy.ndarray
+            The start (v per term, in design order).
+        disp : Dispersions
+            The dispersions held fixed.
+        exact : bool
+            The exact random-effect rows of h (HL) or the quasi rows (EQL).
+        beta_fixed : bool
+            Hold beta at its start (only v moves).
+        tol, max_iter, min_iter
+            Stop when the relative squared change of eta is below ``tol`` (after ``min_iter``
+            steps), or after ``max_iter`` steps.
+        hglm_start, hglm_previous
+            Take R hglm's first step of an EQL round (``hglm_first_system``).
+
+        Returns
+        -------
+        MeanFit
+            The mode, its factored system and whether the IWLS converged.
+        """
         d = self.design
         phi = disp.phi(d)
         lam = disp.lam(d)

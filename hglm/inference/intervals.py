@@ -222,7 +222,9 @@ def _profile_side(
     raise FloatingPointError("the profile search did not converge")
 
 
-def profile_ci(res: HGLMResult, parm: list[str] | None = None, level: float = 0.95) -> pd.DataFrame:
+def profile_ci(
+    res: HGLMResult, *, parm: list[str] | None = None, level: float = 0.95
+) -> pd.DataFrame:
     """Profile-likelihood intervals of the dispersion parameters, found on the log scale.
 
     One row per parameter (``"phi"``, ``"lambda: <term>"``, or the log-linear coefficients
@@ -231,7 +233,22 @@ def profile_ci(res: HGLMResult, parm: list[str] | None = None, level: float = 0.
     criterion is the one the dispersions were estimated by (p_beta,v(h) for REML, p_v(h)
     for ML); where the profile cannot be traced the row falls back to the Wald interval
     on the log scale and ``method`` says so. A lower limit at lambda's bound is reported
-    as 0."""
+    as 0.
+
+    Parameters
+    ----------
+    res : HGLMResult
+        The fit.
+    parm : list of str, optional
+        The parameters to profile (labels as in the returned index; default all).
+    level : float
+        The confidence level, between 0 and 1.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per parameter (above).
+    """
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
     table = _parameter_table(res)
@@ -306,10 +323,25 @@ def profile_ci(res: HGLMResult, parm: list[str] | None = None, level: float = 0.
     return pd.DataFrame(rows).set_index("parameter")[cols]
 
 
-def confint(res: HGLMResult, level: float = 0.95, dispersion: str = "profile") -> pd.DataFrame:
+def confint(res: HGLMResult, *, level: float = 0.95, dispersion: str = "profile") -> pd.DataFrame:
     """Intervals for every parameter: Wald for the fixed effects (t or z as in ``fixef``),
     profile (``dispersion="profile"``) or Wald on the log scale (``"wald"``) for the
-    dispersion parameters."""
+    dispersion parameters.
+
+    Parameters
+    ----------
+    res : HGLMResult
+        The fit.
+    level : float
+        The confidence level, between 0 and 1.
+    dispersion : str
+        ``"profile"`` or ``"wald"``: how the dispersion parameters' intervals are made.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``estimate``, ``lower``, ``upper`` and ``method`` per parameter.
+    """
     if dispersion not in ("profile", "wald"):
         raise ValueError("dispersion must be 'profile' or 'wald'")
     fx = res.fixef

@@ -214,6 +214,7 @@ def chibar_pvalue(statistic: float, n_free: int, n_boundary: int) -> float:
 def lrt(
     smaller: HGLMResult,
     larger: HGLMResult,
+    *,
     boundary: str = "auto",
     n_boot: int = 199,
     seed: int | None = None,
@@ -224,7 +225,26 @@ def lrt(
     ``boundary``: how to treat variance components that H0 sets to zero: ``"auto"`` (the
     chi-bar-square mixture when its weights are known, else a parametric bootstrap),
     ``"mixture"``, ``"bootstrap"`` (``n_boot`` refits of both models on responses simulated
-    from ``smaller``) or ``"naive"`` (plain chi2, conservative)."""
+    from ``smaller``) or ``"naive"`` (plain chi2, conservative).
+
+    Parameters
+    ----------
+    smaller, larger : HGLMResult
+        The fits under H0 and H1, the smaller nested in the larger, on the same data.
+    boundary : str
+        ``"auto"``, ``"mixture"``, ``"bootstrap"`` or ``"naive"`` (above).
+    n_boot : int
+        Bootstrap replicates when the bootstrap gives the null distribution.
+    seed : int, optional
+        Seed of the bootstrap's simulations.
+    progress : bool, optional
+        Show a progress bar for the bootstrap (default: when stderr is a terminal).
+
+    Returns
+    -------
+    LRTResult
+        The statistic, its degrees of freedom, the p-value and how it was obtained.
+    """
     if boundary not in ("auto", "mixture", "bootstrap", "naive"):
         raise ValueError("boundary must be 'auto', 'mixture', 'bootstrap' or 'naive'")
     _same_data(smaller, larger)

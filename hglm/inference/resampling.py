@@ -54,22 +54,27 @@ class BootstrapResult:
 
     @property
     def n(self) -> int:
+        """Replicates drawn."""
         return len(self.converged)
 
     @property
     def n_failed(self) -> int:
+        """Replicates whose refit failed or did not converge."""
         return int(np.sum(~self.converged))
 
     @property
     def failed_share(self) -> float:
+        """The share of failed replicates."""
         return self.n_failed / self.n if self.n else 0.0
 
     @property
     def se(self) -> pd.Series:
+        """Bootstrap standard errors from the converged replicates."""
         return self.replicates[self.converged].std(ddof=1)
 
     @property
     def bias(self) -> pd.Series:
+        """Mean of the converged replicates less the estimate."""
         return self.replicates[self.converged].mean() - self.estimate
 
     def confint(self, level: float = 0.95) -> pd.DataFrame:
@@ -81,6 +86,13 @@ class BootstrapResult:
         )
 
     def summary(self) -> str:
+        """A text table: estimate, bias, SE and percentile interval.
+
+        Returns
+        -------
+        str
+            The table with a heading line.
+        """
         head = (
             f"Parametric bootstrap: {self.n} refits, {self.n_failed} failed to converge "
             f"({100 * self.failed_share:.1f} %)"
@@ -95,6 +107,7 @@ class BootstrapResult:
 def bootstrap(
     res: HGLMResult,
     n: int = 200,
+    *,
     func: Callable[[HGLMResult], Any] | None = None,
     seed: int | None = None,
     new_random_effects: bool = True,
@@ -105,7 +118,29 @@ def bootstrap(
     Each replicate refits the model, warm-started from ``res``, to responses simulated
     from it. Refits that fail or do not converge are kept as NaN rows and counted in
     ``failed_share``; a warning says how many. ``progress``: a live bar (default: when
-    stderr is a terminal)."""
+    stderr is a terminal).
+
+    Parameters
+    ----------
+    res : HGLMResult
+        The fit to simulate from and refit.
+    n : int
+        Replicates (at least 2).
+    func : callable, optional
+        ``func(fit)`` -> a number, a mapping or a Series of statistics (default:
+        ``default_statistics``).
+    seed : int, optional
+        Seed of the simulations.
+    new_random_effects : bool
+        Draw new random effects per replicate (True) or keep the predicted ones.
+    progress : bool, optional
+        Show a progress bar (default: when stderr is a terminal).
+
+    Returns
+    -------
+    BootstrapResult
+        The statistic at ``res``, the replicates and which of them converged.
+    """
     if n < 2:
         raise ValueError(f"n must be at least 2 replicates, got {n}")
     func = func or default_statistics
