@@ -3,12 +3,12 @@
 from hglm.api import fit
 from hglm.control import FitControl
 from hglm.diagnostics import ConvergenceCode, ConvergenceWarning, Diagnostics
+from hglm.dispatch import solve
 from hglm.families import RandomFamily, ResponseFamily, random_family, response_family
 from hglm.inference import BootstrapResult, LRTResult, bootstrap, confint, lrt, profile_ci
 from hglm.marginal import marginal_effect, marginal_predict
 from hglm.results import HGLMResult, RanefGivenFixef
 from hglm.simulate import simulate_responses
-from hglm.solve import solve
 
 __all__ = [
     "BootstrapResult",

@@ -1,10 +1,10 @@
 """``hglm.fit``: formula + data -> fitted HGLM.
 
-Builds the design and the model, then hands them to ``hglm.solve`` (which chooses the
+Builds the design and the model, then hands them to ``hglm.dispatch.solve`` (which chooses the
 algorithm) with the options of a ``FitControl``.
 
 May import: ``hglm.control``, ``hglm.diagnostics``, ``hglm.design``, ``hglm.families``,
-``hglm.formula``, ``hglm.model``, ``hglm.solve``, ``hglm.results``.
+``hglm.formula``, ``hglm.model``, ``hglm.dispatch``, ``hglm.results``.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from typing import Any
 from hglm.control import FitControl, normalise_method
 from hglm.design import build_design
 from hglm.diagnostics import ConvergenceWarning
+from hglm.dispatch import solve
 from hglm.dispersion_se import DispersionSE
 from hglm.families import RandomFamily, ResponseFamily, response_family
 from hglm.formula import parse_formula
 from hglm.model import Model
 from hglm.results import HGLMResult
-from hglm.solve import solve
 
 
 def fit(
@@ -85,7 +85,7 @@ def fit(
         finite-difference Hessian of the criterion when first read (``varcomp``,
         ``disp_coef``, ``summary()``, ...).
     start : HGLMResult, optional
-        A previous fit of the same model to start the HL search from (see ``hglm.solve``).
+        A previous fit of the same model to start the HL search from (see ``hglm.dispatch.solve``).
 
     Returns
     -------

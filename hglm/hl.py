@@ -7,7 +7,7 @@ errors; each inner IWLS starts from the last mode moved along its tangent (``hgl
 ``finish_hl`` computes the mode, likelihoods, leverages and Var(beta) at the estimates for
 every HL route (this one and the profiled LMM route of ``hglm.lmm``); the SEs of the
 log-dispersions are deferred (``hglm.dispersion_se``). Which route a model takes is decided
-by ``hglm.solve`` alone.
+by ``hglm.dispatch.solve`` alone.
 
 May import: ``hglm.state``, ``hglm.diagnostics``, ``hglm.control``, ``hglm.model``,
 ``hglm.criterion``, ``hglm.dispersion_se``.

@@ -27,7 +27,7 @@ gradient, by the envelope theorem, is
 C^{-1} the inverse of A (p_v) or of the full (beta, v) matrix (p_beta,v), from the selected
 inverse of the factor. The estimates then go through the same final steps as every HL fit
 (``hglm.hl.finish_hl``), so the reported criterion is computed the same way. Whether a model
-takes this route is decided by ``hglm.solve`` (``is_linear_mixed_model``).
+takes this route is decided by ``hglm.dispatch.solve`` (``is_linear_mixed_model``).
 
 May import: ``hglm.state``, ``hglm.diagnostics``, ``hglm.model``, ``hglm.hl``.
 """

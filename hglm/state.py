@@ -83,7 +83,7 @@ class FitOutcome:
 
     ``messages`` holds the convergence problems in words (empty when converged) and ``code``
     the first of them as a ``ConvergenceCode``; ``singular`` the variance components at their
-    lower bound (``hglm.diagnostics.singular_terms``), set by ``hglm.solve``."""
+    lower bound (``hglm.diagnostics.singular_terms``), set by ``hglm.dispatch.solve``."""
 
     mean: MeanFit
     disp: Dispersions

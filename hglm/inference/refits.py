@@ -1,7 +1,8 @@
 """Refits of a fitted model to new responses (the bootstrap's and the LRT bootstrap's), and
 the progress bar they show.
 
-May import: ``hglm.solve``, ``hglm.model``, ``hglm.simulate`` (``hglm.results`` for annotations).
+May import: ``hglm.dispatch``, ``hglm.model``, ``hglm.simulate`` (``hglm.results`` for
+annotations).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hglm.dispatch import FIT_ERRORS, solve
 from hglm.model import Model
 from hglm.simulate import design_response
-from hglm.solve import FIT_ERRORS, solve
 
 if TYPE_CHECKING:
     from hglm.results import HGLMResult
@@ -29,7 +30,7 @@ def refit(res: HGLMResult, y: np.ndarray, warm_start: bool = True) -> HGLMResult
 
     The design, its sparse symbolic factorisation and the method are reused. HL fits start
     from ``res``'s estimates (no EQL pass) and fall back to a cold start (EQL, then HL) if
-    that does not converge; EQL fits always start cold, as R hglm does (``hglm.solve``).
+    that does not converge; EQL fits always start cold, as R hglm does (``hglm.dispatch.solve``).
 
     Parameters
     ----------
