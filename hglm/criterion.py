@@ -1,8 +1,8 @@
 """The HL criterion: an adjusted profile likelihood as a function of the log-dispersions.
 
 ``Criterion`` evaluates p_v(h) or p_beta,v(h) (re-solving the inner IWLS for v, and beta
-unless beta is a parameter) with its analytic gradient (``hglm.gradient``); ``_maximise`` runs
-the scaled L-BFGS-B search on it and ``_stationary`` judges where that search stopped.
+unless beta is a parameter) with its analytic gradient (``hglm.gradient``); ``maximise`` runs
+the scaled L-BFGS-B search on it and ``is_stationary`` judges where that search stopped.
 
 May import: ``hglm.state``, ``hglm.model``, ``hglm.gradient``, ``hglm.mme``.
 """
@@ -258,7 +258,7 @@ class Criterion:
         return 0.5 * (H + H.T)
 
 
-def _maximise(
+def maximise(
     crit: Criterion,
     x0: np.ndarray,
     bounds: list[tuple[float | None, float | None]],
@@ -299,7 +299,7 @@ def _maximise(
     return res
 
 
-def _stationary(crit: Criterion, res: scipy.optimize.OptimizeResult, bounds: list) -> bool:
+def is_stationary(crit: Criterion, res: scipy.optimize.OptimizeResult, bounds: list) -> bool:
     """Did the search stop at a stationary point even if L-BFGS-B reports otherwise?
 
     The line search can end 'abnormally' right at the optimum, where the criterion is flat

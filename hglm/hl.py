@@ -20,7 +20,7 @@ import time
 import numpy as np
 import scipy.optimize
 
-from hglm.criterion import Criterion, _maximise, _stationary
+from hglm.criterion import Criterion, is_stationary, maximise
 from hglm.diagnostics import ConvergenceCode
 from hglm.dispersion_se import DispersionSE
 from hglm.model import Model
@@ -98,24 +98,24 @@ def fit_hl(
         crit = Criterion(model, disp, fit0, "p_v", beta_free=True)
         x0 = np.concatenate([fit0.beta, theta0])
         joint_bounds = [(None, None)] * d.p + theta_bounds
-        res = _maximise(
+        res = maximise(
             crit, x0, joint_bounds, scale=_search_scale(start, joint=True), maxiter=outer_max_iter
         )
-        res.success = _stationary(crit, res, joint_bounds)
+        res.success = is_stationary(crit, res, joint_bounds)
         x_hat = res.x
         beta_hat, disp_hat = crit.split(x_hat)
         theta_hat = x_hat[d.p :]
     else:
         crit = Criterion(model, disp, fit0, which, beta_free=False)
         if len(theta0):
-            res = _maximise(
+            res = maximise(
                 crit,
                 theta0,
                 theta_bounds,
                 scale=_search_scale(start, joint=False),
                 maxiter=outer_max_iter,
             )
-            res.success = _stationary(crit, res, theta_bounds)
+            res.success = is_stationary(crit, res, theta_bounds)
         else:  # nothing to estimate (a binomial/Poisson GLM without random terms)
             crit(theta0)
             res = scipy.optimize.OptimizeResult(x=theta0, success=True, nit=0, message="")
@@ -138,8 +138,8 @@ def fit_hl(
     if mean_order == 1 and reml:
         # beta maximises p_v(h) at the REML dispersions
         bcrit = Criterion(model, disp_hat, crit.fit, "p_v", beta_free=True, theta_fixed=True)
-        bres = _maximise(bcrit, crit.fit.beta.copy(), [(None, None)] * d.p, maxiter=outer_max_iter)
-        bres.success = _stationary(bcrit, bres, [(None, None)] * d.p)
+        bres = maximise(bcrit, crit.fit.beta.copy(), [(None, None)] * d.p, maxiter=outer_max_iter)
+        bres.success = is_stationary(bcrit, bres, [(None, None)] * d.p)
         beta_hat = bres.x[: d.p]
         if not bres.success:
             codes.append(ConvergenceCode.OPTIMISER_FAILED)

@@ -2,7 +2,7 @@
 
 Shared by the likelihood-ratio tests and the profile intervals.
 
-May import: ``hglm.criterion``, ``hglm.state``, ``hglm.inference.refits``.
+May import: ``hglm.criterion``, ``hglm.state``, ``hglm.dispatch`` (``hglm.results`` for annotations).
 """
 
 from __future__ import annotations
@@ -14,18 +14,18 @@ import numpy as np
 import scipy.optimize
 
 from hglm.criterion import Criterion
-from hglm.inference.refits import _FIT_ERRORS
+from hglm.dispatch import FIT_ERRORS
 from hglm.state import LOG_LAMBDA_BOUNDS
 
 if TYPE_CHECKING:
     from hglm.results import HGLMResult
 
 
-_CRITERION_TEXT = {"p_v": "p_v(h)", "p_beta_v": "p_beta,v(h)"}
+CRITERION_TEXT = {"p_v": "p_v(h)", "p_beta_v": "p_beta,v(h)"}
 
 
 @dataclass
-class _Criteria:
+class FitCriteria:
     """The criterion a fit's dispersions maximise, as a function of its free parameters.
 
     ``x`` holds (beta, theta) when beta is a parameter of the criterion (HL(1,1) with ML
@@ -57,7 +57,7 @@ def _theta_bounds(res: HGLMResult) -> list[tuple[float | None, float | None]]:
     return bounds
 
 
-def _criteria(res: HGLMResult) -> _Criteria:
+def fit_criteria(res: HGLMResult) -> FitCriteria:
     """The dispersion criterion of ``res`` and its maximum (re-located for EQL fits, whose
     estimates only approximate the maximiser of p_beta,v(h))."""
     which = "p_v" if (res.method != "EQL" and not res.reml) else "p_beta_v"
@@ -81,13 +81,13 @@ def _criteria(res: HGLMResult) -> _Criteria:
         note = (
             "EQL estimates do not maximise p_beta,v(h): its maximum is used"
             if res.method == "EQL"
-            else f"the fit did not converge; {_CRITERION_TEXT[which]} was maximised again "
+            else f"the fit did not converge; {CRITERION_TEXT[which]} was maximised again "
             "from its estimates"
         )
     value = crit(x)
     if not np.isfinite(value):
         raise FloatingPointError("the criterion is not finite at the estimates")
-    return _Criteria(
+    return FitCriteria(
         res, which, beta_free, crit, np.asarray(x, float), bounds, value, note, verified
     )
 
@@ -123,15 +123,15 @@ def _remaximise(
     return x, ok
 
 
-def _maximum(res: HGLMResult, which: str) -> tuple[float, str | None]:
+def maximum_at(res: HGLMResult, which: str) -> tuple[float, str | None]:
     """The maximised criterion of a fit; for a fit that reports non-convergence, the
     criterion is maximised again from its estimates and used only if that converges."""
     if res.converged:
         return criterion_value(res, which), None
     problem = "; ".join(res.warnings) or "no reason given"
     try:
-        c = _criteria(res)
-    except _FIT_ERRORS as exc:
+        c = fit_criteria(res)
+    except FIT_ERRORS as exc:
         c, problem = None, f"{problem}; maximising again failed: {exc}"
     if c is None or c.which != which or not c.verified:
         raise ValueError(

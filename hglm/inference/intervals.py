@@ -1,7 +1,7 @@
 """Intervals for the dispersion parameters from the profile of the fit's criterion
 (``profile_ci``), and intervals for every parameter (``confint``).
 
-May import: ``hglm.inference.criteria``, ``hglm.inference.refits``.
+May import: ``hglm.inference.criteria``, ``hglm.dispatch`` (``hglm.results`` for annotations).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pandas as pd
 import scipy.optimize
 from scipy import stats
 
-from hglm.inference.criteria import _CRITERION_TEXT, _Criteria, _criteria
-from hglm.inference.refits import _FIT_ERRORS
+from hglm.dispatch import FIT_ERRORS
+from hglm.inference.criteria import CRITERION_TEXT, FitCriteria, fit_criteria
 
 if TYPE_CHECKING:
     from hglm.results import HGLMResult
@@ -68,7 +68,7 @@ class _Profiler:
     extrapolation of the last two; with one other parameter a few Newton steps on a
     three-point stencil finish it, otherwise L-BFGS does."""
 
-    def __init__(self, c: _Criteria, j: int) -> None:
+    def __init__(self, c: FitCriteria, j: int) -> None:
         self.c = c
         self.j = j  # position in x
         self.free = [i for i in range(len(c.x_hat)) if i != j]
@@ -260,9 +260,9 @@ def profile_ci(
         table = [r for r in table if r[0] in parm]
     z = float(stats.norm.ppf(0.5 + level / 2))
     try:
-        c = _criteria(res)
+        c = fit_criteria(res)
         crit_error = None
-    except _FIT_ERRORS as exc:
+    except FIT_ERRORS as exc:
         c, crit_error = None, str(exc)
     rows = []
     for label, scale, idx in table:
@@ -286,13 +286,13 @@ def profile_ci(
                     _Profiler(c, j), t_hat, c.value_hat, z, step, +1, bound[1]
                 )
             row.update(log_estimate=t_hat, log_lower=lo_t, log_upper=hi_t)
-            row["method"] = f"profile {_CRITERION_TEXT[c.which]}"
+            row["method"] = f"profile {CRITERION_TEXT[c.which]}"
             if c.note:
                 row["method"] += f" ({c.note})"
             if hi_b:
                 row["method"] += "; upper limit at the parameter bound"
             lower_at_zero = lo_b and scale == "lambda"
-        except _FIT_ERRORS as exc:
+        except FIT_ERRORS as exc:
             if not (np.isfinite(se) and se > 0):
                 raise ValueError(
                     f"no interval for {label}: the profile failed ({exc}) and there is no "

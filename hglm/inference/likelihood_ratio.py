@@ -2,7 +2,8 @@
 
 See ``hglm.inference`` for the criteria and the null distributions.
 
-May import: ``hglm.inference.criteria``, ``hglm.inference.refits``, ``hglm.simulate``.
+May import: ``hglm.inference.criteria``, ``hglm.inference.refits``, ``hglm.dispatch``,
+``hglm.simulate`` (``hglm.results`` for annotations).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import special, stats
 
-from hglm.inference.criteria import _CRITERION_TEXT, _maximum
-from hglm.inference.refits import _FIT_ERRORS, _Progress, refit
+from hglm.dispatch import FIT_ERRORS
+from hglm.inference.criteria import CRITERION_TEXT, maximum_at
+from hglm.inference.refits import RefitProgress, refit
 from hglm.simulate import simulate_responses
 
 if TYPE_CHECKING:
@@ -39,7 +41,7 @@ class LRTResult:
 
     def __str__(self) -> str:
         lines = [
-            f"Likelihood-ratio test on {_CRITERION_TEXT[self.criterion]}",
+            f"Likelihood-ratio test on {CRITERION_TEXT[self.criterion]}",
             f"  statistic = {self.statistic:.4f}, df = {self.df}, p-value = {self.pvalue:.4g}",
             f"  null distribution: {self.method}",
         ]
@@ -300,7 +302,7 @@ def lrt(
 
 def _statistic(small: HGLMResult, large: HGLMResult, which: str) -> tuple[float, list[str]]:
     notes: list[str] = []
-    (v_small, n_small), (v_large, n_large) = _maximum(small, which), _maximum(large, which)
+    (v_small, n_small), (v_large, n_large) = maximum_at(small, which), maximum_at(large, which)
     notes += [f"{name} model: {n}" for name, n in (("smaller", n_small), ("larger", n_large)) if n]
     stat = 2.0 * (v_large - v_small)
     if stat < 0:
@@ -308,7 +310,7 @@ def _statistic(small: HGLMResult, large: HGLMResult, which: str) -> tuple[float,
         # error; a clearly negative one means a fit missed its maximum
         if stat < -1e-3 * max(1.0, abs(v_small)):
             notes.append(
-                f"the larger model's {_CRITERION_TEXT[which]} is below the smaller's by "
+                f"the larger model's {CRITERION_TEXT[which]} is below the smaller's by "
                 f"{-stat / 2:.3g}: one fit did not reach its maximum"
             )
         stat = 0.0
@@ -326,13 +328,13 @@ def _bootstrap_statistics(
     ys = simulate_responses(small, n, seed=seed, new_random_effects=True)
     out = np.full(n, np.nan)
     failed = 0
-    with _Progress("LRT bootstrap", n, progress) as bar:
+    with RefitProgress("LRT bootstrap", n, progress) as bar:
         for i, y in enumerate(ys):
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     out[i], _ = _statistic(refit(small, y), refit(large, y), which)
-            except _FIT_ERRORS:
+            except FIT_ERRORS:
                 pass
             failed += int(not np.isfinite(out[i]))
             bar.advance(failed)

@@ -15,14 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hglm.dispatch import FIT_ERRORS, solve
+from hglm.dispatch import solve
 from hglm.model import Model
 from hglm.simulate import design_response
 
 if TYPE_CHECKING:
     from hglm.results import HGLMResult
-
-_FIT_ERRORS = FIT_ERRORS
 
 
 def refit(res: HGLMResult, y: np.ndarray, warm_start: bool = True) -> HGLMResult:
@@ -69,7 +67,7 @@ def _model_with_response(model: Model, y: np.ndarray) -> Model:
     return clone
 
 
-class _Progress:
+class RefitProgress:
     """A rich progress bar with the running count of failed refits (silent when off)."""
 
     def __init__(self, what: str, total: int, show: bool | None) -> None:
@@ -77,7 +75,7 @@ class _Progress:
         self.what, self.total = what, total
         self._p: Any = None
 
-    def __enter__(self) -> _Progress:
+    def __enter__(self) -> RefitProgress:
         if self.show:
             from rich.console import Console
             from rich.progress import (

@@ -1,6 +1,7 @@
 """Parametric bootstrap of any function of a fit (``bootstrap``).
 
-May import: ``hglm.inference.refits``, ``hglm.simulate``.
+May import: ``hglm.inference.refits``, ``hglm.dispatch``, ``hglm.diagnostics``, ``hglm.simulate``
+(``hglm.results`` for annotations).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from hglm.diagnostics import ConvergenceWarning
-from hglm.inference.refits import _FIT_ERRORS, _Progress, refit
+from hglm.dispatch import FIT_ERRORS
+from hglm.inference.refits import RefitProgress, refit
 from hglm.simulate import simulate_responses
 
 if TYPE_CHECKING:
@@ -149,7 +151,7 @@ def bootstrap(
     reps = np.full((n, len(estimate)), np.nan)
     ok = np.zeros(n, dtype=bool)
     errors: list[str] = []
-    with _Progress("bootstrap refits", n, progress) as bar:
+    with RefitProgress("bootstrap refits", n, progress) as bar:
         for i, y in enumerate(ys):
             try:
                 with warnings.catch_warnings():
@@ -163,7 +165,7 @@ def bootstrap(
                     errors.append(
                         f"replicate {i}: " + "; ".join(r.warnings[:1] or ["not converged"])
                     )
-            except _FIT_ERRORS as exc:
+            except FIT_ERRORS as exc:
                 errors.append(f"replicate {i}: {type(exc).__name__}: {exc}")
             bar.advance(i + 1 - int(ok[: i + 1].sum()))
     out = BootstrapResult(estimate, pd.DataFrame(reps, columns=estimate.index), ok, seed, errors)

@@ -243,7 +243,7 @@ def test_profile_falls_back_to_wald_and_says_so(lmm, monkeypatch):
     def broken(res):
         raise FloatingPointError("criterion unavailable")
 
-    monkeypatch.setattr(intervals, "_criteria", broken)
+    monkeypatch.setattr(intervals, "fit_criteria", broken)
     ci = profile_ci(r1)
     assert ci["method"].str.startswith("Wald (log scale").all()
     se = r1.varcomp.loc["g", "se_log"]
