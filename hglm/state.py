@@ -100,13 +100,6 @@ class FitOutcome:
     code: ConvergenceCode = ConvergenceCode.CONVERGED
     singular: tuple[SingularTerm, ...] = ()
 
-    def fail(self, code: ConvergenceCode, message: str) -> None:
-        """Record a convergence problem (the first one sets ``code``)."""
-        if self.converged and self.code is ConvergenceCode.CONVERGED:
-            self.code = code
-        self.converged = False
-        self.messages.append(message)
-
     @property
     def warnings(self) -> list[str]:
         """The convergence messages, then one line per singular term (``res.warnings``)."""
