@@ -1,4 +1,4 @@
-"""``solve`` (exported as ``hglm.solve``): the one place that chooses the algorithm for a model and a method.
+"""``solve`` (exported as ``hglm.solve``): the one place that chooses the algorithm.
 
 * ``"EQL"``: R hglm's EQL (``hglm.eql``), always from its own start, as R hglm does.
 * ``"HL(0,1)"`` / ``"HL(1,1)"`` of a linear mixed model (``hglm.lmm.is_linear_mixed_model``):
