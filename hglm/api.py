@@ -1,37 +1,40 @@
-"""``hglm.fit``: formula + data -> fitted HGLM."""
+"""``hglm.fit``: formula + data -> fitted HGLM.
+
+Builds the design and the model, then hands them to ``hglm.dispatch.solve`` (which chooses the
+algorithm) with the options of a ``FitControl``.
+
+Random slopes and correlated random effects build a ``hglm.structured.StructuredModel``
+instead, which ``solve`` fits the same way, and give a ``StructuredResult``.
+
+May import: ``hglm.control``, ``hglm.diagnostics``, ``hglm.design``, ``hglm.families``,
+``hglm.formula``, ``hglm.model``, ``hglm.structured``, ``hglm.dispatch``, ``hglm.results``,
+``hglm.structured_results``.
+"""
 
 from __future__ import annotations
 
-import re
+import dataclasses
 import time
 import warnings
 from typing import Any
 
+from hglm.control import FitControl, normalise_method
 from hglm.design import build_design
+from hglm.diagnostics import ConvergenceWarning
+from hglm.dispatch import solve
+from hglm.dispersion_se import DispersionSE
 from hglm.families import RandomFamily, ResponseFamily, response_family
-from hglm.fitting import ConvergenceWarning, DispersionSE, Model, fit_eql, fit_hl
 from hglm.formula import parse_formula
-from hglm.lmm import fit_lmm, is_linear_mixed_model
+from hglm.model import Model
 from hglm.results import HGLMResult
-from hglm.structured_results import StructuredResult, fit_structured_result
-
-METHODS = ("EQL", "HL(0,1)", "HL(1,1)")
-
-
-def _method(method: str) -> str:
-    m = re.sub(r"\s+", "", method).upper()
-    if m in ("HL01",):
-        m = "HL(0,1)"
-    if m in ("HL11",):
-        m = "HL(1,1)"
-    if m not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    return m
+from hglm.structured import StructuredModel, build_terms
+from hglm.structured_results import StructuredResult
 
 
 def fit(
     formula: str,
     data: Any,
+    *,
     family: str | ResponseFamily = "gaussian",
     link: str | None = None,
     rand_family: str | RandomFamily | dict[str, str | RandomFamily] = "normal",
@@ -42,30 +45,71 @@ def fit(
     trials: str | None = None,
     weights: Any = None,
     offset: Any = None,
-    max_iter: int = 50,
-    dispersion_se: bool = False,
+    control: FitControl | None = None,
+    max_iter: int | None = None,
+    dispersion_se: bool | None = None,
+    start: Any = None,
     correlation: dict[str, Any] | None = None,
 ) -> HGLMResult | StructuredResult:
     """Fit a hierarchical GLM by h-likelihood.
 
-    ``formula`` uses lme4 syntax for random intercepts, e.g.
-    ``"y ~ x1 + x2 + (1|lot/wafer) + (1|tool)"``; a formula without random terms
-    fits the plain GLM. ``method``: ``"EQL"`` (R hglm's algorithm),
-    ``"HL(0,1)"`` or ``"HL(1,1)"`` (exact adjusted profile likelihoods;
-    ``reml`` chooses p_beta,v(h) or p_v(h) for the dispersions).
+    Parameters
+    ----------
+    formula : str
+        lme4 syntax, e.g. ``"y ~ x1 + x2 + (1|lot/wafer) + (1|tool)"``; a formula without
+        random terms fits the plain GLM. Random slopes ``(x | g)``, ``(0 + x | g)``,
+        ``(x || g)`` and ``ar1(time | g)`` are normal random effects with a structured
+        covariance (``hglm.structured``).
+    data : pandas.DataFrame or mapping of columns
+        The data the formula's names refer to.
+    family : str or ResponseFamily
+        The response family: ``"gaussian"``, ``"binomial"``, ``"poisson"`` or ``"gamma"``.
+    link : str, optional
+        The response link (default: the family's canonical one).
+    rand_family : str, RandomFamily or dict
+        The distribution of the random effects, for all terms or per grouping factor:
+        ``"normal"``, ``"beta"``, ``"gamma"``, ``"inverse_gamma"``, optionally with a link,
+        e.g. ``"gamma(log)"``.
+    disp : str, optional
+        A model for log phi, e.g. ``"~ x2 + x3"`` (families with an estimated phi only).
+    rand_disp : dict, optional
+        Per grouping factor, a model for log lambda over its levels' variables.
+    method : str
+        ``"EQL"`` (R hglm's algorithm), ``"HL(0,1)"`` or ``"HL(1,1)"`` (the exact adjusted
+        profile likelihoods).
+    reml : bool
+        For the HL methods: p_beta,v(h) (True) or p_v(h) (False) for the dispersions.
+    trials : str, optional
+        The column of binomial trials (the response then counts successes).
+    weights, offset : str or array-like, optional
+        Prior weights and an offset of the linear predictor (a column name, an expression
+        such as ``"np.log(t)"``, or values).
+    control : FitControl, optional
+        Iteration limits, tolerances, ``dispersion_se`` (default ``FitControl()``).
+    max_iter : int, optional
+        Shorthand for ``control=FitControl(max_iter=...)`` (overrides ``control``'s).
+    dispersion_se : bool, optional
+        Shorthand for ``FitControl(dispersion_se=...)``: compute the HL standard errors of
+        the log-dispersion parameters within the fit. By default they come from a
+        finite-difference Hessian of the criterion when first read (``varcomp``,
+        ``disp_coef``, ``summary()``, ...).
+    start : HGLMResult, optional
+        A previous fit of the same model to start the HL search from (see ``hglm.dispatch.solve``).
+    correlation : dict, optional
+        Per random intercept, a correlation structure of its levels: ``hglm.CAR(W)``,
+        ``hglm.SAR(W)`` or ``hglm.Precision(Q)`` (e.g. ``{"area": hglm.CAR(W)}``).
 
-    The HL methods' standard errors of the log-dispersion parameters come from a
-    finite-difference Hessian of the criterion, computed when first read (``varcomp``,
-    ``disp_coef``, ``summary()``, ...); ``dispersion_se=True`` computes them within the fit.
-
-    Random slopes ``(x | g)``, ``(0 + x | g)``, ``(x || g)``, ``ar1(time | g)`` and
-    ``correlation={"area": hglm.CAR(W)}`` (or ``hglm.SAR(W)``, ``hglm.Precision(Q)``) fit
-    normal random effects with a structured covariance (``hglm.structured``) and return a
-    ``StructuredResult``; ``method="EQL"`` is available there for CAR/SAR terms (R hglm's
-    spectral algorithm).
+    Returns
+    -------
+    HGLMResult or StructuredResult
+        The fitted model; ``res.diagnostics`` holds its status. A fit that did not converge,
+        or has a variance component at its lower bound, also warns (``ConvergenceWarning``).
+        Models with slopes or correlated terms give a ``StructuredResult`` (``method="EQL"``
+        there: CAR/SAR terms, R hglm's spectral algorithm).
     """
     t0 = time.perf_counter()
-    meth = _method(method)
+    meth = normalise_method(method)
+    control = _control(control, max_iter, dispersion_se)
     fam = response_family(family, link)
     mf = parse_formula(formula)
     if disp is not None and fam.fixed_dispersion:
@@ -81,48 +125,18 @@ def fit(
         weights=weights,
         offset=offset,
     )
+    call = _call_text(formula, fam, rand_family, disp, meth, reml)
     if correlation or any(not t.intercept_only for t in mf.random):
-        call = _call_text(formula, fam, rand_family, disp, meth, reml)
-        if correlation:
-            call += (
-                ", correlation={"
-                + ", ".join(f"{k}: {type(v).__name__}" for k, v in correlation.items())
-                + "}"
-            )
-        return fit_structured_result(
-            design, data, correlation, meth, reml, call, {"design": time.perf_counter() - t0}
-        )
+        return _fit_structured(design, data, correlation, meth, reml, control, call, t0)
     model = Model(design)
     t1 = time.perf_counter()
-    if meth != "EQL" and is_linear_mixed_model(model):
-        # the profiled LMM search needs no EQL start
-        outcome = fit_lmm(model, mean_order=1 if meth == "HL(1,1)" else 0, reml=reml)
-        timings = {"design": t1 - t0, **outcome.timings}
-    elif meth != "EQL":
-        # EQL only starts the HL search: settled to 1e-4 (not hglm's 1e-6) is close enough
-        # (the search takes as many steps from there, measured on benchmark cases 1-5)
-        start = fit_eql(model, max_iter=max_iter, conv=1e-4, start_only=True)
-        timings = {"design": t1 - t0, **start.timings}
-        outcome = fit_hl(model, start, mean_order=1 if meth == "HL(1,1)" else 0, reml=reml)
-        outcome.messages = [m for m in start.messages if "singular" in m] + outcome.messages
-        timings.update(outcome.timings)
-        timings["iterations_eql"] = float(start.n_iter)
-    else:
-        outcome = fit_eql(model, max_iter=max_iter)
-        timings = {"design": t1 - t0, **outcome.timings}
-        lam = outcome.disp.lam(design)
-        for t, lk in zip(design.terms, lam, strict=True):
-            if t.X_disp.shape[1] == 1 and float(lk[0]) < 1e-6:
-                outcome.messages.append(
-                    f"singular fit: lambda of {t.term.label} is at its lower bound "
-                    f"({float(lk[0]):.3g})"
-                )
-    if dispersion_se and isinstance(outcome.disp_se, DispersionSE):
+    outcome = solve(model, meth, reml=reml, start=start, control=control)
+    timings = {"design": t1 - t0, **outcome.timings}
+    if control.dispersion_se and isinstance(outcome.disp_se, DispersionSE):
         outcome.disp_se.record_timings_in(timings)
         outcome.disp_se.compute()
     timings["total"] = time.perf_counter() - t0
-    call = _call_text(formula, fam, rand_family, disp, meth, reml)
-    for msg in outcome.messages:
+    for msg in outcome.warnings:
         warnings.warn(msg, ConvergenceWarning, stacklevel=2)
     return HGLMResult(
         model=model,
@@ -130,9 +144,54 @@ def fit(
         method=meth,
         reml=reml,
         call=call,
-        warnings=list(outcome.messages),
+        warnings=outcome.warnings,
         timings=timings,
+        control=control,
     )
+
+
+def _fit_structured(
+    design: Any,
+    data: Any,
+    correlation: dict[str, Any] | None,
+    method: str,
+    reml: bool,
+    control: FitControl,
+    call: str,
+    t0: float,
+) -> StructuredResult:
+    """The route of random slopes and correlated random effects."""
+    model = StructuredModel(design, build_terms(design, data, correlation))
+    if correlation:
+        call += (
+            ", correlation={"
+            + ", ".join(f"{k}: {type(v).__name__}" for k, v in correlation.items())
+            + "}"
+        )
+    t1 = time.perf_counter()
+    fit = solve(model, method, reml=reml, control=control)
+    timings = {"design": t1 - t0, **fit.timings, "total": time.perf_counter() - t0}
+    for msg in fit.messages:
+        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+    return StructuredResult(
+        fit=fit, method=method, reml=reml, call=call, warnings=list(fit.messages), timings=timings
+    )
+
+
+def _control(
+    control: FitControl | None, max_iter: int | None, dispersion_se: bool | None
+) -> FitControl:
+    """``control`` with the shorthand keywords applied."""
+    if control is None:
+        control = FitControl()
+    elif not isinstance(control, FitControl):
+        raise TypeError(f"control must be a FitControl, got {type(control).__name__}")
+    changes: dict[str, Any] = {}
+    if max_iter is not None:
+        changes["max_iter"] = max_iter
+    if dispersion_se is not None:
+        changes["dispersion_se"] = dispersion_se
+    return dataclasses.replace(control, **changes) if changes else control
 
 
 def _call_text(

@@ -14,6 +14,8 @@ dispersions), through the sparse equations of ``hglm.structured``.
 This follows R hglm's algorithm, which works with the dense eigenvectors of W (q x q) and a
 dense QR of the augmented design: it is meant for reproducing R hglm on areal data of up to a
 few thousand areas. The HL methods (``hglm.structured.fit_structured``) need no eigenvectors.
+
+May import: ``hglm.covariance``, ``hglm.glm``, ``hglm.model``, ``hglm.structured``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hglm.covariance import _Spatial
+from hglm.glm import fit_glm_start
+from hglm.model import Model
 from hglm.structured import _LOG_2PI, Evaluation, Mode, StructuredFit, StructuredModel
 
 
@@ -79,9 +84,6 @@ def fit_spectral_eql(
     the cancer data (whose rounds this reproduces to 8-9 digits, round by round) R hglm ran
     10 rounds where that rule gives 7 (the rounds converge geometrically, about 0.4 per
     round in tau); 1e-8 gives R's 10 rounds and is closer to the fixed point."""
-    from hglm.covariance import _Spatial
-    from hglm.fitting import Model, fit_glm_start
-
     t0 = time.perf_counter()
     d = model.design
     fam = model.family

@@ -25,6 +25,9 @@ Criteria (the notes' definitions, with log f(v) = 1/2 log|Q| - q/2 log 2 pi - v'
 The outer search is L-BFGS on the unconstrained theta with central-difference gradients (the
 criteria are smooth: the inner mode is solved to 1e-10). SEs of theta come from a
 finite-difference Hessian at the optimum, profile intervals from ``profile``.
+
+May import: ``hglm.covariance``, ``hglm.design``, ``hglm.glm``, ``hglm.likelihood``,
+``hglm.linalg``, ``hglm.model`` (the starting GLM).
 """
 
 from __future__ import annotations
@@ -41,8 +44,10 @@ import scipy.sparse as sp
 
 from hglm.covariance import AR1, CAR, SAR, Precision, Structure, Unstructured
 from hglm.design import ModelDesign, RandomTermDesign, fixed_matrix, to_pandas
+from hglm.glm import fit_glm_start
 from hglm.likelihood import conditional_loglik
 from hglm.linalg import NotPositiveDefiniteError, SparseCholesky
+from hglm.model import Model
 
 _LOG_2PI = float(np.log(2 * np.pi))
 
@@ -825,8 +830,6 @@ def fit_structured(
         outer = crit.n_eval
     else:
         fam = model.family
-        from hglm.fitting import fit_glm_start, Model  # noqa: I001  (the GLM start only)
-
         beta0, disp0 = fit_glm_start(Model(d))
         gamma0 = np.zeros(model.n_gamma)
         if model.n_gamma:

@@ -5,6 +5,8 @@ structure parameters rho and tau), the structure parameters with SEs (``structur
 and profile-likelihood intervals (``profile_ci``), the likelihoods, prediction, ``to_dict``
 and ``summary``. The SEs of the variance parameters come from a finite-difference Hessian of
 the criterion the fit maximised, on the unconstrained scale, computed on first use.
+
+May import: ``hglm.design``, ``hglm.diagnostics``, ``hglm.results``, ``hglm.structured``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import scipy.optimize
 from scipy import stats
 
 from hglm.design import ModelDesign, new_fixed_matrix, to_pandas
+from hglm.diagnostics import ConvergenceCode, Diagnostics
 from hglm.results import Summary, _coef_table, _json
 from hglm.structured import StructuredFit, StructuredTerm, maximise, numeric_hessian
 
@@ -51,6 +54,23 @@ class StructuredResult:
     @property
     def n_iter(self) -> int:
         return self.fit.n_iter
+
+    @property
+    def diagnostics(self) -> Diagnostics:
+        """The fit's status (``hglm.diagnostics.Diagnostics``); structured terms have no
+        singularity rule (their variances are reported with intervals instead)."""
+        if self.fit.converged:
+            code = ConvergenceCode.CONVERGED
+        elif self.method == "EQL":
+            code = ConvergenceCode.MAX_ITERATIONS
+        else:
+            code = ConvergenceCode.OPTIMISER_FAILED
+        return Diagnostics(
+            converged=self.fit.converged,
+            code=code,
+            iterations=self.fit.n_iter,
+            messages=tuple(self.fit.messages),
+        )
 
     @property
     def nobs(self) -> int:
@@ -479,37 +499,3 @@ def _new_level_effects(
         return out
     out[known] = vk[codes[known]]
     return out
-
-
-def fit_structured_result(
-    design: ModelDesign,
-    data: Any,
-    correlation: dict[str, Any] | None,
-    method: str,
-    reml: bool,
-    call: str,
-    timings: dict[str, float],
-) -> StructuredResult:
-    """``hglm.fit``'s route for random slopes and correlated random effects."""
-    import time
-    import warnings
-
-    from hglm.fitting import ConvergenceWarning
-    from hglm.structured import StructuredModel, build_terms, fit_structured
-
-    t0 = time.perf_counter()
-    terms = build_terms(design, data, correlation)
-    model = StructuredModel(design, terms)
-    if method == "EQL":
-        from hglm.spectral_eql import fit_spectral_eql
-
-        fit = fit_spectral_eql(model)
-    else:
-        fit = fit_structured(model, method, reml)
-    timings = {**timings, **fit.timings, "structured": time.perf_counter() - t0}
-    timings["total"] = sum(v for k, v in timings.items() if k in ("design", "structured"))
-    for msg in fit.messages:
-        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
-    return StructuredResult(
-        fit=fit, method=method, reml=reml, call=call, warnings=list(fit.messages), timings=timings
-    )
