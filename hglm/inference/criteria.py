@@ -47,6 +47,17 @@ class FitCriteria:
         return self.res.design.p if self.beta_free else 0
 
 
+def require_intercept_fit(res: object, what: str) -> None:
+    """TypeError unless ``res`` is an ``HGLMResult`` (these tools work on the criteria of
+    random-intercept models; a ``StructuredResult`` has its own intervals)."""
+    if getattr(res, "outcome", None) is None:
+        raise TypeError(
+            f"{what} works on fits of random-intercept models (HGLMResult), got "
+            f"{type(res).__name__}; for random slopes and correlated random effects use "
+            "res.profile_ci(term, parameter), res.varcomp_ci() and res.structure_params"
+        )
+
+
 def _theta_bounds(res: HGLMResult) -> list[tuple[float | None, float | None]]:
     disp = res.outcome.disp
     bounds: list[tuple[float | None, float | None]] = (

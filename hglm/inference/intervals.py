@@ -17,7 +17,7 @@ import scipy.optimize
 from scipy import stats
 
 from hglm.dispatch import FIT_ERRORS
-from hglm.inference.criteria import CRITERION_TEXT, FitCriteria, fit_criteria
+from hglm.inference.criteria import CRITERION_TEXT, FitCriteria, fit_criteria, require_intercept_fit
 
 if TYPE_CHECKING:
     from hglm.results import HGLMResult
@@ -249,6 +249,7 @@ def profile_ci(
     pandas.DataFrame
         One row per parameter (above).
     """
+    require_intercept_fit(res, "hglm.profile_ci")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
     table = _parameter_table(res)
@@ -342,6 +343,7 @@ def confint(res: HGLMResult, *, level: float = 0.95, dispersion: str = "profile"
     pandas.DataFrame
         ``estimate``, ``lower``, ``upper`` and ``method`` per parameter.
     """
+    require_intercept_fit(res, "hglm.confint")
     if dispersion not in ("profile", "wald"):
         raise ValueError("dispersion must be 'profile' or 'wald'")
     fx = res.fixef

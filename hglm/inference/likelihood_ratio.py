@@ -16,7 +16,7 @@ import numpy as np
 from scipy import special, stats
 
 from hglm.dispatch import FIT_ERRORS
-from hglm.inference.criteria import CRITERION_TEXT, maximum_at
+from hglm.inference.criteria import CRITERION_TEXT, maximum_at, require_intercept_fit
 from hglm.inference.refits import RefitProgress, refit
 from hglm.simulate import simulate_responses
 
@@ -247,6 +247,8 @@ def lrt(
     LRTResult
         The statistic, its degrees of freedom, the p-value and how it was obtained.
     """
+    require_intercept_fit(smaller, "hglm.lrt")
+    require_intercept_fit(larger, "hglm.lrt")
     if boundary not in ("auto", "mixture", "bootstrap", "naive"):
         raise ValueError("boundary must be 'auto', 'mixture', 'bootstrap' or 'naive'")
     _same_data(smaller, larger)

@@ -1,6 +1,6 @@
 """Parametric bootstrap of any function of a fit (``bootstrap``).
 
-May import: ``hglm.inference.refits``, ``hglm.dispatch``, ``hglm.diagnostics``, ``hglm.simulate``
+May import: ``hglm.inference.refits``, ``hglm.inference.criteria``, ``hglm.dispatch``, ``hglm.diagnostics``, ``hglm.simulate``
 (``hglm.results`` for annotations).
 """
 
@@ -16,6 +16,7 @@ import pandas as pd
 
 from hglm.diagnostics import ConvergenceWarning
 from hglm.dispatch import FIT_ERRORS
+from hglm.inference.criteria import require_intercept_fit
 from hglm.inference.refits import RefitProgress, refit
 from hglm.simulate import simulate_responses
 
@@ -143,6 +144,7 @@ def bootstrap(
     BootstrapResult
         The statistic at ``res``, the replicates and which of them converged.
     """
+    require_intercept_fit(res, "hglm.bootstrap")
     if n < 2:
         raise ValueError(f"n must be at least 2 replicates, got {n}")
     func = func or default_statistics

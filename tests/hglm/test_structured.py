@@ -312,3 +312,24 @@ def test_sar_criteria_equal_a_dense_computation() -> None:
     r = y - res.fixef["estimate"].iloc[0]
     loglik = -0.5 * (np.linalg.slogdet(2 * np.pi * V)[1] + r @ np.linalg.solve(V, r))
     assert res.likelihood["p_v"] == pytest.approx(loglik, abs=1e-6)
+
+
+def test_solve_dispatches_structured_models_and_inference_says_what_applies(sleepstudy) -> None:
+    from hglm.design import build_design
+    from hglm.dispatch import solve
+    from hglm.families import response_family
+    from hglm.formula import parse_formula
+    from hglm.structured import StructuredFit, StructuredModel, build_terms
+
+    f = parse_formula("Reaction ~ Days + (Days | Subject)")
+    d = build_design(f, sleepstudy, response_family("gaussian"))
+    model = StructuredModel(d, build_terms(d, sleepstudy))
+    fit = solve(model, "HL(1,1)", reml=True, control=hglm.FitControl(outer_max_iter=200))
+    assert isinstance(fit, StructuredFit) and fit.converged
+    with pytest.raises(ValueError, match="start= is not available"):
+        solve(model, "HL(1,1)", start=fit)
+    res = hglm.fit("Reaction ~ Days + (Days | Subject)", sleepstudy)
+    assert res.diagnostics.converged and res.diagnostics.code.value == "converged"
+    for call in (lambda: hglm.lrt(res, res), lambda: hglm.confint(res)):
+        with pytest.raises(TypeError, match="random-intercept models"):
+            call()
