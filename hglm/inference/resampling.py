@@ -1,7 +1,7 @@
 """Parametric bootstrap of any function of a fit (``bootstrap``).
 
-May import: ``hglm.inference.refits``, ``hglm.inference.criteria``, ``hglm.dispatch``, ``hglm.diagnostics``, ``hglm.simulate``
-(``hglm.results`` for annotations).
+May import: ``hglm.inference.refits``, ``hglm.inference.criteria``, ``hglm.dispatch``,
+``hglm.diagnostics``, ``hglm.simulate`` (``hglm.results`` for annotations).
 """
 
 from __future__ import annotations
