@@ -190,15 +190,16 @@ def build_terms(
 
 # ------------------------------------------------------------- the mixed-model equations
 
-# H made of equal diagonal blocks of at most this order (one slope term, or AR(1) over at most
-# this many times, and nothing crossed) is factored as a stack of dense blocks: CHOLMOD's
-# supernodal selected inverse loops in Python over thousands of tiny supernodes.
+# H made of equal diagonal blocks of at most this order (one slope term and nothing crossed)
+# is factored as a stack of dense blocks, and H made of tridiagonal blocks (an AR(1) term alone)
+# by a recurrence over the times, vectorised over the groups: CHOLMOD's supernodal selected
+# inverse loops in Python over thousands of tiny supernodes.
 _MAX_BLOCK = 32
 
 
-def _block_layout(keys: np.ndarray, q: int) -> tuple[int, np.ndarray] | None:
-    """(block order b, position of each pattern entry in a (q/b, b, b) stack) if H's pattern
-    lies within equal consecutive diagonal blocks of order b <= _MAX_BLOCK, else None."""
+def _block_order(keys: np.ndarray, q: int) -> int | None:
+    """The order b if H's pattern lies within equal consecutive diagonal blocks of order b
+    (b < q), else None."""
     col, row = keys // q, keys % q
     # a column starts a block when no earlier column reaches it
     first = np.zeros(q, dtype=bool)
@@ -207,13 +208,90 @@ def _block_layout(keys: np.ndarray, q: int) -> tuple[int, np.ndarray] | None:
     np.maximum.at(last_reach, col, np.maximum(row, col))
     reach = np.maximum.accumulate(last_reach)
     first[1:] = reach[:-1] < np.arange(1, q)
-    starts = np.flatnonzero(first)
-    sizes = np.diff(np.append(starts, q))
+    sizes = np.diff(np.append(np.flatnonzero(first), q))
     b = int(sizes[0])
-    if not np.all(sizes == b) or b > _MAX_BLOCK or b == q:
+    return b if np.all(sizes == b) and b < q else None
+
+
+def _block_layout(keys: np.ndarray, q: int) -> tuple[str, int, np.ndarray] | None:
+    """("dense", b, position of each pattern entry in a (q/b, b, b) stack) for blocks of order
+    b <= _MAX_BLOCK; ("tridiagonal", b, keys) for tridiagonal blocks; else None."""
+    b = _block_order(keys, q)
+    if b is None:
+        return None
+    col, row = keys // q, keys % q
+    if b > 2 and np.all(np.abs(row - col) <= 1):
+        return "tridiagonal", b, keys
+    if b > _MAX_BLOCK:
         return None
     g = col // b
-    return b, g * b * b + (row % b) * b + (col % b)
+    return "dense", b, g * b * b + (row % b) * b + (col % b)
+
+
+class TridiagonalFactor:
+    """H as G tridiagonal blocks of order b: Cholesky, solves and the inverse on the band by
+    recurrences over the b positions, each step vectorised over the G blocks."""
+
+    @classmethod
+    def build(cls, data: np.ndarray, b: int, keys: np.ndarray, q: int) -> TridiagonalFactor:
+        self = cls.__new__(cls)
+        self.b, self.q = b, q
+        col, row = keys // q, keys % q
+        diag = np.zeros(q)
+        sub = np.zeros(q)
+        on = row == col
+        diag[row[on]] = data[on]
+        below = row == col + 1
+        sub[col[below]] = data[below]
+        G = q // b
+        # positions first: every step of the recurrences reads contiguous rows
+        a, e = diag.reshape(G, b).T.copy(), sub.reshape(G, b).T.copy()
+        d = np.empty((b, G))
+        lo = np.zeros((b, G))  # L[t + 1, t]
+        with np.errstate(invalid="ignore"):
+            d[0] = np.sqrt(a[0])
+            for t in range(1, b):
+                lo[t - 1] = e[t - 1] / d[t - 1]
+                d[t] = np.sqrt(a[t] - lo[t - 1] ** 2)
+        if not np.all(d > 0):
+            raise NotPositiveDefiniteError("matrix is not positive definite (a tridiagonal block)")
+        self.d, self.lo = d, lo
+        self._diag_pos = np.minimum(row, col)
+        self._is_diag = on
+        return self
+
+    def logdet(self) -> float:
+        return 2.0 * float(np.sum(np.log(self.d)))
+
+    def solve(self, rhs: np.ndarray) -> np.ndarray:
+        b, G = self.d.shape
+        r = np.asarray(rhs, dtype=float).reshape(G, b, -1).transpose(1, 0, 2).copy()
+        d, lo = self.d[:, :, None], self.lo[:, :, None]
+        y = r  # forward, in place
+        y[0] /= d[0]
+        for t in range(1, b):
+            y[t] -= lo[t - 1] * y[t - 1]
+            y[t] /= d[t]
+        x = y  # backward, in place
+        x[b - 1] /= d[b - 1]
+        for t in range(b - 2, -1, -1):
+            x[t] -= lo[t] * x[t + 1]
+            x[t] /= d[t]
+        return x.transpose(1, 0, 2).reshape(rhs.shape)
+
+    def inverse_entries(self) -> np.ndarray:
+        """H^{-1} at every pattern entry (the band), by Takahashi's recurrence."""
+        b, G = self.d.shape
+        d, lo = self.d, self.lo
+        zd = np.empty((b, G))
+        zs = np.zeros((b, G))  # zs[t] = Z[t + 1, t]
+        zd[b - 1] = 1.0 / d[b - 1] ** 2
+        for t in range(b - 2, -1, -1):
+            zs[t] = -(lo[t] / d[t]) * zd[t + 1]
+            zd[t] = 1.0 / d[t] ** 2 - (lo[t] / d[t]) * zs[t]
+        zd, zs = zd.T, zs.T  # back to group-major, as v is laid out
+        zd_flat, zs_flat = zd.ravel(), zs.ravel()
+        return np.where(self._is_diag, zd_flat[self._diag_pos], zs_flat[self._diag_pos])
 
 
 class BlockFactor:
@@ -294,20 +372,24 @@ class SparseMME:
         self._q_pos = np.searchsorted(keys, q_keys)
         self._indices = (keys % q).astype(np.int32)
         self._indptr = np.searchsorted(keys // q, np.arange(q + 1)).astype(np.int32)
-        self._chol: SparseCholesky | BlockFactor | None = None
+        self._chol: SparseCholesky | BlockFactor | TridiagonalFactor | None = None
         self._selected_map: np.ndarray | None = None
         self._inverse: np.ndarray | None = None
         self._block = _block_layout(keys, q)
         self.n_factor = 0
 
-    def factor(self, a: np.ndarray, q_values: np.ndarray) -> SparseCholesky | BlockFactor:
+    def factor(
+        self, a: np.ndarray, q_values: np.ndarray
+    ) -> SparseCholesky | BlockFactor | TridiagonalFactor:
         nnz = len(self._keys)
         data = np.bincount(
             self._pair_pos, weights=a[self._pair_row] * self._pair_prod, minlength=nnz
         ) + np.bincount(self._q_pos, weights=q_values, minlength=nnz)
         self._inverse = None
-        if self._block is not None:
-            self._chol = BlockFactor(data, *self._block)
+        if self._block is not None and self._block[0] == "dense":
+            self._chol = BlockFactor(data, *self._block[1:])
+        elif self._block is not None:
+            self._chol = TridiagonalFactor.build(data, self._block[1], self._keys, self.q)
         else:
             H = sp.csc_matrix((data, self._indices, self._indptr), shape=(self.q, self.q))
             if self._chol is None:
@@ -318,7 +400,7 @@ class SparseMME:
         return self._chol
 
     @property
-    def chol(self) -> SparseCholesky | BlockFactor:
+    def chol(self) -> SparseCholesky | BlockFactor | TridiagonalFactor:
         assert self._chol is not None
         return self._chol
 
@@ -326,7 +408,7 @@ class SparseMME:
         """H^{-1} on H's pattern (``_keys`` order): the selected inverse of the factor."""
         if self._inverse is None:
             chol = self.chol
-            if isinstance(chol, BlockFactor):
+            if isinstance(chol, BlockFactor | TridiagonalFactor):
                 self._inverse = chol.inverse_entries()
             else:
                 S = chol.selected_inverse()
