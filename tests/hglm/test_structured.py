@@ -374,3 +374,32 @@ def test_block_and_tridiagonal_factors_match_dense_algebra() -> None:
     assert f2.logdet() == pytest.approx(np.linalg.slogdet(H2)[1], rel=1e-12)
     inv2 = np.linalg.inv(H2)
     np.testing.assert_allclose(f2.inverse_entries(), inv2[keys2 % q2, keys2 // q2], rtol=1e-10)
+
+
+def test_three_column_slopes_crossed_with_an_intercept_equal_the_dense_likelihood() -> None:
+    """(x + z | g) + (1 | h), Gaussian ML: p_v(h) at the estimates equals the marginal
+    log-likelihood computed densely, and the 3 x 3 covariance is reported."""
+    rng = np.random.default_rng(11)
+    n, G, Hn = 240, 20, 8
+    g = rng.integers(0, G, n)
+    h = rng.integers(0, Hn, n)
+    x, z = rng.normal(size=n), rng.normal(size=n)
+    b = rng.normal(size=(G, 3)) * [0.8, 0.5, 0.3]
+    y = 1 + 0.5 * x - 0.2 * z + b[g, 0] + b[g, 1] * x + b[g, 2] * z
+    y = y + rng.normal(0, 0.6, Hn)[h] + rng.normal(0, 1, n)
+    df = pd.DataFrame({"y": y, "x": x, "z": z, "g": g, "h": h})
+    res = hglm.fit("y ~ x + z + (x + z | g) + (1 | h)", df, reml=False)
+    assert res.converged
+    entry = res.to_dict()["varcomp"]["g"]
+    S = np.array(entry["cov"])
+    assert S.shape == (3, 3) and np.all(np.linalg.eigvalsh(S) > 0)
+    lam_h = res.varcomp.set_index(["grp", "var1"]).loc[("h", "(Intercept)"), "vcov"]
+    Zg = np.zeros((n, 3 * G))
+    for j, col in enumerate([np.ones(n), x, z]):
+        Zg[np.arange(n), 3 * g + j] = col
+    Zh = np.eye(Hn)[h]
+    V = res.phi * np.eye(n) + Zg @ np.kron(np.eye(G), S) @ Zg.T + lam_h * Zh @ Zh.T
+    X = np.column_stack([np.ones(n), x, z])
+    r = y - X @ res.fixef["estimate"].to_numpy()
+    loglik = -0.5 * (np.linalg.slogdet(2 * np.pi * V)[1] + r @ np.linalg.solve(V, r))
+    assert res.likelihood["p_v"] == pytest.approx(loglik, abs=1e-6)
