@@ -880,6 +880,7 @@ class StructuredFit:
     messages: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     criterion_gradient: Any = None  # x -> (value, gradient), where analytic
+    quasi_gamma: np.ndarray | None = None  # log-linear phi of a quasi-likelihood EQL fit
 
 
 def fit_structured(

@@ -90,6 +90,8 @@ class StructuredResult:
 
     @property
     def phi(self) -> float | None:
+        if self.fit.quasi_gamma is not None and self.design.X_disp.shape[1] == 1:
+            return float(np.exp(self.fit.quasi_gamma[0] * self.design.X_disp[0, 0]))
         if self.fit.model.phi_fixed:
             return 1.0
         if self.design.X_disp.shape[1] == 1:

@@ -222,13 +222,15 @@ def test_correlation_names_must_be_terms(cancer) -> None:
 def test_eql_is_for_car_and_intercepts(sleepstudy) -> None:
     with pytest.raises(ValueError, match="supports CAR/SAR terms and random intercepts"):
         hglm.fit("Reaction ~ Days + (Days | Subject)", sleepstudy, method="EQL")
-    with pytest.raises(ValueError, match=r"EQL.*phi fixed at 1"):
-        hglm.fit(
-            "Reaction ~ Days + (1 | Subject)",
-            sleepstudy,
-            method="EQL",
-            correlation={"Subject": hglm.CAR(sp.diags([np.ones(17), np.ones(17)], [-1, 1]))},
-        )
+    # a Gaussian response with a CAR term: phi by EQL's gamma GLM, likelihoods reported
+    chain = hglm.CAR(sp.diags([np.ones(17), np.ones(17)], [-1, 1]))
+    res = hglm.fit(
+        "Reaction ~ Days + (1 | Subject)",
+        sleepstudy,
+        method="EQL",
+        correlation={"Subject": chain},
+    )
+    assert res.converged and res.phi > 0 and np.isfinite(res.likelihood["p_beta_v"])
 
 
 # ---------------------------------------------------------------------------- invariants
@@ -403,3 +405,31 @@ def test_three_column_slopes_crossed_with_an_intercept_equal_the_dense_likelihoo
     r = y - X @ res.fixef["estimate"].to_numpy()
     loglik = -0.5 * (np.linalg.slogdet(2 * np.pi * V)[1] + r @ np.linalg.solve(V, r))
     assert res.likelihood["p_v"] == pytest.approx(loglik, abs=1e-6)
+
+
+def test_cancer_car_eql_with_quasi_poisson_phi_matches_r_hglm(cancer) -> None:
+    """R hglm without fix.disp: phi estimated by EQL (quasi-Poisson), no likelihoods."""
+    from hglm.design import build_design
+    from hglm.families import response_family
+    from hglm.formula import parse_formula
+    from hglm.spectral_eql import fit_spectral_eql
+    from hglm.structured import StructuredModel, build_terms
+
+    ref = _refs()["cancer_CAR_phi_est"]["results"]
+    df, W = cancer
+    f = parse_formula("O ~ Paff + (1|area)")
+    d = build_design(f, df, response_family("poisson"), offset="np.log(E)")
+    model = StructuredModel(d, build_terms(d, df, {"area": hglm.CAR(W)}))
+    fit = fit_spectral_eql(model, estimate_phi=True)
+    res = hglm.StructuredResult(fit=fit, method="EQL", reml=True, call="cancer")
+    assert fit.converged and fit.n_iter == ref["iter"]
+    for row, (_, got) in zip(ref["fixed_effects"], res.fixef.iterrows(), strict=True):
+        assert _sig(got["estimate"], 3) == _sig(row["estimate"], 3)
+        assert _sig(got["se"], 3) == _sig(row["se"], 3)
+    assert _sig(res.phi, 3) == _sig(ref["phi"], 3)
+    params = res.structure_params.set_index("parameter")["estimate"]
+    assert _sig(params["tau"], 3) == _sig(ref["CAR_tau"], 3)
+    assert _sig(params["rho"], 3) == _sig(ref["CAR_rho"], 3)
+    for got, want in zip(fit.extras["area"]["coef"], ref["rand_disp_coef"], strict=True):
+        assert _sig(got, 3) == _sig(want, 3)
+    assert all(np.isnan(v) for v in res.likelihood.values())
