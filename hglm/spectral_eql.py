@@ -211,7 +211,7 @@ def fit_spectral_eql(
     h, cond = model.h(eta, v_orig, theta, phi)
     p_v = h - 0.5 * (sol.logdet_H - model.q * _LOG_2PI)
     p_bv = p_v - 0.5 * (sol.logdet_S - p * _LOG_2PI)
-    if quasi_gamma is not None:  # a quasi-likelihood: no likelihood to report
+    if quasi_gamma is not None or getattr(fam, "quasi", False):  # no likelihood to report
         h = cond = p_v = p_bv = np.nan
     mode = Mode(beta, v_orig, eta, mu, sol, a_w, it, converged)
     ev = Evaluation(h, p_v, p_bv, cond, mode)

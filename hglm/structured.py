@@ -891,6 +891,17 @@ def fit_structured(
     outer_max_iter: int = 1000,
 ) -> StructuredFit:
     """HL(0,1) / HL(1,1) fit of a structured model (see the module docstring)."""
+    fam_name = f"{model.family.name}({model.family.link.name})"
+    if getattr(model.family, "quasi", False):
+        raise ValueError(
+            f"a quasi-likelihood {fam_name} has no likelihood for the HL methods to maximise; "
+            "with random slopes or correlated terms use method='EQL' (CAR/SAR terms)"
+        )
+    if getattr(model.family, "estimates_theta", False):
+        raise ValueError(
+            "the negative binomial's theta is not estimated with random slopes or correlated "
+            "terms; give theta, or use random intercepts"
+        )
     t0 = time.perf_counter()
     d = model.design
     messages: list[str] = []
