@@ -101,6 +101,11 @@ def build_terms(
     frame = to_pandas(data)
     if not isinstance(frame.index, pd.RangeIndex):
         frame = frame.reset_index(drop=False)
+    omitted = getattr(design, "omitted", None)  # rows a na_action="omit" design left out
+    if omitted is not None and len(omitted):
+        keep = np.ones(len(frame), dtype=bool)
+        keep[np.asarray(omitted, dtype=np.int64)] = False
+        frame = frame.iloc[np.flatnonzero(keep)].reset_index(drop=True)
     correlation = dict(correlation or {})
     names = {t.name for t in design.terms}
     unknown = set(correlation) - names
