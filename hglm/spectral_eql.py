@@ -228,7 +228,7 @@ def fit_spectral_eql(
         evaluation=ev,
         leverages=hv[:n],  # hglm's cAIC: the leverages of the last mean fit
         level_var=model.mme.level_variances(sol),
-        criterion=_reml_criterion(model, beta, v_orig),
+        criterion=_reml_criterion(model, beta, v_orig, gamma),
         x_hat=theta.copy(),
         n_beta_in_x=0,
         converged=converged,
@@ -241,12 +241,13 @@ def fit_spectral_eql(
     return fit
 
 
-def _reml_criterion(model: StructuredModel, beta: np.ndarray, v: np.ndarray):
-    """p_beta,v(h) over theta (beta from h): the curvature behind the SEs of an EQL fit."""
+def _reml_criterion(model: StructuredModel, beta: np.ndarray, v: np.ndarray, gamma: np.ndarray):
+    """p_beta,v(h) over theta (beta from h; phi at its EQL estimate): the curvature behind the
+    SEs of an EQL fit."""
     state = {"beta": beta, "v": v}
 
     def crit(x: np.ndarray) -> float:
-        ev = model.evaluate(x, np.zeros(0), state["beta"], state["v"], beta_fixed=False)
+        ev = model.evaluate(x, gamma, state["beta"], state["v"], beta_fixed=False)
         state["v"] = ev.mode.v
         return ev.p_beta_v
 

@@ -231,6 +231,7 @@ def test_eql_is_for_car_and_intercepts(sleepstudy) -> None:
         correlation={"Subject": chain},
     )
     assert res.converged and res.phi > 0 and np.isfinite(res.likelihood["p_beta_v"])
+    assert np.all(np.isfinite(res.structure_params["se"]))
 
 
 # ---------------------------------------------------------------------------- invariants
