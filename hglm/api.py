@@ -7,8 +7,8 @@ Random slopes and correlated random effects build a ``hglm.structured.Structured
 instead, which ``solve`` fits the same way, and give a ``StructuredResult``.
 
 May import: ``hglm.control``, ``hglm.diagnostics``, ``hglm.design``, ``hglm.families``,
-``hglm.formula``, ``hglm.model``, ``hglm.structured``, ``hglm.dispatch``, ``hglm.results``,
-``hglm.structured_results``.
+``hglm.formula``, ``hglm.model``, ``hglm.structured``, ``hglm.structured_terms``,
+``hglm.dispatch``, ``hglm.results``, ``hglm.structured_results``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from hglm.families import RandomFamily, ResponseFamily, response_family
 from hglm.formula import parse_formula
 from hglm.model import Model
 from hglm.results import HGLMResult
-from hglm.structured import StructuredModel, build_terms
+from hglm.structured import StructuredModel
 from hglm.structured_results import StructuredResult
+from hglm.structured_terms import build_terms
 
 
 def fit(

@@ -6,7 +6,8 @@ and profile-likelihood intervals (``profile_ci``), the likelihoods, prediction, 
 and ``summary``. The SEs of the variance parameters come from a finite-difference Hessian of
 the criterion the fit maximised, on the unconstrained scale, computed on first use.
 
-May import: ``hglm.design``, ``hglm.diagnostics``, ``hglm.results``, ``hglm.structured``.
+May import: ``hglm.design``, ``hglm.diagnostics``, ``hglm.results``, ``hglm.structured``,
+``hglm.structured_terms``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from scipy import stats
 from hglm.design import ModelDesign, new_fixed_matrix, to_pandas
 from hglm.diagnostics import ConvergenceCode, Diagnostics
 from hglm.results import Summary, _coef_table, _json
-from hglm.structured import StructuredFit, StructuredTerm, maximise, numeric_hessian
+from hglm.structured import StructuredFit, maximise, numeric_hessian
+from hglm.structured_terms import StructuredTerm
 
 
 @dataclass
@@ -342,11 +344,9 @@ class StructuredResult:
         else:
             eta = new_fixed_matrix(d.fixed_spec, newdata) @ mode.beta
             if random:
-                from hglm.structured import build_terms
-
                 frame = to_pandas(newdata)
                 for t, vk in zip(self.terms, self.fit.model.split(mode.v), strict=True):
-                    eta = eta + _new_level_effects(t, vk, frame, build_terms)
+                    eta = eta + _new_level_effects(t, vk, frame)
         return eta if type == "link" else d.family.link.inverse(eta)
 
     # -------------------------------------------------------------- output
@@ -471,9 +471,7 @@ def _scales(t: StructuredTerm, theta: np.ndarray) -> dict:
     return out
 
 
-def _new_level_effects(
-    t: StructuredTerm, vk: np.ndarray, frame: pd.DataFrame, _build
-) -> np.ndarray:
+def _new_level_effects(t: StructuredTerm, vk: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
     """Z_new v for one term on new rows: known levels (and times) only."""
     cols = list(t.design.term.factors)
     missing = [c for c in cols if c not in frame.columns]

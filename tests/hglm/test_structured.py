@@ -241,7 +241,8 @@ def test_analytic_gradients_match_central_differences(sleepstudy) -> None:
     from hglm.design import build_design
     from hglm.families import response_family
     from hglm.formula import parse_formula
-    from hglm.structured import ProfiledLMM, StructuredModel, build_terms, numeric_gradient
+    from hglm.structured import ProfiledLMM, StructuredModel, numeric_gradient
+    from hglm.structured_terms import build_terms
 
     for reml in (True, False):
         f = parse_formula("Reaction ~ Days + (Days | Subject)")
@@ -322,7 +323,8 @@ def test_solve_dispatches_structured_models_and_inference_says_what_applies(slee
     from hglm.dispatch import solve
     from hglm.families import response_family
     from hglm.formula import parse_formula
-    from hglm.structured import StructuredFit, StructuredModel, build_terms
+    from hglm.structured import StructuredFit, StructuredModel
+    from hglm.structured_terms import build_terms
 
     f = parse_formula("Reaction ~ Days + (Days | Subject)")
     d = build_design(f, sleepstudy, response_family("gaussian"))
@@ -339,7 +341,7 @@ def test_solve_dispatches_structured_models_and_inference_says_what_applies(slee
 
 
 def test_block_and_tridiagonal_factors_match_dense_algebra() -> None:
-    from hglm.structured import BlockFactor, TridiagonalFactor, _block_layout
+    from hglm.structured_mme import BlockFactor, TridiagonalFactor, _block_layout
 
     rng = np.random.default_rng(3)
     G, b = 4, 6
@@ -414,7 +416,8 @@ def test_cancer_car_eql_with_quasi_poisson_phi_matches_r_hglm(cancer) -> None:
     from hglm.families import response_family
     from hglm.formula import parse_formula
     from hglm.spectral_eql import fit_spectral_eql
-    from hglm.structured import StructuredModel, build_terms
+    from hglm.structured import StructuredModel
+    from hglm.structured_terms import build_terms
 
     ref = _refs()["cancer_CAR_phi_est"]["results"]
     df, W = cancer
