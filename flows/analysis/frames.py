@@ -45,7 +45,7 @@ class FrameLayout:
 
 
 def _read(db_path: str | Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    from flows.db import connect
+    from flows.warehouse.db import connect
 
     con = connect(db_path)
     try:

@@ -385,7 +385,7 @@ def one_blas_thread() -> AbstractContextManager[object]:
     The dense blocks of these models are a few hundred rows wide: OpenBLAS threads cost more
     than they gain there, and on a busy machine their spin-waiting turns a 3 s layer fit into
     a 17 s one (measured on this 2-core machine at load 4). Layers run side by side in
-    processes or threads instead (`flows.pipeline`). The limit is process-wide while active.
+    processes or threads instead (`flows.orchestration.prefect_flows`). The limit is process-wide while active.
     """
     return threadpool_limits(limits=1, user_api="blas")
 
