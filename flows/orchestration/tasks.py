@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 from prefect import get_run_logger, task
 
@@ -74,11 +75,42 @@ def _as_outcome(result: Any) -> DropOutcome:
 
 
 # --------------------------------------------------------------------------------------
-# Tasks. File reads retry (a drop still being copied, NFS hiccups); fits do not (a fit
+# Tasks. File reads retry, but only on errors a retry can fix (a drop still being copied, an
+# NFS hiccup, the database file locked by another process for a moment); a bug (TypeError,
+# KeyError, ...) fails at once instead of being run three times. Fits do not retry (a fit
 # that fails once fails again on the same data).
 
 
-@task(name="ingest-drop", retries=2, retry_delay_seconds=[2, 10])
+def is_transient(exc: BaseException | None) -> bool:
+    """Whether `exc` is an error a retry can fix: file-system I/O or DuckDB's I/O and lock errors.
+
+    Parameters
+    ----------
+    exc : the exception a task raised (None when unknown)
+
+    Returns
+    -------
+    bool : True for `OSError` (files, NFS) and `duckdb.IOException` (including "could not set
+    lock on file"); False for everything else, programming errors included.
+    """
+    return isinstance(exc, OSError | duckdb.IOException)
+
+
+def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect `retry_condition_fn`: retry a failed task only when its error `is_transient`."""
+    exc = state.data if isinstance(state.data, BaseException) else None
+    if exc is None:  # a state whose result was persisted: ask for it without raising
+        result = state.result(raise_on_failure=False)
+        exc = result if isinstance(result, BaseException) else None
+    return is_transient(exc)
+
+
+@task(
+    name="ingest-drop",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=retry_if_transient,
+)
 def ingest_drop_task(drop: str, db: str, docs_dir: str | None = None) -> DropOutcome:
     from flows.warehouse.ingest import ingest_drop
 
@@ -88,7 +120,12 @@ def ingest_drop_task(drop: str, db: str, docs_dir: str | None = None) -> DropOut
     return outcome
 
 
-@task(name="read-model-frames", retries=2, retry_delay_seconds=[1, 5])
+@task(
+    name="read-model-frames",
+    retries=2,
+    retry_delay_seconds=[1, 5],
+    retry_condition_fn=retry_if_transient,
+)
 def read_frames_task(db: str) -> dict[str, pa.Table]:
     from flows.analysis.frames import layer_frames
 
@@ -110,14 +147,14 @@ def fit_chained_task(frame: pa.Table, seed: int = 0) -> LayerFit:
     return fit_chained(frame, seed=seed)
 
 
-@task(name="write-results", retries=1, retry_delay_seconds=2)
+@task(name="write-results", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_if_transient)
 def write_results_task(db: str, result: AnalysisResult, out: str) -> None:
     from flows.analysis.ranking import write_results
 
     write_results(Path(db), result, Path(out))
 
 
-@task(name="render-report", retries=1, retry_delay_seconds=2)
+@task(name="render-report", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_if_transient)
 def render_report_task(result: AnalysisResult, out: str, db: str) -> tuple[str, str]:
     from flows.report.build import build_report
     from flows.report.index import build_index
