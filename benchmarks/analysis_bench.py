@@ -6,7 +6,7 @@
 
 Times each stage (simulate_fab, ingest_drop without GX, layer_frames, fit_layer per layer,
 fit_chained, ranking and write_results) sequentially in this process, the way
-`flows.analysis.analyse` runs them, and the split inside each layer fit (yield model, tests,
+`flows.analysis.run.run_analysis` runs them, and the split inside each layer fit (yield model, tests,
 interval draws, process models). The machine is shared: CPU seconds of this process are recorded
 beside the wall-clock ones, with the load average before and after, so that a slow run can be
 told apart from a busy machine. Writes benchmarks/results/analysis_<lots>_lots.json.

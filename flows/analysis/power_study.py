@@ -1,4 +1,4 @@
-"""The ranking's statistical validation on simulated fabs (`make validate`).
+"""The power study of the ranking: its statistical validation on simulated fabs (`make validate`).
 
 For each seed a fab is simulated (`flows.fabsim.simulation.simulate_fab`), ingested into a fresh DuckDB
 file and analysed end to end (`flows.analysis.run.run_analysis`). Against the simulator's truth:

@@ -17,6 +17,10 @@ SHA-256 over its files, so re-delivering the same files is recognised and change
 
 Every DuckDB result is fetched to the end (`fetchall`): in DuckDB 2.0 an unfinished result
 blocks the connection for relation queries (`con.sql`).
+
+Longer than 600 lines on purpose: landing, checking, merging, logging and quarantining share
+one connection and one transaction's state; the file handling is in `drop_files.py`, the
+contract checks in `contract_rules.py` / `gx_suites.py`.
 """
 
 from __future__ import annotations

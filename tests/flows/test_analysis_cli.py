@@ -1,4 +1,4 @@
-"""`yieldrank analyse` as a user runs it, and `flows.analysis.analyse` end to end on a small fab."""
+"""`yieldrank analyse` as a user runs it, and `flows.analysis.run.run_analysis` end to end on a small fab."""
 
 from __future__ import annotations
 
