@@ -193,7 +193,7 @@ def score_planted(result: AnalysisResult, truth: SimulationTruth, out: SeedOutco
     )
 
 
-def table(outcomes: list[SeedOutcome], n_planted: int, n_null: int) -> str:
+def criteria_table(outcomes: list[SeedOutcome], n_planted: int, n_null: int) -> str:
     planted = [o for o in outcomes if not o.null]
     nulls = [o for o in outcomes if o.null]
 
@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
                     say(f"        {_scores(o)}")
     say("")
     n_planted = sum(not o.null for o in outcomes)
-    say(table(outcomes, n_planted, len(outcomes) - n_planted))
+    say(criteria_table(outcomes, n_planted, len(outcomes) - n_planted))
     return 0
 
 
@@ -362,7 +362,7 @@ def _rescore_all(workdir: Path) -> int:
             print(f"        {_scores(o)}")
     n_planted = sum(not o.null for o in outcomes)
     print()
-    print(table(outcomes, n_planted, len(outcomes) - n_planted))
+    print(criteria_table(outcomes, n_planted, len(outcomes) - n_planted))
     return 0
 
 

@@ -176,7 +176,7 @@ def simulate_fab(
             "product_sd_logit": yield_model.product_sd_logit,
             "mean_yield_pct": float(100 * expit(truth.eta).mean()),
         },
-        planted=_describe(fab, truth, sites, sizes),
+        planted=_planted_effects(fab, truth, sites, sizes),
         layer_yield_impact=_layer_impacts(fab, truth, sites, sizes),
         drops=drops,
         out_dir=out_dir,
@@ -185,7 +185,7 @@ def simulate_fab(
     return result
 
 
-def _describe(
+def _planted_effects(
     fab: Fab, truth: WaferTruth, sites: list[Site], sizes: PlantedSizes
 ) -> list[PlantedEffect]:
     r = fab.route

@@ -252,7 +252,7 @@ def _layer_section(
     charts.append(
         metrology if isinstance(metrology, Unavailable) else metrology_vs_yield(r.layer, metrology)
     )
-    charts.append(_diagnostics(r.layer, fit))
+    charts.append(_diagnostics_chart(r.layer, fit))
     return LayerSection(
         anchor=anchors[r.layer],
         name=r.layer,
@@ -273,7 +273,7 @@ def _layer_section(
     )
 
 
-def _diagnostics(layer: str, fit: LayerFit) -> Chart | Unavailable:
+def _diagnostics_chart(layer: str, fit: LayerFit) -> Chart | Unavailable:
     fitted = np.asarray(fit.diagnostics.get("fitted", []), dtype=float)
     resid = np.asarray(fit.diagnostics.get("residuals", []), dtype=float)
     if len(fitted) < 3 or len(fitted) != len(resid):

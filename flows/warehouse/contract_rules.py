@@ -406,12 +406,12 @@ def run_sql_rules(
     order = {key: i for i, key in enumerate(descriptions)}
     counts.sort(key=lambda row: order[(row[0], row[1])])
     return [
-        _describe(con, descriptions[(table, rule)], count, sources.get(table, table))
+        _problem_from_violations(con, descriptions[(table, rule)], count, sources.get(table, table))
         for table, rule, count in counts
     ]
 
 
-def _describe(
+def _problem_from_violations(
     con: duckdb.DuckDBPyConnection,
     sharing: list[RowRule | RowPredicate],
     count: int,
