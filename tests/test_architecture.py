@@ -126,12 +126,7 @@ def test_the_cycle_finder_finds_a_cycle_and_accepts_a_chain():
 
 @pytest.mark.parametrize(
     "package",
-    [
-        # hglm's cycles (fitting <-> lmm, inference <-> results) are removed by the hglm half
-        # of issue 18, on its own branch; delete this mark when that branch is merged.
-        pytest.param("hglm", marks=pytest.mark.xfail(reason="issue 18, hglm half", strict=False)),
-        "flows",
-    ],
+    ["hglm", "flows"],
 )
 def test_no_import_cycle(package):
     found = cycles(import_graph(package))

@@ -379,7 +379,7 @@ def _findings(
 
 
 def _not_converged_reason(res: hglm.HGLMResult, what: str) -> str:
-    detail = "; ".join(w for w in res.warnings if not w.startswith("singular")) or "no detail"
+    detail = "; ".join(res.diagnostics.messages) or "no detail"
     return f"the {what} did not converge after {res.n_iter} iterations ({detail})"
 
 
