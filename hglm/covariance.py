@@ -33,6 +33,8 @@ from scipy.special import expit
 
 # rho of CAR/SAR stays this far (relatively) inside its open interval
 _RHO_MARGIN = 1e-9
+# the smallest variance a search goes to (the engine's lambdas stop there too)
+LOG_VARIANCE_FLOOR = float(np.log(1e-8))
 
 
 class Structure:
@@ -66,6 +68,12 @@ class Structure:
     def start(self, variance: float) -> np.ndarray:  # pragma: no cover
         """theta for independent effects of the given variance (and no correlation)."""
         raise NotImplementedError
+
+    def lower(self) -> np.ndarray:
+        """Lower bounds of theta: a variance (tau, Sigma's diagonal) stops at 1e-8 (on the
+        scale of phi in a profiled Gaussian model), as the engine's lambdas do; a fit there is
+        singular. Correlation parameters are free."""
+        return np.full(self.n_params, -np.inf)
 
     def rescale(self, theta: np.ndarray, log_c: float) -> np.ndarray:  # pragma: no cover
         """theta of the covariance multiplied by exp(log_c) (Q divided by it)."""
@@ -152,6 +160,10 @@ class Unstructured(Structure):
         i, j = self._tril
         return np.where(i == j, 0.5 * np.log(variance), 0.0)
 
+    def lower(self) -> np.ndarray:
+        i, j = self._tril
+        return np.where(i == j, 0.5 * LOG_VARIANCE_FLOOR, -np.inf)
+
     def rescale(self, theta: np.ndarray, log_c: float) -> np.ndarray:
         i, j = self._tril
         return np.where(i == j, theta + 0.5 * log_c, theta * np.exp(0.5 * log_c))
@@ -222,6 +234,9 @@ class AR1(Structure):
 
     def start(self, variance: float) -> np.ndarray:
         return np.array([np.log(variance), 0.0])
+
+    def lower(self) -> np.ndarray:
+        return np.array([LOG_VARIANCE_FLOOR, -np.inf])
 
     def rescale(self, theta: np.ndarray, log_c: float) -> np.ndarray:
         return np.array([theta[0] + log_c, theta[1]])
@@ -373,6 +388,9 @@ class _Spatial(Structure):
         pos = -self.rho_lo / (self.rho_hi - self.rho_lo)
         return np.array([np.log(variance), float(np.log(pos / (1 - pos)))])
 
+    def lower(self) -> np.ndarray:
+        return np.array([LOG_VARIANCE_FLOOR, -np.inf])
+
     def theta_of(self, tau: float, rho: float) -> np.ndarray:
         pos = (rho - self.rho_lo) / (self.rho_hi - self.rho_lo)
         return np.array([np.log(tau), float(np.log(pos / (1 - pos)))])
@@ -446,6 +464,9 @@ class Precision(Structure):
 
     def start(self, variance: float) -> np.ndarray:
         return np.array([np.log(variance)])
+
+    def lower(self) -> np.ndarray:
+        return np.array([LOG_VARIANCE_FLOOR])
 
     def rescale(self, theta: np.ndarray, log_c: float) -> np.ndarray:
         return np.array([theta[0] + log_c])

@@ -201,6 +201,20 @@ class StructuredModel:
             return np.ones(self.design.n)
         return np.exp(self.design.X_disp @ gamma)
 
+    def theta_lower(self) -> np.ndarray:
+        """Lower bounds of theta (``Structure.lower``)."""
+        return np.concatenate([t.structure.lower() for t in self.terms])
+
+    def singular_terms(self, theta: np.ndarray) -> list[StructuredTerm]:
+        """Terms with a variance parameter at its lower bound."""
+        out = []
+        for k, t in enumerate(self.terms):
+            lo = t.structure.lower()
+            th = self.theta_of(theta, k)
+            if np.any(np.isfinite(lo) & (th <= lo + 1e-6)):
+                out.append(t)
+        return out
+
     def start_theta(self, variance: float) -> np.ndarray:
         return np.concatenate([t.structure.start(variance) for t in self.terms])
 
@@ -414,9 +428,15 @@ def numeric_hessian(f, x: np.ndarray, step: float = 1e-3) -> np.ndarray:
 
 
 def maximise(
-    f, x0: np.ndarray, gtol: float = 1e-6, value_and_gradient=None, max_iter: int = 1000
+    f,
+    x0: np.ndarray,
+    gtol: float = 1e-6,
+    value_and_gradient=None,
+    max_iter: int = 1000,
+    lower: np.ndarray | None = None,
 ) -> scipy.optimize.OptimizeResult:
-    """L-BFGS-B on -f with the given gradient, else central differences."""
+    """L-BFGS-B on -f with the given gradient, else central differences; ``lower``: lower
+    bounds (-inf: none)."""
 
     def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
         if value_and_gradient is not None:
@@ -428,11 +448,16 @@ def maximise(
             return 1e300, np.zeros_like(x)
         return -val, -grad
 
+    bounds = None
+    if lower is not None:
+        bounds = [(None if not np.isfinite(lo) else float(lo), None) for lo in lower]
+        x0 = np.maximum(x0, lower)
     return scipy.optimize.minimize(
         fun,
         x0,
         jac=True,
         method="L-BFGS-B",
+        bounds=bounds,
         options={"maxiter": max_iter, "ftol": 1e-15, "gtol": gtol, "maxcor": 20},
     )
 
@@ -459,6 +484,7 @@ class StructuredFit:
     timings: dict[str, float] = field(default_factory=dict)
     criterion_gradient: Any = None  # x -> (value, gradient), where analytic
     quasi_gamma: np.ndarray | None = None  # log-linear phi of a quasi-likelihood EQL fit
+    singular: list[str] = field(default_factory=list)  # terms with a variance at its bound
 
 
 def fit_structured(
@@ -486,9 +512,15 @@ def fit_structured(
     if model.profiled:
         crit = ProfiledLMM(model, reml)
         x0 = model.start_theta(1.0) if start is None else start["theta_rel"]
+        lower = model.theta_lower()  # relative to phi
         res = maximise(
-            crit, x0, value_and_gradient=crit.value_and_gradient, max_iter=outer_max_iter
+            crit,
+            x0,
+            value_and_gradient=crit.value_and_gradient,
+            max_iter=outer_max_iter,
+            lower=lower,
         )
+        singular = model.singular_terms(res.x)
         theta, gamma = crit.absolute(res.x)
         beta = model.mme.solve(crit.w, crit.y, model.q_values(res.x), None).beta
         ev = model.evaluate(theta, gamma, beta, np.zeros(model.q), beta_fixed=False)
@@ -498,7 +530,7 @@ def fit_structured(
             0,
         )
         criterion_gradient = None
-        converged, n_iter = bool(res.success) or _flat(crit, res.x), int(res.nit)
+        converged, n_iter = bool(res.success) or _flat(crit, res.x, lower), int(res.nit)
         outer = crit.n_eval
     else:
         fam = model.family
@@ -558,14 +590,18 @@ def fit_structured(
             return ev.p_v, model.gradient_p_v(ev, theta, beta_free=True)
 
         x0 = np.concatenate(([beta0] if joint else []) + [theta0, gamma0])
+        free = np.full(p if joint else 0, -np.inf)
+        lower = np.concatenate([free, model.theta_lower(), np.full(model.n_gamma, -np.inf)])
         res = maximise(
             crit,
             x0,
             value_and_gradient=crit_and_grad if analytic else None,
             max_iter=outer_max_iter,
+            lower=lower,
         )
-        converged, n_iter = bool(res.success) or _flat(crit, res.x), int(res.nit)
+        converged, n_iter = bool(res.success) or _flat(crit, res.x, lower), int(res.nit)
         beta_hat, theta, gamma = split(res.x)
+        singular = model.singular_terms(theta)
         if beta_hat is None and method == "HL(1,1)":
             # REML dispersions, beta by p_v(h) at them
             ev0 = model.evaluate(theta, gamma, state["beta"], state["v"], beta_fixed=False)
@@ -591,6 +627,12 @@ def fit_structured(
         messages.append(
             f"the optimisation over the variance parameters did not converge: {res.message}"
         )
+    for t in singular:
+        messages.append(
+            f"singular fit: the covariance of {t.label} is at its boundary (a variance, or a "
+            f"correlation at +-1: a Cholesky diagonal at its lower bound of 1e-4"
+            + (" times sqrt(phi))" if model.profiled else ")")
+        )
     lev = ev.mode.a * model.mme.row_variances(ev.mode.solution)
     level_var = model.mme.level_variances(ev.mode.solution)
     return StructuredFit(
@@ -610,6 +652,7 @@ def fit_structured(
         n_iter=n_iter,
         messages=messages,
         timings={"outer": time.perf_counter() - t0, "outer_evaluations": float(outer)},
+        singular=[t.name for t in singular],
     )
 
 
@@ -629,7 +672,10 @@ def _absolute_criterion(model: StructuredModel, reml: bool, ev: Evaluation):
     return crit
 
 
-def _flat(crit, x: np.ndarray) -> bool:
-    """L-BFGS-B can stop 'abnormally' where the criterion is flat to rounding."""
+def _flat(crit, x: np.ndarray, lower: np.ndarray | None = None) -> bool:
+    """L-BFGS-B can stop 'abnormally' where the criterion is flat to rounding: judge by the
+    gradient, projected on the lower bounds."""
     g = numeric_gradient(crit, x)
+    if lower is not None:
+        g = np.where((x <= lower + 1e-8) & (g < 0), 0.0, g)
     return bool(np.all(np.isfinite(g)) and np.max(np.abs(g), initial=0.0) < 1e-3)

@@ -59,8 +59,8 @@ class StructuredResult:
 
     @property
     def diagnostics(self) -> Diagnostics:
-        """The fit's status (``hglm.diagnostics.Diagnostics``); structured terms have no
-        singularity rule (their variances are reported with intervals instead)."""
+        """The fit's status (``hglm.diagnostics.Diagnostics``); ``singular_terms``: the terms
+        with a variance (or Sigma's conditional SD) at its lower bound."""
         if self.fit.converged:
             code = ConvergenceCode.CONVERGED
         elif self.method == "EQL":
@@ -71,7 +71,8 @@ class StructuredResult:
             converged=self.fit.converged,
             code=code,
             iterations=self.fit.n_iter,
-            messages=tuple(self.fit.messages),
+            singular_terms=tuple(self.fit.singular),
+            messages=tuple(m for m in self.fit.messages if not m.startswith("singular fit")),
         )
 
     @property

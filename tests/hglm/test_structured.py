@@ -437,3 +437,18 @@ def test_cancer_car_eql_with_quasi_poisson_phi_matches_r_hglm(cancer) -> None:
     for got, want in zip(fit.extras["area"]["coef"], ref["rand_disp_coef"], strict=True):
         assert _sig(got, 3) == _sig(want, 3)
     assert all(np.isnan(v) for v in res.likelihood.values())
+
+
+def test_singular_covariance_is_reported_not_a_failure() -> None:
+    """No slope variance in the data: the search stops at the bound (correlation 1, as lme4's
+    boundary fit), converged, and the term is named singular."""
+    rng = np.random.default_rng(1)
+    g = np.repeat(np.arange(30), 10)
+    x = rng.normal(size=300)
+    y = 1 + 0.5 * x + rng.normal(0, 1, 30)[g] + rng.normal(size=300)
+    df = pd.DataFrame({"y": y, "x": x, "g": g})
+    with pytest.warns(hglm.ConvergenceWarning, match="singular fit"):
+        res = hglm.fit("y ~ x + (x | g)", df)
+    assert res.converged and res.diagnostics.singular_terms == ("g",)
+    corr = res.varcomp.dropna(subset=["var2"])["sdcor"].iloc[0]
+    assert abs(corr) > 0.999
