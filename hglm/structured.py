@@ -57,6 +57,8 @@ from hglm.structured_mme import Solution, SparseMME
 from hglm.structured_terms import StructuredTerm
 
 _LOG_2PI = float(np.log(2 * np.pi))
+# a Newton step moving eta by less than this leaves the factor it was computed from at the mode
+_REUSE_FACTOR = 1e-11
 
 
 # ------------------------------------------------------------------------------ the model
@@ -72,6 +74,7 @@ class Mode:
     a: np.ndarray  # data-row weights (with 1/phi) of the last factorisation
     iterations: int
     converged: bool
+    factor_at_mode: bool = False  # the solution's factor is at (beta, v) itself
 
 
 @dataclass
@@ -271,6 +274,7 @@ class StructuredModel:
         h_old, _ = self.h(eta, v, theta, phi)
         converged = False
         iterations = 0
+        change = np.inf
         sol = None
         a = np.zeros(self.design.n)
         for it in range(1, max_iter + 1):
@@ -299,7 +303,10 @@ class StructuredModel:
                 break
         assert sol is not None
         mu = fam.valid_mu(fam.link.inverse(eta))
-        return Mode(beta, v, eta, mu, sol, a, iterations, converged)
+        mode = Mode(beta, v, eta, mu, sol, a, iterations, converged)
+        # the last factorisation is at the mode to rounding when Newton's last step vanished
+        mode.factor_at_mode = converged and change < _REUSE_FACTOR
+        return mode
 
     def evaluate(
         self,
@@ -312,9 +319,10 @@ class StructuredModel:
         """The criteria at (theta, gamma[, beta]): the mode, then one factorisation there."""
         m = self.mode(theta, gamma, beta, v, beta_fixed)
         phi = self.phi(gamma)
-        a, r = self._weights(m.eta, m.mu, phi)
-        sol = self.mme.solve(a, r, self.q_values(theta), m.beta)
-        m.solution, m.a = sol, a
+        if not m.factor_at_mode:
+            a, r = self._weights(m.eta, m.mu, phi)
+            m.solution, m.a = self.mme.solve(a, r, self.q_values(theta), m.beta), a
+        sol = m.solution
         h, cond = self.h(m.eta, m.v, theta, phi)
         p_v = h - 0.5 * (sol.logdet_H - self.q * _LOG_2PI)
         p_bv = p_v - 0.5 * (sol.logdet_S - self.design.p * _LOG_2PI)
