@@ -43,14 +43,20 @@ def fit(
     offset: Any = None,
     max_iter: int = 50,
     dispersion_se: bool = False,
+    na_action: str = "raise",
 ) -> HGLMResult:
     """Fit a hierarchical GLM by h-likelihood.
 
     ``formula`` uses lme4 syntax for random intercepts, e.g.
     ``"y ~ x1 + x2 + (1|lot/wafer) + (1|tool)"``; a formula without random terms
-    fits the plain GLM. ``method``: ``"EQL"`` (R hglm's algorithm),
+    fits the plain GLM; ``offset(expr)`` terms (e.g. ``offset(log(E))``) enter the linear
+    predictor with coefficient 1, added to ``offset=``. ``method``: ``"EQL"`` (R hglm's algorithm),
     ``"HL(0,1)"`` or ``"HL(1,1)"`` (exact adjusted profile likelihoods;
     ``reml`` chooses p_beta,v(h) or p_v(h) for the dispersions).
+
+    ``na_action="raise"`` (default) refuses missing values in the columns the model uses;
+    ``"omit"`` leaves those rows out (counted in ``res.n_omitted``, listed in
+    ``res.design.omitted``).
 
     The HL methods' standard errors of the log-dispersion parameters come from a
     finite-difference Hessian of the criterion, computed when first read (``varcomp``,
@@ -72,6 +78,7 @@ def fit(
         trials=trials,
         weights=weights,
         offset=offset,
+        na_action=na_action,
     )
     model = Model(design)
     t1 = time.perf_counter()

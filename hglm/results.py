@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from hglm.design import ModelDesign, new_fixed_matrix, new_term_codes
+from hglm.design import ModelDesign, evaluate_offset, new_fixed_matrix, new_term_codes, to_pandas
 from hglm.fitting import DispersionSE, FitOutcome, Model
 
 
@@ -75,6 +75,11 @@ class HGLMResult:
     @property
     def nobs(self) -> int:
         return self.design.n
+
+    @property
+    def n_omitted(self) -> int:
+        """Rows left out for missing values (``na_action="omit"``); 0 otherwise."""
+        return self.design.n_omitted
 
     @property
     def singular(self) -> list[str]:
@@ -240,13 +245,19 @@ class HGLMResult:
 
     # ------------------------------------------------------------- predict
     def predict(
-        self, newdata: Any = None, type: str = "response", random: bool = True
+        self,
+        newdata: Any = None,
+        type: str = "response",
+        random: bool = True,
+        offset: Any = None,
     ) -> np.ndarray:
         """Predictions on the link (``type="link"``) or response scale.
 
         ``random=False`` leaves out every random term. Levels not seen in the fit, and any
         observation-level term on new data, get v(psi), the random effect's mean scale
-        (0 for normal, beta and gamma random effects)."""
+        (0 for normal, beta and gamma random effects). The offset of new rows is rebuilt from
+        the formula's ``offset(...)`` terms and a column-valued ``offset=`` of the fit; an
+        offset the fit was given as an array must be given again here as ``offset=``."""
         if type not in ("link", "response"):
             raise ValueError("type must be 'link' or 'response'")
         d = self.design
@@ -256,7 +267,7 @@ class HGLMResult:
                 eta = d.offset + d.X @ self.outcome.mean.beta
         else:
             X = new_fixed_matrix(d.fixed_spec, newdata)
-            eta = X @ self.outcome.mean.beta
+            eta = self._new_offset(newdata, offset) + X @ self.outcome.mean.beta
             n_new = len(eta)
             if random:
                 for t, v in zip(d.terms, self.outcome.mean.v, strict=True):
@@ -271,6 +282,19 @@ class HGLMResult:
             return eta
         return d.family.link.inverse(eta)
 
+    def _new_offset(self, newdata: Any, offset: Any) -> np.ndarray:
+        spec = self.design.offset_spec
+        frame = to_pandas(newdata)
+        if spec.argument_values and offset is None:
+            raise ValueError(
+                "the fit was given offset= as an array; pass the new rows' offset to predict() "
+                "as offset= (or name a column in the fit: offset='log_t', or offset(...) in the "
+                "formula)"
+            )
+        if offset is not None and not spec.argument_values:
+            raise ValueError("offset= in predict() is only for a fit given offset= as an array")
+        return evaluate_offset(spec, frame, offset)
+
     # -------------------------------------------------------------- output
     def to_dict(self) -> dict[str, Any]:
         fx = self.fixef
@@ -280,6 +304,7 @@ class HGLMResult:
             "reml": self.reml,
             "family": str(self.design.family),
             "nobs": self.nobs,
+            "n_omitted": self.n_omitted,
             "fixef": {
                 name: {"estimate": _json(r["estimate"]), "se": _json(r["se"])}
                 for name, r in fx.iterrows()
@@ -373,6 +398,12 @@ def _coef_table(df: pd.DataFrame, stat: str | None, pcol: str | None) -> str:
 def _format_summary(res: HGLMResult) -> str:
     out = ["Call:", f"hglm.fit({res.call})", ""]
     out += ["----------", "MEAN MODEL", "----------", ""]
+    if res.n_omitted:
+        out.append(
+            f"{res.n_omitted} row(s) with missing values omitted; {res.nobs} used "
+            '(na_action="omit")'
+        )
+        out.append("")
     out.append("Summary of the fixed effects estimates:")
     out.append("")
     fx = res.fixef
