@@ -7,11 +7,12 @@ import time
 import warnings
 from typing import Any
 
-from hglm.design import build_design
+from hglm.design import ModelDesign, build_design
 from hglm.families import RandomFamily, ResponseFamily, response_family
-from hglm.fitting import ConvergenceWarning, DispersionSE, Model, fit_eql, fit_hl
+from hglm.fitting import ConvergenceWarning, DispersionSE, FitOutcome, Model, fit_eql, fit_hl
 from hglm.formula import parse_formula
 from hglm.lmm import fit_lmm, is_linear_mixed_model
+from hglm.negbin import ThetaEstimate, profile_theta
 from hglm.results import HGLMResult
 
 METHODS = ("EQL", "HL(0,1)", "HL(1,1)")
@@ -80,7 +81,50 @@ def fit(
         offset=offset,
         na_action=na_action,
     )
-    model = Model(design)
+    theta_estimate: ThetaEstimate | None = None
+    if fam.name == "negative_binomial" and fam.theta is None:
+        which = "p_v" if meth != "EQL" and not reml else "p_beta_v"
+
+        def fit_at(d: ModelDesign) -> tuple[tuple, float]:
+            m = Model(d)
+            out, tim = _run(m, meth, reml, max_iter, t0)
+            return (m, out, tim), float(getattr(out.likelihood, which))
+
+        theta_estimate, (model, outcome, timings) = profile_theta(design, fit_at, which)
+        design = model.design
+        timings["theta_profile_fits"] = float(theta_estimate.evaluations)
+        if theta_estimate.at_bound:
+            outcome.messages.append(
+                f"theta of the negative binomial is at a bound of its search "
+                f"({theta_estimate.theta:.3g}); a Poisson model may fit as well"
+            )
+    else:
+        model = Model(design)
+        outcome, timings = _run(model, meth, reml, max_iter, t0)
+    if dispersion_se and isinstance(outcome.disp_se, DispersionSE):
+        outcome.disp_se.record_timings_in(timings)
+        outcome.disp_se.compute()
+    timings["total"] = time.perf_counter() - t0
+    call = _call_text(formula, fam, rand_family, disp, meth, reml)
+    for msg in outcome.messages:
+        warnings.warn(msg, ConvergenceWarning, stacklevel=2)
+    return HGLMResult(
+        model=model,
+        outcome=outcome,
+        method=meth,
+        reml=reml,
+        call=call,
+        warnings=list(outcome.messages),
+        timings=timings,
+        theta_estimate=theta_estimate,
+    )
+
+
+def _run(
+    model: Model, meth: str, reml: bool, max_iter: int, t0: float
+) -> tuple[FitOutcome, dict[str, float]]:
+    """Fit ``model`` by ``meth``: the outcome and the timings (from ``t0``, the call's start)."""
+    design = model.design
     t1 = time.perf_counter()
     if meth != "EQL" and is_linear_mixed_model(model):
         # the profiled LMM search needs no EQL start
@@ -105,22 +149,7 @@ def fit(
                     f"singular fit: lambda of {t.term.label} is at its lower bound "
                     f"({float(lk[0]):.3g})"
                 )
-    if dispersion_se and isinstance(outcome.disp_se, DispersionSE):
-        outcome.disp_se.record_timings_in(timings)
-        outcome.disp_se.compute()
-    timings["total"] = time.perf_counter() - t0
-    call = _call_text(formula, fam, rand_family, disp, meth, reml)
-    for msg in outcome.messages:
-        warnings.warn(msg, ConvergenceWarning, stacklevel=2)
-    return HGLMResult(
-        model=model,
-        outcome=outcome,
-        method=meth,
-        reml=reml,
-        call=call,
-        warnings=list(outcome.messages),
-        timings=timings,
-    )
+    return outcome, timings
 
 
 def _call_text(

@@ -18,7 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 from formulaic.transforms.contrasts import CustomContrasts
 
-from hglm.families import RandomFamily, ResponseFamily, random_family
+from hglm.families import COUNT_FAMILIES, RandomFamily, ResponseFamily, random_family
 from hglm.formula import ModelFormula, RandomTerm, normalise_term_key
 
 _MAX_ROWS_SHOWN = 10
@@ -266,7 +266,7 @@ def _check_response(
     family: ResponseFamily, y: np.ndarray, trials: np.ndarray | None, frame: pd.DataFrame, name: str
 ) -> None:
     idx = frame.index
-    if family.name in ("binomial", "poisson"):
+    if family.name in COUNT_FAMILIES:
         bad = (y < 0) | (np.abs(y - np.rint(y)) > 1e-8)
         if bad.any():
             raise ValueError(

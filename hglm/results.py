@@ -12,6 +12,7 @@ from scipy import stats
 
 from hglm.design import ModelDesign, evaluate_offset, new_fixed_matrix, new_term_codes, to_pandas
 from hglm.fitting import DispersionSE, FitOutcome, Model
+from hglm.negbin import ThetaEstimate
 
 
 def _json(x: Any) -> Any:
@@ -53,6 +54,7 @@ class HGLMResult:
     call: str
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    theta_estimate: ThetaEstimate | None = None  # negative binomial: theta-hat and its SE
 
     def __post_init__(self) -> None:
         # the lazy dispersion SEs charge their Hessian to this fit's timings
@@ -213,6 +215,28 @@ class HGLMResult:
         return self.outcome.disp.phi(self.design)
 
     @property
+    def theta(self) -> pd.Series | None:
+        """Negative binomial shape theta (variance mu + mu^2 / theta): estimate, SE (delta
+        method), SE of log theta and the 95 % Wald interval from the log scale; None for
+        other families. A theta given with the family (not estimated) has no SE."""
+        fam = self.design.family
+        if fam.name != "negative_binomial":
+            return None
+        est = self.theta_estimate
+        se_log = est.se_log if est is not None else np.nan
+        lo, hi = est.interval() if est is not None else (np.nan, np.nan)
+        return pd.Series(
+            {
+                "estimate": float(fam.theta),  # type: ignore[arg-type]
+                "se": float(fam.theta) * se_log,  # type: ignore[arg-type]
+                "se_log": se_log,
+                "lower": lo,
+                "upper": hi,
+            },
+            name="theta",
+        )
+
+    @property
     def likelihood(self) -> dict[str, float]:
         return self.outcome.likelihood.as_dict()
 
@@ -318,6 +342,9 @@ class HGLMResult:
                 for name, r in vc.iterrows()
             },
             "phi": _json(self.phi) if self.phi is not None else None,
+            "theta": (
+                {k: _json(v) for k, v in self.theta.items()} if self.theta is not None else None
+            ),
             "likelihood": {k: _json(v) for k, v in self.likelihood.items()},
             "converged": bool(self.converged),
             "n_iter": int(self.n_iter),
@@ -429,6 +456,14 @@ def _format_summary(res: HGLMResult) -> str:
     out += ["----------------", "DISPERSION MODEL", "----------------", ""]
     if res.method == "EQL":
         out.append("NOTE: h-likelihood estimates through EQL can be biased.")
+        out.append("")
+    theta = res.theta
+    if theta is not None:
+        out.append("Negative binomial (NB2) shape theta, variance mu + mu^2/theta:")
+        out.append(
+            f"  theta = {theta['estimate']:.6g} (SE {theta['se']:.4g}; log theta SE "
+            f"{theta['se_log']:.4g}; 95% CI {theta['lower']:.4g} to {theta['upper']:.4g})"
+        )
         out.append("")
     if res.design.family.fixed_dispersion:
         out.append("Dispersion parameter for the mean model: fixed at 1")
