@@ -483,6 +483,7 @@ def build_design(
         trials=trials_arr,
         offset_spec=offset_spec,
         omitted=omitted,
+        extras={"trials_column": trials} if isinstance(trials, str) else {},
     )
 
 

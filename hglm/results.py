@@ -274,8 +274,16 @@ class HGLMResult:
         type: str = "response",
         random: bool = True,
         offset: Any = None,
-    ) -> np.ndarray:
+        se: bool = False,
+        interval: str | None = None,
+        level: float = 0.95,
+    ) -> Any:
         """Predictions on the link (``type="link"``) or response scale.
+
+        With ``se=True`` or ``interval="confidence" | "prediction"`` the result is a
+        DataFrame (``fit``, ``se`` on the link scale, ``lower``, ``upper``); what each
+        interval covers, for seen and new levels, is set out in ``hglm.prediction``.
+        Otherwise an array of the predictions.
 
         ``random=False`` leaves out every random term. Levels not seen in the fit, and any
         observation-level term on new data, get v(psi), the random effect's mean scale
@@ -284,6 +292,12 @@ class HGLMResult:
         offset the fit was given as an array must be given again here as ``offset=``."""
         if type not in ("link", "response"):
             raise ValueError("type must be 'link' or 'response'")
+        if se or interval is not None:
+            if not random:
+                raise ValueError("intervals are for predictions with the random effects")
+            from hglm.prediction import predict_with_uncertainty
+
+            return predict_with_uncertainty(self, newdata, type, interval, level, offset)
         d = self.design
         if newdata is None:
             eta = self.outcome.mean.eta.copy()
