@@ -7,10 +7,13 @@ import time
 import warnings
 from typing import Any
 
+import numpy as np
+
 from hglm.design import ModelDesign, build_design
-from hglm.families import RandomFamily, ResponseFamily, response_family
+from hglm.families import RandomFamily, ResponseFamily, quasi_family, response_family
 from hglm.fitting import ConvergenceWarning, DispersionSE, FitOutcome, Model, fit_eql, fit_hl
 from hglm.formula import parse_formula
+from hglm.likelihood import Likelihoods
 from hglm.lmm import fit_lmm, is_linear_mixed_model
 from hglm.negbin import ThetaEstimate, profile_theta
 from hglm.results import HGLMResult
@@ -67,8 +70,18 @@ def fit(
     meth = _method(method)
     fam = response_family(family, link)
     mf = parse_formula(formula)
+    if disp is not None and fam.name in ("binomial", "poisson"):
+        fam = quasi_family(fam)
     if disp is not None and fam.fixed_dispersion:
-        raise ValueError(f"disp= needs an estimated dispersion; {fam.name} has phi fixed at 1")
+        raise ValueError(
+            f"disp= needs an estimated dispersion; {fam.name} has phi fixed at 1"
+            + (" (its over-dispersion is theta)" if fam.name == "negative_binomial" else "")
+        )
+    if fam.quasi and meth != "EQL":
+        raise ValueError(
+            f"a quasi-likelihood phi for {fam.name} (disp=) is estimated by method='EQL' only, "
+            "as in R hglm: the HL methods maximise likelihoods, and a quasi-likelihood has none"
+        )
     design = build_design(
         mf,
         data,
@@ -101,6 +114,9 @@ def fit(
     else:
         model = Model(design)
         outcome, timings = _run(model, meth, reml, max_iter, t0)
+    if fam.quasi:
+        # R hglm reports no likelihood for a quasi-likelihood phi: neither do we
+        outcome.likelihood = Likelihoods(np.nan, np.nan, np.nan, np.nan, np.nan)
     if dispersion_se and isinstance(outcome.disp_se, DispersionSE):
         outcome.disp_se.record_timings_in(timings)
         outcome.disp_se.compute()

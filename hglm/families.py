@@ -125,6 +125,8 @@ _RESPONSE_ALIASES = {
     "nb2": "negative_binomial",
     "negativebinomial": "negative_binomial",
 }
+# quasi-likelihood families: phi estimated (R hglm's binomial/poisson without fix.disp)
+_QUASI = {"quasipoisson": "poisson", "quasibinomial": "binomial"}
 _CANONICAL = {"gaussian": "identity", "binomial": "logit", "poisson": "log", "gamma": "inverse"}
 COUNT_FAMILIES = ("binomial", "poisson", "negative_binomial")
 
@@ -285,6 +287,8 @@ def response_family(spec: str | ResponseFamily, link: str | None = None) -> Resp
         return ResponseFamily(spec.name, Link(link), spec.theta, spec.quasi)
     name, lk = _split_name(spec)
     name = _RESPONSE_ALIASES.get(name, name)
+    quasi = name in _QUASI
+    name = _QUASI.get(name, name)
     if name not in _RESPONSE_LINKS:
         raise ValueError(
             f"unknown response family {spec!r}; choose one of {sorted(_RESPONSE_LINKS)}"
@@ -295,7 +299,14 @@ def response_family(spec: str | ResponseFamily, link: str | None = None) -> Resp
         lk = "inverse"
     if lk not in allowed:
         raise ValueError(f"link {lk!r} is not available for {name}; choose one of {allowed}")
-    return ResponseFamily(name, Link(lk))
+    return ResponseFamily(name, Link(lk), quasi=quasi)
+
+
+def quasi_family(family: ResponseFamily) -> ResponseFamily:
+    """The binomial or Poisson family with phi estimated (quasi-likelihood)."""
+    if family.name not in ("binomial", "poisson"):
+        raise ValueError(f"a quasi-likelihood phi is for binomial and poisson, not {family.name}")
+    return ResponseFamily(family.name, family.link, family.theta, quasi=True)
 
 
 # ----------------------------------------------------------- random-effect families

@@ -26,6 +26,12 @@ def _json(x: Any) -> Any:
     return x
 
 
+QUASI_NOTE = (
+    "phi is a quasi-likelihood dispersion (binomial/poisson with disp=), so h, p_v(h), "
+    "p_beta,v(h) and cAIC are not defined (R hglm reports none either)"
+)
+
+
 class Summary(str):
     """The printed summary of a fit: a string that shows as its text at an interactive prompt."""
 
@@ -360,6 +366,7 @@ class HGLMResult:
                 {k: _json(v) for k, v in self.theta.items()} if self.theta is not None else None
             ),
             "likelihood": {k: _json(v) for k, v in self.likelihood.items()},
+            "likelihood_note": QUASI_NOTE if self.design.family.quasi else None,
             "converged": bool(self.converged),
             "n_iter": int(self.n_iter),
             "warnings": list(self.warnings),
@@ -510,10 +517,13 @@ def _format_summary(res: HGLMResult) -> str:
     out.append("")
     lik = res.likelihood
     out.append("Likelihoods:")
-    out.append(
-        f"  h = {lik['h']:.4f}   p_v(h) = {lik['p_v']:.4f}   "
-        f"p_beta,v(h) = {lik['p_beta_v']:.4f}   cAIC = {lik['caic']:.4f}"
-    )
+    if res.design.family.quasi:
+        out.append(f"  not available: {QUASI_NOTE}")
+    else:
+        out.append(
+            f"  h = {lik['h']:.4f}   p_v(h) = {lik['p_v']:.4f}   "
+            f"p_beta,v(h) = {lik['p_beta_v']:.4f}   cAIC = {lik['caic']:.4f}"
+        )
     out.append("")
     crit = "REML (p_beta,v)" if res.reml else "ML (p_v)"
     status = "converged" if res.converged else "DID NOT CONVERGE"
