@@ -68,6 +68,12 @@ def refit(res: HGLMResult, y: np.ndarray, warm_start: bool = True) -> HGLMResult
     that does not converge; EQL fits always start cold, as R hglm does."""
     from hglm.results import HGLMResult
 
+    if res.theta_estimate is not None:
+        # a refit would hold theta at its estimate, which a bootstrap must not do
+        raise NotImplementedError(
+            "refits (bootstrap, simulation-based tests) of a negative binomial fit with "
+            "theta estimated are not supported yet"
+        )
     model = _model_with_response(res.model, design_response(res.design, y))
     t0 = time.perf_counter()
     outcome: FitOutcome | None = None
