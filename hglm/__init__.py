@@ -1,7 +1,13 @@
 """hglm: hierarchical generalized linear models by h-likelihood (Lee & Nelder 1996)."""
 
 from hglm.api import fit
-from hglm.families import RandomFamily, ResponseFamily, random_family, response_family
+from hglm.families import (
+    RandomFamily,
+    ResponseFamily,
+    negative_binomial_family,
+    random_family,
+    response_family,
+)
 from hglm.fitting import ConvergenceWarning
 from hglm.inference import BootstrapResult, LRTResult, bootstrap, confint, lrt, profile_ci
 from hglm.marginal import marginal_effect, marginal_predict
@@ -22,6 +28,7 @@ __all__ = [
     "lrt",
     "marginal_effect",
     "marginal_predict",
+    "negative_binomial_family",
     "profile_ci",
     "random_family",
     "response_family",

@@ -95,7 +95,7 @@ def fit(
         na_action=na_action,
     )
     theta_estimate: ThetaEstimate | None = None
-    if fam.name == "negative_binomial" and fam.theta is None:
+    if fam.estimates_theta:
         which = "p_v" if meth != "EQL" and not reml else "p_beta_v"
 
         def fit_at(d: ModelDesign) -> tuple[tuple, float]:

@@ -138,14 +138,16 @@ class ResponseFamily:
 
     ``negative_binomial`` is NB2: variance mu + mu^2 / theta, with the exact NB
     log-likelihood (not a Poisson with an observation-level gamma term). ``theta`` is the
-    shape; the family object holds one value (the fit estimates it by profiling, see
-    ``hglm.negbin``). ``quasi``: a binomial or Poisson family whose dispersion phi is
+    shape; the family object holds one value. The fit estimates it (by profiling, see
+    ``hglm.negbin``; the family then holds theta-hat) unless ``theta_fixed``: a value the
+    user gave, ``negative_binomial_family(theta)``. ``quasi``: a binomial or Poisson family whose dispersion phi is
     estimated (quasi-likelihood, as R hglm without ``fix.disp``); it has no likelihood."""
 
     name: str
     link: Link
     theta: float | None = None
     quasi: bool = False
+    theta_fixed: bool = False
 
     @property
     def fixed_dispersion(self) -> bool:
@@ -160,8 +162,15 @@ class ResponseFamily:
     def has_likelihood(self) -> bool:
         return not self.quasi
 
-    def with_theta(self, theta: float) -> ResponseFamily:
-        return ResponseFamily(self.name, self.link, float(theta), self.quasi)
+    @property
+    def estimates_theta(self) -> bool:
+        """A negative binomial whose theta the fit estimates."""
+        return self.name == "negative_binomial" and not self.theta_fixed
+
+    def with_theta(self, theta: float, fixed: bool | None = None) -> ResponseFamily:
+        """The family at another theta (``fixed``: whether a fit keeps it; default unchanged)."""
+        keep = self.theta_fixed if fixed is None else fixed
+        return ResponseFamily(self.name, self.link, float(theta), self.quasi, keep)
 
     def _theta(self) -> float:
         if self.theta is None:
@@ -284,7 +293,7 @@ def response_family(spec: str | ResponseFamily, link: str | None = None) -> Resp
     if isinstance(spec, ResponseFamily):
         if link is None:
             return spec
-        return ResponseFamily(spec.name, Link(link), spec.theta, spec.quasi)
+        return ResponseFamily(spec.name, Link(link), spec.theta, spec.quasi, spec.theta_fixed)
     name, lk = _split_name(spec)
     name = _RESPONSE_ALIASES.get(name, name)
     quasi = name in _QUASI
@@ -306,7 +315,14 @@ def quasi_family(family: ResponseFamily) -> ResponseFamily:
     """The binomial or Poisson family with phi estimated (quasi-likelihood)."""
     if family.name not in ("binomial", "poisson"):
         raise ValueError(f"a quasi-likelihood phi is for binomial and poisson, not {family.name}")
-    return ResponseFamily(family.name, family.link, family.theta, quasi=True)
+    return ResponseFamily(family.name, family.link, family.theta, True, family.theta_fixed)
+
+
+def negative_binomial_family(theta: float) -> ResponseFamily:
+    """NB2 (log link) with theta known: a fit keeps it instead of estimating it."""
+    if not theta > 0:
+        raise ValueError(f"theta must be positive, got {theta}")
+    return ResponseFamily("negative_binomial", Link("log"), float(theta), theta_fixed=True)
 
 
 # ----------------------------------------------------------- random-effect families

@@ -108,3 +108,18 @@ def test_nb_with_gamma_random_effects_recovers_truth() -> None:
     lo, hi = res.theta["lower"], res.theta["upper"]
     assert lo < 3.0 < hi
     assert 0.15 < res.lambdas["g"] < 0.6
+
+
+def test_every_method_estimates_theta_and_a_given_theta_is_kept() -> None:
+    owls = pd.read_csv(DATA / "Owls.csv")
+    ml = _owls_reference()["theta"]
+    for kw in ({}, {"method": "EQL"}):  # REML (p_beta,v) and EQL (p_beta,v of its fit)
+        res = hglm.fit(OWLS, owls, family="negative_binomial", **kw)
+        assert res.converged
+        assert res.theta["estimate"] == pytest.approx(ml, rel=0.02)
+    fixed = hglm.fit(OWLS, owls, family=hglm.negative_binomial_family(2.0), reml=False)
+    assert fixed.theta["estimate"] == 2.0
+    assert np.isnan(fixed.theta["se"])
+    assert fixed.likelihood["p_v"] < -1741.805  # theta = 2 is worse than theta-hat
+    with pytest.raises(ValueError, match="positive"):
+        hglm.negative_binomial_family(0.0)
