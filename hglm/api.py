@@ -98,7 +98,7 @@ def fit(
     if fam.estimates_theta:
         which = "p_v" if meth != "EQL" and not reml else "p_beta_v"
 
-        def fit_at(d: ModelDesign) -> tuple[tuple, float]:
+        def fit_at(d: ModelDesign, _nearest: Any) -> tuple[tuple, float]:
             m = Model(d)
             out, tim = _run(m, meth, reml, max_iter, t0)
             return (m, out, tim), float(getattr(out.likelihood, which))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.optimize
@@ -72,21 +73,28 @@ def start_theta(design: ModelDesign) -> float:
 
 def profile_theta(
     design: ModelDesign,
-    fit_at: Callable[[ModelDesign], tuple[object, float]],
+    fit_at: Callable[[ModelDesign, Any], tuple[Any, float]],
     criterion: str,
+    start: float | None = None,
     xatol: float = 1e-5,
-) -> tuple[ThetaEstimate, object]:
-    """Maximise ``fit_at(design with theta)``'s criterion over log theta.
+) -> tuple[ThetaEstimate, Any]:
+    """Maximise the criterion of ``fit_at(design with theta, nearest fit)`` over log theta.
 
-    ``fit_at`` fits the design at the family's theta and returns (whatever the caller needs
-    from that fit, the criterion's value). Returns the estimate and the fit at theta-hat."""
-    fits: dict[float, tuple[object, float]] = {}
+    ``fit_at`` fits the design at its family's theta, given the fit at the nearest theta
+    evaluated so far (None at first: a warm start for the next search), and returns (the
+    fit, the criterion's value). ``start``: a theta to start from (default: moments).
+    Returns the estimate and the fit at theta-hat."""
+    fits: dict[float, tuple[Any, float]] = {}
 
-    def at(log_theta: float) -> tuple[object, float]:
+    def at(log_theta: float) -> tuple[Any, float]:
         key = float(log_theta)
         if key not in fits:
+            nearest = min(fits, key=lambda k: abs(k - key)) if fits else None
             fam = design.family.with_theta(float(np.exp(key)))
-            fits[key] = fit_at(dataclasses.replace(design, family=fam))
+            fits[key] = fit_at(
+                dataclasses.replace(design, family=fam),
+                fits[nearest][0] if nearest is not None else None,
+            )
         return fits[key]
 
     def negative(log_theta: float) -> float:
@@ -94,8 +102,9 @@ def profile_theta(
         return -value if np.isfinite(value) else 1e300
 
     lo, hi = LOG_THETA_BOUNDS
-    x0 = float(np.log(start_theta(design)))
-    # bracket around the moment start, then Brent; fall back to the bounded search
+    x0 = float(np.log(start if start is not None else start_theta(design)))
+    x0 = float(np.clip(x0, lo + 0.5, hi - 0.5))
+    # bracket around the start, then Brent; fall back to the bounded search
     try:
         res = scipy.optimize.minimize_scalar(
             negative, bracket=(x0 - 0.5, x0 + 0.5), method="brent", options={"xtol": xatol}
