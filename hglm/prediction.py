@@ -158,15 +158,25 @@ def _estimation_variance(res: HGLMResult, X: np.ndarray, codes: list[np.ndarray]
     many = np.flatnonzero(n_seen > 1)
     if len(many):
         combos, inverse = np.unique(seen[many], axis=0, return_inverse=True)
-        forms = np.empty(len(combos))
-        batch = max(1, min(len(combos), _BATCH_ENTRIES // max(mme.q, 1)))
-        for start in range(0, len(combos), batch):
-            block = combos[start : start + batch]
+        forms = np.full(len(combos), np.nan)
+        # combinations that some data row has: their form is in the selected inverse
+        if np.all(combos >= 0, axis=1).any():
+            levels, pattern_forms = mme.pattern_level_variances()
+            known = pd.Index(pd.MultiIndex.from_arrays(list(np.sort(levels, axis=1).T)))
+            full = np.flatnonzero(np.all(combos >= 0, axis=1))
+            where = known.get_indexer(pd.MultiIndex.from_arrays(list(combos[full].T)))
+            forms[full[where >= 0]] = pattern_forms[where[where >= 0]]
+        todo = np.flatnonzero(np.isnan(forms))
+        combos_todo = combos[todo]
+        # the others: sparse solves with H's factor, a block of combinations at a time
+        batch = max(1, min(len(todo), _BATCH_ENTRIES // max(mme.q, 1)))
+        for start in range(0, len(todo), batch):
+            block = combos_todo[start : start + batch]
             rhs = np.zeros((mme.q, len(block)))
             for j, row in enumerate(block):
                 rhs[row[row >= 0], j] = 1.0
             sol_block = mme.solve_levels(rhs)
-            forms[start : start + len(block)] = np.einsum("ij,ij->j", rhs, sol_block)
+            forms[todo[start : start + len(block)]] = np.einsum("ij,ij->j", rhs, sol_block)
         out[many] += forms[np.ravel(inverse)]
     assert out.shape == (n,)
     return out
