@@ -1,6 +1,27 @@
-"""hglm: hierarchical generalized linear models by h-likelihood (Lee & Nelder 1996)."""
+"""hglm: hierarchical generalized linear models by h-likelihood (Lee & Nelder 1996).
+
+The modules, from the bottom of the import graph up (each may import only those below it;
+every module's docstring says which):
+
+* ``control`` (methods, ``FitControl``), ``diagnostics`` (``Diagnostics``, ``ConvergenceCode``,
+  the singularity rule), ``families``, ``formula``, ``linalg``: nothing of ``hglm``.
+* ``state``: the plain data of a fit (``Dispersions``, ``MeanFit``, ``FitOutcome``).
+* ``design`` (formula + data -> matrices), ``likelihood``, ``mme`` (the sparse mixed-model
+  equations).
+* ``model``: ``Model`` and its IWLS (the mean step of every method).
+* ``glm`` (gamma GLM, starting GLM), ``gradient``, ``criterion`` (the HL criterion and its
+  search), ``dispersion_se``.
+* ``eql``, ``hl`` (the general HL search, ``finish_hl``), ``lmm`` (the profiled LMM route).
+* ``dispatch``: ``solve``, the one place that chooses between them.
+* ``results`` (``HGLMResult``), ``api`` (``fit``).
+* ``simulate``, ``marginal``, ``inference`` (refits, criteria, likelihood_ratio, intervals,
+  resampling), ``plots``: built on a result.
+"""
 
 from hglm.api import fit
+from hglm.control import FitControl
+from hglm.diagnostics import ConvergenceCode, ConvergenceWarning, Diagnostics
+from hglm.dispatch import solve
 from hglm.families import (
     RandomFamily,
     ResponseFamily,
@@ -8,7 +29,6 @@ from hglm.families import (
     random_family,
     response_family,
 )
-from hglm.fitting import ConvergenceWarning
 from hglm.inference import BootstrapResult, LRTResult, bootstrap, confint, lrt, profile_ci
 from hglm.marginal import marginal_effect, marginal_predict
 from hglm.results import HGLMResult, RanefGivenFixef
@@ -16,7 +36,10 @@ from hglm.simulate import simulate_responses
 
 __all__ = [
     "BootstrapResult",
+    "ConvergenceCode",
     "ConvergenceWarning",
+    "Diagnostics",
+    "FitControl",
     "HGLMResult",
     "LRTResult",
     "RandomFamily",
@@ -33,6 +56,7 @@ __all__ = [
     "random_family",
     "response_family",
     "simulate_responses",
+    "solve",
 ]
 
 

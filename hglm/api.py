@@ -1,40 +1,34 @@
-"""``hglm.fit``: formula + data -> fitted HGLM."""
+"""``hglm.fit``: formula + data -> fitted HGLM.
+
+Builds the design and the model, then hands them to ``hglm.dispatch.solve`` (which chooses the
+algorithm) with the options of a ``FitControl``.
+
+May import: ``hglm.control``, ``hglm.diagnostics``, ``hglm.design``, ``hglm.families``,
+``hglm.formula``, ``hglm.model``, ``hglm.dispatch``, ``hglm.results``.
+"""
 
 from __future__ import annotations
 
-import re
+import dataclasses
 import time
 import warnings
 from typing import Any
 
-import numpy as np
-
-from hglm.design import ModelDesign, build_design
+from hglm.control import FitControl, normalise_method
+from hglm.design import build_design
+from hglm.diagnostics import ConvergenceWarning
+from hglm.dispatch import solve
+from hglm.dispersion_se import DispersionSE
 from hglm.families import RandomFamily, ResponseFamily, quasi_family, response_family
-from hglm.fitting import ConvergenceWarning, DispersionSE, FitOutcome, Model, fit_eql, fit_hl
 from hglm.formula import parse_formula
-from hglm.likelihood import Likelihoods
-from hglm.lmm import fit_lmm, is_linear_mixed_model
-from hglm.negbin import ThetaEstimate, profile_theta
+from hglm.model import Model
 from hglm.results import HGLMResult
-
-METHODS = ("EQL", "HL(0,1)", "HL(1,1)")
-
-
-def _method(method: str) -> str:
-    m = re.sub(r"\s+", "", method).upper()
-    if m in ("HL01",):
-        m = "HL(0,1)"
-    if m in ("HL11",):
-        m = "HL(1,1)"
-    if m not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    return m
 
 
 def fit(
     formula: str,
     data: Any,
+    *,
     family: str | ResponseFamily = "gaussian",
     link: str | None = None,
     rand_family: str | RandomFamily | dict[str, str | RandomFamily] = "normal",
@@ -45,29 +39,72 @@ def fit(
     trials: str | None = None,
     weights: Any = None,
     offset: Any = None,
-    max_iter: int = 50,
-    dispersion_se: bool = False,
+    control: FitControl | None = None,
+    max_iter: int | None = None,
+    dispersion_se: bool | None = None,
+    start: Any = None,
     na_action: str = "raise",
 ) -> HGLMResult:
     """Fit a hierarchical GLM by h-likelihood.
 
-    ``formula`` uses lme4 syntax for random intercepts, e.g.
-    ``"y ~ x1 + x2 + (1|lot/wafer) + (1|tool)"``; a formula without random terms
-    fits the plain GLM; ``offset(expr)`` terms (e.g. ``offset(log(E))``) enter the linear
-    predictor with coefficient 1, added to ``offset=``. ``method``: ``"EQL"`` (R hglm's algorithm),
-    ``"HL(0,1)"`` or ``"HL(1,1)"`` (exact adjusted profile likelihoods;
-    ``reml`` chooses p_beta,v(h) or p_v(h) for the dispersions).
+    Parameters
+    ----------
+    formula : str
+        lme4 syntax with random intercepts, e.g. ``"y ~ x1 + x2 + (1|lot/wafer) + (1|tool)"``;
+        a formula without random terms fits the plain GLM. ``offset(expr)`` terms (e.g.
+        ``offset(log(E))``) enter the linear predictor with coefficient 1, added to ``offset=``.
+    data : pandas.DataFrame or mapping of columns
+        The data the formula's names refer to.
+    family : str or ResponseFamily
+        The response family: ``"gaussian"``, ``"binomial"``, ``"poisson"``, ``"gamma"`` or
+        ``"negative_binomial"`` (``"nbinom2"``: NB2, theta estimated unless given with
+        ``hglm.negative_binomial_family(theta)``); ``"quasipoisson"``, ``"quasibinomial"``:
+        phi estimated (method ``"EQL"``, as R hglm; no likelihoods).
+    link : str, optional
+        The response link (default: the family's canonical one).
+    rand_family : str, RandomFamily or dict
+        The distribution of the random effects, for all terms or per grouping factor:
+        ``"normal"``, ``"beta"``, ``"gamma"``, ``"inverse_gamma"``, optionally with a link,
+        e.g. ``"gamma(log)"``.
+    disp : str, optional
+        A model for log phi, e.g. ``"~ x2 + x3"`` (families with an estimated phi; for
+        binomial and Poisson it asks for a quasi-likelihood phi, method ``"EQL"`` only).
+    rand_disp : dict, optional
+        Per grouping factor, a model for log lambda over its levels' variables.
+    method : str
+        ``"EQL"`` (R hglm's algorithm), ``"HL(0,1)"`` or ``"HL(1,1)"`` (the exact adjusted
+        profile likelihoods).
+    reml : bool
+        For the HL methods: p_beta,v(h) (True) or p_v(h) (False) for the dispersions.
+    trials : str, optional
+        The column of binomial trials (the response then counts successes).
+    weights, offset : str or array-like, optional
+        Prior weights and an offset of the linear predictor (a column name, an expression
+        such as ``"np.log(t)"``, or values).
+    control : FitControl, optional
+        Iteration limits, tolerances, ``dispersion_se`` (default ``FitControl()``).
+    max_iter : int, optional
+        Shorthand for ``control=FitControl(max_iter=...)`` (overrides ``control``'s).
+    dispersion_se : bool, optional
+        Shorthand for ``FitControl(dispersion_se=...)``: compute the HL standard errors of
+        the log-dispersion parameters within the fit. By default they come from a
+        finite-difference Hessian of the criterion when first read (``varcomp``,
+        ``disp_coef``, ``summary()``, ...).
+    start : HGLMResult, optional
+        A previous fit of the same model to start the HL search from (see ``hglm.dispatch.solve``).
+    na_action : str
+        ``"raise"`` (default) refuses missing values in the columns the model uses;
+        ``"omit"`` leaves those rows out (``res.n_omitted``, ``res.design.omitted``).
 
-    ``na_action="raise"`` (default) refuses missing values in the columns the model uses;
-    ``"omit"`` leaves those rows out (counted in ``res.n_omitted``, listed in
-    ``res.design.omitted``).
-
-    The HL methods' standard errors of the log-dispersion parameters come from a
-    finite-difference Hessian of the criterion, computed when first read (``varcomp``,
-    ``disp_coef``, ``summary()``, ...); ``dispersion_se=True`` computes them within the fit.
+    Returns
+    -------
+    HGLMResult
+        The fitted model; ``res.diagnostics`` holds its status. A fit that did not converge,
+        or has a variance component at its lower bound, also warns (``ConvergenceWarning``).
     """
     t0 = time.perf_counter()
-    meth = _method(method)
+    meth = normalise_method(method)
+    control = _control(control, max_iter, dispersion_se)
     fam = response_family(family, link)
     mf = parse_formula(formula)
     if disp is not None and fam.name in ("binomial", "poisson"):
@@ -94,35 +131,16 @@ def fit(
         offset=offset,
         na_action=na_action,
     )
-    theta_estimate: ThetaEstimate | None = None
-    if fam.estimates_theta:
-        which = "p_v" if meth != "EQL" and not reml else "p_beta_v"
-
-        def fit_at(d: ModelDesign, _nearest: Any) -> tuple[tuple, float]:
-            m = Model(d)
-            out, tim = _run(m, meth, reml, max_iter, t0)
-            return (m, out, tim), float(getattr(out.likelihood, which))
-
-        theta_estimate, (model, outcome, timings) = profile_theta(design, fit_at, which)
-        design = model.design
-        timings["theta_profile_fits"] = float(theta_estimate.evaluations)
-        if theta_estimate.at_bound:
-            outcome.messages.append(
-                f"theta of the negative binomial is at a bound of its search "
-                f"({theta_estimate.theta:.3g}); a Poisson model may fit as well"
-            )
-    else:
-        model = Model(design)
-        outcome, timings = _run(model, meth, reml, max_iter, t0)
-    if fam.quasi:
-        # R hglm reports no likelihood for a quasi-likelihood phi: neither do we
-        outcome.likelihood = Likelihoods(np.nan, np.nan, np.nan, np.nan, np.nan)
-    if dispersion_se and isinstance(outcome.disp_se, DispersionSE):
+    model = Model(design)
+    t1 = time.perf_counter()
+    outcome = solve(model, meth, reml=reml, start=start, control=control)
+    timings = {"design": t1 - t0, **outcome.timings}
+    if control.dispersion_se and isinstance(outcome.disp_se, DispersionSE):
         outcome.disp_se.record_timings_in(timings)
         outcome.disp_se.compute()
     timings["total"] = time.perf_counter() - t0
     call = _call_text(formula, fam, rand_family, disp, meth, reml)
-    for msg in outcome.messages:
+    for msg in outcome.warnings:
         warnings.warn(msg, ConvergenceWarning, stacklevel=2)
     return HGLMResult(
         model=model,
@@ -130,42 +148,26 @@ def fit(
         method=meth,
         reml=reml,
         call=call,
-        warnings=list(outcome.messages),
+        warnings=outcome.warnings,
         timings=timings,
-        theta_estimate=theta_estimate,
+        control=control,
     )
 
 
-def _run(
-    model: Model, meth: str, reml: bool, max_iter: int, t0: float
-) -> tuple[FitOutcome, dict[str, float]]:
-    """Fit ``model`` by ``meth``: the outcome and the timings (from ``t0``, the call's start)."""
-    design = model.design
-    t1 = time.perf_counter()
-    if meth != "EQL" and is_linear_mixed_model(model):
-        # the profiled LMM search needs no EQL start
-        outcome = fit_lmm(model, mean_order=1 if meth == "HL(1,1)" else 0, reml=reml)
-        timings = {"design": t1 - t0, **outcome.timings}
-    elif meth != "EQL":
-        # EQL only starts the HL search: settled to 1e-4 (not hglm's 1e-6) is close enough
-        # (the search takes as many steps from there, measured on benchmark cases 1-5)
-        start = fit_eql(model, max_iter=max_iter, conv=1e-4, start_only=True)
-        timings = {"design": t1 - t0, **start.timings}
-        outcome = fit_hl(model, start, mean_order=1 if meth == "HL(1,1)" else 0, reml=reml)
-        outcome.messages = [m for m in start.messages if "singular" in m] + outcome.messages
-        timings.update(outcome.timings)
-        timings["iterations_eql"] = float(start.n_iter)
-    else:
-        outcome = fit_eql(model, max_iter=max_iter)
-        timings = {"design": t1 - t0, **outcome.timings}
-        lam = outcome.disp.lam(design)
-        for t, lk in zip(design.terms, lam, strict=True):
-            if t.X_disp.shape[1] == 1 and float(lk[0]) < 1e-6:
-                outcome.messages.append(
-                    f"singular fit: lambda of {t.term.label} is at its lower bound "
-                    f"({float(lk[0]):.3g})"
-                )
-    return outcome, timings
+def _control(
+    control: FitControl | None, max_iter: int | None, dispersion_se: bool | None
+) -> FitControl:
+    """``control`` with the shorthand keywords applied."""
+    if control is None:
+        control = FitControl()
+    elif not isinstance(control, FitControl):
+        raise TypeError(f"control must be a FitControl, got {type(control).__name__}")
+    changes: dict[str, Any] = {}
+    if max_iter is not None:
+        changes["max_iter"] = max_iter
+    if dispersion_se is not None:
+        changes["dispersion_se"] = dispersion_se
+    return dataclasses.replace(control, **changes) if changes else control
 
 
 def _call_text(

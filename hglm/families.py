@@ -289,7 +289,20 @@ class ResponseFamily:
 
 
 def response_family(spec: str | ResponseFamily, link: str | None = None) -> ResponseFamily:
-    """Parse ``"binomial(probit)"``; ``link`` overrides the link given in ``spec``."""
+    """Parse a response family such as ``"binomial(probit)"``.
+
+    Parameters
+    ----------
+    spec : str or ResponseFamily
+        ``"gaussian"``, ``"binomial"``, ``"poisson"`` or ``"gamma"``, optionally with a link.
+    link : str, optional
+        Overrides the link given in ``spec``.
+
+    Returns
+    -------
+    ResponseFamily
+        The family with its link.
+    """
     if isinstance(spec, ResponseFamily):
         if link is None:
             return spec
@@ -443,6 +456,18 @@ class RandomFamily:
 
 
 def random_family(spec: str | RandomFamily) -> RandomFamily:
+    """Parse a random-effect family such as ``"gamma(log)"``.
+
+    Parameters
+    ----------
+    spec : str or RandomFamily
+        ``"normal"``, ``"beta"``, ``"gamma"`` or ``"inverse_gamma"``, optionally with a link.
+
+    Returns
+    -------
+    RandomFamily
+        The family with its link.
+    """
     if isinstance(spec, RandomFamily):
         return spec
     name, lk = _split_name(spec)

@@ -35,7 +35,8 @@ from hglm.families import RandomFamily, ResponseFamily
 from hglm.mme import MMESolution, ObservationElimination
 
 if TYPE_CHECKING:
-    from hglm.fitting import Dispersions, MeanFit, Model
+    from hglm.model import Model
+    from hglm.state import Dispersions, MeanFit
 
 
 class GradientUnavailable(ValueError):

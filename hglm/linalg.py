@@ -17,6 +17,11 @@ and Z_RR is already known because R lies inside the pattern of the ancestors of 
 pattern of a Cholesky factor is closed along its elimination tree). Leverages, the
 log-determinants of p_v(h) and p_beta,v(h) and standard errors all come from here without a
 dense inverse.
+
+Why this module is longer than 600 lines: it is one numerical kernel (the factor, its
+supernodal selected inverse and the batched row quadratic forms all walk the same supernode
+structure and share its index arrays and the CHOLMOD handle's thread-safety rules); a split
+would put one data structure's invariants in several files. It imports nothing of ``hglm``.
 """
 
 from __future__ import annotations

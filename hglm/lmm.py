@@ -26,7 +26,10 @@ gradient, by the envelope theorem, is
 
 C^{-1} the inverse of A (p_v) or of the full (beta, v) matrix (p_beta,v), from the selected
 inverse of the factor. The estimates then go through the same final steps as every HL fit
-(``hglm.fitting.finish_hl``), so the reported criterion is computed the same way.
+(``hglm.hl.finish_hl``), so the reported criterion is computed the same way. Whether a model
+takes this route is decided by ``hglm.dispatch.solve`` (``is_linear_mixed_model``).
+
+May import: ``hglm.state``, ``hglm.diagnostics``, ``hglm.model``, ``hglm.hl``.
 """
 
 from __future__ import annotations
@@ -36,7 +39,10 @@ import time
 import numpy as np
 import scipy.optimize
 
-from hglm.fitting import LOG_LAMBDA_BOUNDS, Dispersions, FitOutcome, Model, finish_hl
+from hglm.diagnostics import ConvergenceCode
+from hglm.hl import finish_hl
+from hglm.model import Model
+from hglm.state import LOG_LAMBDA_BOUNDS, Dispersions, FitOutcome
 
 
 def log_ratio_bounds(model: Model) -> tuple[float, float]:
@@ -225,11 +231,33 @@ def moment_start(model: Model) -> np.ndarray:
 
 
 def fit_lmm(
-    model: Model, mean_order: int, reml: bool, start: np.ndarray | None = None
+    model: Model,
+    mean_order: int,
+    reml: bool,
+    start: np.ndarray | None = None,
+    outer_max_iter: int = 500,
 ) -> FitOutcome:
     """HL(mean_order, 1) of a linear mixed model: ML (p_v(h)) or REML (p_beta,v(h)) for the
-    dispersions; beta is the GLS estimate, which maximises h and p_v(h) alike. ``start``:
-    log(lambda / phi) per term (default: ``moment_start``)."""
+    dispersions; beta is the GLS estimate, which maximises h and p_v(h) alike.
+
+    Parameters
+    ----------
+    model : Model
+        A linear mixed model (``is_linear_mixed_model``).
+    mean_order : int
+        1 for HL(1,1), 0 for HL(0,1) (the same estimates; the SEs' criterion differs).
+    reml : bool
+        p_beta,v(h) (True) or p_v(h) (False).
+    start : numpy.ndarray, optional
+        log(lambda / phi) per term (default: ``moment_start``).
+    outer_max_iter : int
+        Iterations at most of the quasi-Newton fallback search.
+
+    Returns
+    -------
+    FitOutcome
+        The fit at the estimates (``hglm.hl.finish_hl``).
+    """
     t0 = time.perf_counter()
     mme_before = dict(model.mme.timings)
     crit = ProfiledCriterion(model, reml)
@@ -251,12 +279,13 @@ def fit_lmm(
             jac=True,
             method="L-BFGS-B",
             bounds=bounds,
-            options={"maxiter": 500, "ftol": 1e-13, "gtol": 1e-6},
+            options={"maxiter": outer_max_iter, "ftol": 1e-13, "gtol": 1e-6},
         )
         res.nit += newton_its
     messages: list[str] = []
-    converged = bool(res.success) or _stationary(crit, res.x, bounds)
-    if not converged:
+    codes: list[ConvergenceCode] = []
+    if not (bool(res.success) or _stationary(crit, res.x, bounds)):
+        codes.append(ConvergenceCode.OPTIMISER_FAILED)
         messages.append(f"dispersion optimisation did not converge: {res.message}")
     rho_hat = res.x
     disp_hat = crit.dispersions(rho_hat)
@@ -279,7 +308,7 @@ def fit_lmm(
         beta_fixed=False,
         which="p_beta_v" if reml else "p_v",
         joint=mean_order == 1 and not reml,
-        converged=converged,
+        codes=codes,
         n_iter=int(res.nit),
         messages=messages,
         timings=outer,

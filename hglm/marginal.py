@@ -193,6 +193,7 @@ def _rows(res: HGLMResult, newdata: Any, average_over: list[str] | None, offset:
 def marginal_predict(
     res: HGLMResult,
     newdata: Any = None,
+    *,
     average_over: list[str] | None = None,
     method: str = "auto",
     n_quad: int = 40,
@@ -203,7 +204,28 @@ def marginal_predict(
     ``average_over``: the random terms to average over (default all); the others enter
     with their predicted random effects (new levels: v(psi)). ``method``: ``"auto"``
     (closed form where one exists, else quadrature) or ``"quadrature"``. For binomial,
-    the mean is a proportion. ``offset`` is added to the linear predictor of new data."""
+    the mean is a proportion. ``offset`` is added to the linear predictor of new data.
+
+    Parameters
+    ----------
+    res : HGLMResult
+        The fit.
+    newdata : pandas.DataFrame, optional
+        Rows to predict for (default: the fitted data).
+    average_over : list of str, optional
+        Random terms to average over (default: all).
+    method : str
+        ``"auto"`` or ``"quadrature"``.
+    n_quad : int
+        Quadrature nodes per term.
+    offset : array-like, optional
+        Added to the linear predictor of new data.
+
+    Returns
+    -------
+    numpy.ndarray
+        E(y) per row.
+    """
     if method not in ("auto", "quadrature"):
         raise ValueError("method must be 'auto' or 'quadrature'")
     rows = _rows(res, newdata, average_over, offset)
@@ -266,6 +288,7 @@ def marginal_effect(
     res: HGLMResult,
     newdata: Any,
     column: str,
+    *,
     change: float = 1.0,
     to: Any = None,
     average_over: list[str] | None = None,
@@ -274,7 +297,27 @@ def marginal_effect(
 
     Numeric column: the average over the rows of [E(y | column + change) - E(y)] / change.
     ``to=level``: the average of E(y | column = level) - E(y) (a categorical contrast).
-    Returns the averaged marginal means before and after, and the effect."""
+
+    Parameters
+    ----------
+    res : HGLMResult
+        The fit.
+    newdata : pandas.DataFrame
+        The rows to average over.
+    column : str
+        The variable whose effect is wanted.
+    change : float
+        The step of a numeric column.
+    to : optional
+        A level of a categorical column to contrast with the rows' own levels.
+    average_over : list of str, optional
+        Random terms to average over (default: all).
+
+    Returns
+    -------
+    pandas.Series
+        The averaged marginal means before and after, and the effect.
+    """
     frame = to_pandas(newdata).copy()
     if column not in frame.columns:
         raise ValueError(f"column {column!r} is not in the data")

@@ -27,6 +27,11 @@ Two terms are never put into the sparse factor:
 
 Nothing in here is n x n or has q = n columns; the selected inverse of the factor gives the
 leverages and prediction variances.
+
+Why this module is longer than 600 lines: the pattern sums, the two eliminations and the
+Schur-complement solve are one kernel over one representation (the distinct row patterns and
+their term groups); each piece needs the others' index layout. May import ``hglm.design`` and
+``hglm.linalg`` only.
 """
 
 from __future__ import annotations

@@ -10,9 +10,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from hglm.control import FitControl
 from hglm.design import ModelDesign, evaluate_offset, new_fixed_matrix, new_term_codes, to_pandas
-from hglm.fitting import DispersionSE, FitOutcome, Model
-from hglm.negbin import ThetaEstimate
+from hglm.diagnostics import Diagnostics
+from hglm.dispersion_se import DispersionSE
+from hglm.model import Model
+from hglm.state import FitOutcome
 
 
 def _json(x: Any) -> Any:
@@ -51,7 +54,12 @@ class RanefGivenFixef:
 
 @dataclass
 class HGLMResult:
-    """A fitted HGLM. Build it with ``hglm.fit``."""
+    """A fitted HGLM. Build it with ``hglm.fit``.
+
+    The convenience methods (``simulate``, ``bootstrap``, ``profile_ci``, ``confint``,
+    ``marginal_predict``) import the modules they delegate to when called: those modules sit
+    above this one in the import graph and refer to this class for annotations only.
+    """
 
     model: Model
     outcome: FitOutcome
@@ -60,7 +68,7 @@ class HGLMResult:
     call: str
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
-    theta_estimate: ThetaEstimate | None = None  # negative binomial: theta-hat and its SE
+    control: FitControl = field(default_factory=FitControl)
 
     def __post_init__(self) -> None:
         # the lazy dispersion SEs charge their Hessian to this fit's timings
@@ -70,18 +78,22 @@ class HGLMResult:
     # ------------------------------------------------------------------ basics
     @property
     def design(self) -> ModelDesign:
+        """The model's design (``hglm.design.ModelDesign``): matrices, terms, response."""
         return self.model.design
 
     @property
     def converged(self) -> bool:
+        """Whether the fit met its convergence criteria (``diagnostics.converged``)."""
         return self.outcome.converged
 
     @property
     def n_iter(self) -> int:
+        """Iterations of the fit's main loop (``diagnostics.iterations``)."""
         return self.outcome.n_iter
 
     @property
     def nobs(self) -> int:
+        """The number of data rows."""
         return self.design.n
 
     @property
@@ -90,11 +102,19 @@ class HGLMResult:
         return self.design.n_omitted
 
     @property
+    def diagnostics(self) -> Diagnostics:
+        """The fit's status: ``converged``, ``code``, ``iterations``, ``singular_terms``,
+        ``messages`` (see ``hglm.diagnostics.Diagnostics``)."""
+        return self.outcome.diagnostics
+
+    @property
     def singular(self) -> list[str]:
-        return [w for w in self.warnings if w.startswith("singular fit")]
+        """The warning texts of the singular terms (``diagnostics.singular_terms``: their names)."""
+        return [s.message for s in self.outcome.singular]
 
     @property
     def df_residual(self) -> int:
+        """Residual degrees of freedom: rows less the sum of the data leverages."""
         return round(self.nobs - float(np.sum(self.leverages)))
 
     @property
@@ -104,6 +124,7 @@ class HGLMResult:
     # ----------------------------------------------------------------- tables
     @property
     def fixef(self) -> pd.DataFrame:
+        """The fixed effects: ``estimate``, ``se``, the t or z statistic and ``p``."""
         est = self.outcome.mean.beta
         se = np.sqrt(np.diag(self.outcome.cov_beta))
         stat = est / se
@@ -138,7 +159,13 @@ class HGLMResult:
         inverse of the augmented system's matrix, v - v-hat = L (beta - beta-hat) + e with
         L = -H^{-1} Z'AX and e independent of beta; ``se`` is the SD of e per level
         (diag H^{-1}). Drawing beta from N(beta-hat, cov_beta) and then e level by level gives
-        the joint draws of a term's levels without their correlations given beta."""
+        the joint draws of a term's levels without their correlations given beta.
+
+        Returns
+        -------
+        dict of str to RanefGivenFixef
+            Per sparse random term: its levels, the loading on beta and the SD of e.
+        """
         sol = self.outcome.mean.solution
         lev = self.outcome.leverages
         out: dict[str, RanefGivenFixef] = {}
@@ -218,6 +245,7 @@ class HGLMResult:
 
     @property
     def phi_fitted(self) -> np.ndarray:
+        """phi of each data row."""
         return self.outcome.disp.phi(self.design)
 
     @property
@@ -228,7 +256,7 @@ class HGLMResult:
         fam = self.design.family
         if fam.name != "negative_binomial":
             return None
-        est = self.theta_estimate
+        est = self.outcome.theta
         se_log = est.se_log if est is not None else np.nan
         lo, hi = est.interval() if est is not None else (np.nan, np.nan)
         return pd.Series(
@@ -244,6 +272,7 @@ class HGLMResult:
 
     @property
     def likelihood(self) -> dict[str, float]:
+        """h, p_v(h), p_beta,v(h) and cAIC (keys ``h``, ``p_v``, ``p_beta_v``, ``caic``)."""
         return self.outcome.likelihood.as_dict()
 
     # ---------------------------------------------------------- diagnostics
@@ -254,15 +283,18 @@ class HGLMResult:
 
     @property
     def leverages(self) -> np.ndarray:
+        """The leverages of the data rows in the augmented GLM."""
         return self.outcome.leverages["data"]
 
     @property
     def deviance_components(self) -> np.ndarray:
+        """The unit deviances of the data rows at the fitted means."""
         d = self.design
         return d.family.deviance(d.y, self.fitted, d.prior_weights)
 
     @property
     def deviance_residuals(self) -> np.ndarray:
+        """Signed square roots of the deviance components."""
         return np.sign(self.design.y - self.fitted) * np.sqrt(
             np.maximum(self.deviance_components, 0)
         )
@@ -277,6 +309,7 @@ class HGLMResult:
     def predict(
         self,
         newdata: Any = None,
+        *,
         type: str = "response",
         random: bool = True,
         offset: Any = None,
@@ -294,8 +327,31 @@ class HGLMResult:
         ``random=False`` leaves out every random term. Levels not seen in the fit, and any
         observation-level term on new data, get v(psi), the random effect's mean scale
         (0 for normal, beta and gamma random effects). The offset of new rows is rebuilt from
-        the formula's ``offset(...)`` terms and a column-valued ``offset=`` of the fit; an
-        offset the fit was given as an array must be given again here as ``offset=``."""
+        the formula's ``offset(...)`` terms and a column-valued ``offset=`` of the fit.
+
+        Parameters
+        ----------
+        newdata : pandas.DataFrame, optional
+            Rows to predict for (default: the fitted data).
+        type : str
+            ``"response"`` or ``"link"``.
+        random : bool
+            Include the predicted random effects.
+        offset : array-like, optional
+            The new rows' offset, when the fit was given ``offset=`` as an array.
+        se : bool
+            Return a DataFrame with the link-scale standard errors.
+        interval : str, optional
+            ``"confidence"`` or ``"prediction"`` (see ``hglm.prediction``): adds ``lower``
+            and ``upper`` on the ``type`` scale.
+        level : float
+            Coverage of the interval.
+
+        Returns
+        -------
+        numpy.ndarray or pandas.DataFrame
+            One prediction per row (a DataFrame with ``se``/``interval``).
+        """
         if type not in ("link", "response"):
             raise ValueError("type must be 'link' or 'response'")
         if se or interval is not None:
@@ -341,6 +397,13 @@ class HGLMResult:
 
     # -------------------------------------------------------------- output
     def to_dict(self) -> dict[str, Any]:
+        """A plain-JSON view of the fit (non-finite numbers as None).
+
+        Returns
+        -------
+        dict
+            method, family, estimates with SEs, likelihoods, status, warnings and timings.
+        """
         fx = self.fixef
         vc = self.varcomp
         out: dict[str, Any] = {
@@ -381,36 +444,115 @@ class HGLMResult:
         return out
 
     def summary(self) -> Summary:
-        """A text summary laid out like R's ``summary.hglm`` (shown as text at the prompt)."""
+        """A text summary laid out like R's ``summary.hglm`` (shown as text at the prompt).
+
+        Returns
+        -------
+        Summary
+            The text (a ``str``).
+        """
         return Summary(_format_summary(self))
 
     # ----------------------------------------------- inference (hglm.inference et al.)
-    def simulate(self, n: int = 1, seed: Any = None, new_random_effects: bool = True) -> np.ndarray:
-        """(n, nobs) responses drawn from the fit; see ``hglm.simulate.simulate_responses``."""
+    def simulate(
+        self, n: int = 1, *, seed: Any = None, new_random_effects: bool = True
+    ) -> np.ndarray:
+        """Responses drawn from the fit (``hglm.simulate_responses``).
+
+        Parameters
+        ----------
+        n : int
+            Replicates.
+        seed : int or numpy.random.Generator, optional
+            The random source.
+        new_random_effects : bool
+            Draw new random effects (True) or keep the predicted ones.
+
+        Returns
+        -------
+        numpy.ndarray
+            (n, nobs) responses.
+        """
         from hglm.simulate import simulate_responses
 
         return simulate_responses(self, n, seed=seed, new_random_effects=new_random_effects)
 
-    def bootstrap(self, n: int = 200, func: Any = None, seed: Any = None, **kwargs: Any) -> Any:
-        """Parametric bootstrap of ``func(fit)``; see ``hglm.inference.bootstrap``."""
+    def bootstrap(self, n: int = 200, *, func: Any = None, seed: Any = None, **kwargs: Any) -> Any:
+        """Parametric bootstrap of ``func(fit)`` (``hglm.bootstrap``).
+
+        Parameters
+        ----------
+        n : int
+            Replicates.
+        func : callable, optional
+            The statistics of a fit (default: fixed effects, lambdas, phi).
+        seed : int, optional
+            Seed of the simulations.
+        **kwargs
+            ``new_random_effects``, ``progress`` (see ``hglm.bootstrap``).
+
+        Returns
+        -------
+        BootstrapResult
+            The replicates and their summaries.
+        """
         from hglm.inference import bootstrap
 
         return bootstrap(self, n, func=func, seed=seed, **kwargs)
 
-    def profile_ci(self, parm: list[str] | None = None, level: float = 0.95) -> pd.DataFrame:
-        """Profile-likelihood intervals of lambda and phi; see ``hglm.inference.profile_ci``."""
+    def profile_ci(self, *, parm: list[str] | None = None, level: float = 0.95) -> pd.DataFrame:
+        """Profile-likelihood intervals of lambda and phi (``hglm.profile_ci``).
+
+        Parameters
+        ----------
+        parm : list of str, optional
+            The parameters to profile (default: all).
+        level : float
+            The confidence level.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per parameter.
+        """
         from hglm.inference import profile_ci
 
         return profile_ci(self, parm=parm, level=level)
 
-    def confint(self, level: float = 0.95, dispersion: str = "profile") -> pd.DataFrame:
-        """Intervals for all parameters; see ``hglm.inference.confint``."""
+    def confint(self, *, level: float = 0.95, dispersion: str = "profile") -> pd.DataFrame:
+        """Intervals for all parameters (``hglm.confint``).
+
+        Parameters
+        ----------
+        level : float
+            The confidence level.
+        dispersion : str
+            ``"profile"`` or ``"wald"`` for the dispersion parameters.
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``estimate``, ``lower``, ``upper``, ``method`` per parameter.
+        """
         from hglm.inference import confint
 
         return confint(self, level=level, dispersion=dispersion)
 
     def marginal_predict(self, newdata: Any = None, **kwargs: Any) -> np.ndarray:
-        """Population-averaged E(y); see ``hglm.marginal.marginal_predict``."""
+        """Population-averaged E(y) (``hglm.marginal_predict``).
+
+        Parameters
+        ----------
+        newdata : pandas.DataFrame, optional
+            Rows to predict for (default: the fitted data).
+        **kwargs
+            ``average_over``, ``method``, ``n_quad``, ``offset`` (see ``hglm.marginal_predict``).
+
+        Returns
+        -------
+        numpy.ndarray
+            E(y) per row.
+        """
         from hglm.marginal import marginal_predict
 
         return marginal_predict(self, newdata, **kwargs)

@@ -67,6 +67,7 @@ def draw_response(
 def simulate_responses(
     res: HGLMResult,
     n: int = 1,
+    *,
     seed: int | np.random.Generator | None = None,
     new_random_effects: bool = True,
 ) -> np.ndarray:
@@ -74,7 +75,24 @@ def simulate_responses(
 
     ``new_random_effects=True`` draws fresh random effects from their fitted
     distributions for every replicate; ``False`` keeps the predicted random effects, so
-    only y | v varies."""
+    only y | v varies.
+
+    Parameters
+    ----------
+    res : HGLMResult
+        The fit to simulate from.
+    n : int
+        Replicates.
+    seed : int or numpy.random.Generator, optional
+        The random source.
+    new_random_effects : bool
+        Draw new random effects (True) or keep the predicted ones.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n, nobs) responses on the scale of the data column (counts for binomial).
+    """
     if n < 1:
         raise ValueError(f"n must be a positive number of replicates, got {n}")
     rng = np.random.default_rng(seed)

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 import hglm
-from hglm.fitting import Criterion, _maximise, _stationary, fit_eql
+from hglm.criterion import Criterion, is_stationary, maximise
+from hglm.eql import fit_eql
 
 from .conftest import load_dataset
 
@@ -94,10 +95,10 @@ def test_scaled_search_finds_the_unscaled_optimum() -> None:
     crit, x_hat = _criterion(res)
     bounds = [(None, None)] * len(x_hat)
     start = x_hat + 0.3
-    plain = _maximise(crit, start, bounds)
-    assert _stationary(crit, plain, bounds)
-    scaled = _maximise(crit, start, bounds, scale=np.array([0.2, 0.3, 0.3, 0.3, 0.5]))
-    assert _stationary(crit, scaled, bounds)
+    plain = maximise(crit, start, bounds)
+    assert is_stationary(crit, plain, bounds)
+    scaled = maximise(crit, start, bounds, scale=np.array([0.2, 0.3, 0.3, 0.3, 0.5]))
+    assert is_stationary(crit, scaled, bounds)
     assert crit(scaled.x) == pytest.approx(crit(plain.x), abs=1e-7)
     assert crit(scaled.x) == pytest.approx(res.likelihood["p_v"], abs=1e-7)
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import hglm
-from hglm.fitting import Criterion, DispersionSE
+from hglm.criterion import Criterion
+from hglm.dispersion_se import DispersionSE
 
 from .conftest import load_dataset
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 import hglm
-from hglm.fitting import Criterion
+from hglm.criterion import Criterion
 
 
 def _data() -> pd.DataFrame:

@@ -17,8 +17,7 @@ import statsmodels.api as sm
 from scipy import stats
 
 import hglm
-from hglm import inference
-from hglm.inference import chibar_pvalue, chibar_weights, lrt, profile_ci
+from hglm.inference import chibar_pvalue, chibar_weights, intervals, lrt, profile_ci, resampling
 
 CHI2_95 = float(stats.chi2.ppf(0.95, 1))
 
@@ -244,7 +243,7 @@ def test_profile_falls_back_to_wald_and_says_so(lmm, monkeypatch):
     def broken(res):
         raise FloatingPointError("criterion unavailable")
 
-    monkeypatch.setattr(inference, "_criteria", broken)
+    monkeypatch.setattr(intervals, "fit_criteria", broken)
     ci = profile_ci(r1)
     assert ci["method"].str.startswith("Wald (log scale").all()
     se = r1.varcomp.loc["g", "se_log"]
@@ -282,7 +281,7 @@ def test_bootstrap_any_function_and_failure_share(lmm, monkeypatch):
     assert boot.replicates.shape == (6, 1) and np.isfinite(boot.replicates.to_numpy()).all()
 
     calls = {"n": 0}
-    real = inference.refit
+    real = resampling.refit
 
     def flaky(res, y, warm_start=True):
         calls["n"] += 1
@@ -290,7 +289,7 @@ def test_bootstrap_any_function_and_failure_share(lmm, monkeypatch):
             raise FloatingPointError("diverged")
         return real(res, y, warm_start)
 
-    monkeypatch.setattr(inference, "refit", flaky)
+    monkeypatch.setattr(resampling, "refit", flaky)
     with pytest.warns(hglm.ConvergenceWarning, match="2 of 6 bootstrap refits"):
         boot = hglm.bootstrap(r1, 6, seed=2, progress=False)
     assert boot.n_failed == 2 and boot.failed_share == pytest.approx(1 / 3)
@@ -299,7 +298,7 @@ def test_bootstrap_any_function_and_failure_share(lmm, monkeypatch):
 
 def test_refit_on_the_fitted_response_reproduces_the_fit(lmm):
     df, _, r1, _ = lmm
-    again = inference.refit(r1, df["y"].to_numpy())
+    again = hglm.inference.refit(r1, df["y"].to_numpy())
     assert again.converged
     np.testing.assert_allclose(again.fixef["estimate"], r1.fixef["estimate"], rtol=1e-5)
     assert again.varcomp["lambda"].iloc[0] == pytest.approx(r1.varcomp["lambda"].iloc[0], rel=1e-4)

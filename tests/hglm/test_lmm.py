@@ -10,11 +10,13 @@ import pytest
 import scipy.optimize
 
 import hglm
+from hglm.criterion import Criterion
 from hglm.design import build_design
+from hglm.eql import fit_eql
 from hglm.families import response_family
-from hglm.fitting import Criterion, Model, fit_eql
 from hglm.formula import parse_formula
 from hglm.lmm import ProfiledCriterion, is_linear_mixed_model, moment_start
+from hglm.model import Model
 
 FORMULA = "y ~ x + (1|a) + (1|b)"
 

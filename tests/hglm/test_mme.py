@@ -9,11 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import hglm.fitting
 import hglm.mme
+import hglm.model
 from hglm.design import build_design
 from hglm.families import response_family
-from hglm.fitting import Dispersions, Model
 from hglm.formula import parse_formula
 from hglm.gradient import Evaluation, criterion_gradient
 from hglm.mme import (
@@ -23,6 +22,8 @@ from hglm.mme import (
     _nesting_groups,
     _PatternProducts,
 )
+from hglm.model import Model
+from hglm.state import Dispersions
 
 TOL = 1e-8
 
@@ -60,7 +61,7 @@ def make_model(
         return MixedModelEquations(X, terms, eliminate=eliminate, dense=dense)
 
     with monkeypatch.context() as patch:
-        patch.setattr(hglm.fitting, "MixedModelEquations", equations)
+        patch.setattr(hglm.model, "MixedModelEquations", equations)
         return Model(design)
 
 
@@ -203,7 +204,7 @@ def test_fit_with_elimination_equals_the_plain_fit(monkeypatch):
             return MixedModelEquations(X, terms, eliminate=eliminate)
 
         with monkeypatch.context() as patch:
-            patch.setattr(hglm.fitting, "MixedModelEquations", equations)
+            patch.setattr(hglm.model, "MixedModelEquations", equations)
             results.append(hglm.fit(formula, data, family="binomial", reml=False, trials="dies"))
     with_elim, plain = results
     assert with_elim.likelihood["p_v"] == pytest.approx(plain.likelihood["p_v"], rel=1e-10)

@@ -13,7 +13,8 @@ import statsmodels.api as sm
 
 import hglm
 from hglm.design import r_style_name
-from hglm.fitting import Model, fit_eql
+from hglm.eql import fit_eql
+from hglm.model import Model
 
 from .conftest import load_dataset
 
