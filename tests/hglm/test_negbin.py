@@ -123,3 +123,16 @@ def test_every_method_estimates_theta_and_a_given_theta_is_kept() -> None:
     assert fixed.likelihood["p_v"] < -1741.805  # theta = 2 is worse than theta-hat
     with pytest.raises(ValueError, match="positive"):
         hglm.negative_binomial_family(0.0)
+
+
+def test_refits_re_estimate_theta(owls_fit: hglm.HGLMResult) -> None:
+    """A refit (the bootstrap's) profiles theta again instead of holding theta-hat."""
+    from hglm.inference.refits import refit
+
+    y = owls_fit.simulate(1, seed=3)[0]
+    again = refit(owls_fit, y)
+    assert again.outcome.theta is not None
+    assert again.theta["estimate"] != pytest.approx(owls_fit.theta["estimate"], rel=1e-3)
+    assert again.theta["estimate"] == pytest.approx(owls_fit.theta["estimate"], rel=0.5)
+    # the original fit is untouched
+    assert owls_fit.theta["estimate"] == pytest.approx(_owls_reference()["theta"], rel=0.01)
