@@ -12,10 +12,11 @@ every module's docstring says which):
 * ``glm`` (gamma GLM, starting GLM), ``gradient``, ``criterion`` (the HL criterion and its
   search), ``dispersion_se``.
 * ``eql``, ``hl`` (the general HL search, ``finish_hl``), ``lmm`` (the profiled LMM route).
+* ``negbin``: theta of a negative binomial by profiling (the fits are handed in).
 * ``dispatch``: ``solve``, the one place that chooses between them.
-* ``results`` (``HGLMResult``), ``api`` (``fit``).
-* ``simulate``, ``marginal``, ``inference`` (refits, criteria, likelihood_ratio, intervals,
-  resampling), ``plots``: built on a result.
+* ``summary`` (the printed summary), ``results`` (``HGLMResult``), ``api`` (``fit``).
+* ``prediction`` (``predict(se=, interval=)``), ``simulate``, ``marginal``, ``inference``
+  (refits, criteria, likelihood_ratio, intervals, resampling), ``plots``: built on a result.
 """
 
 from hglm.api import fit

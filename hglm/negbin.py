@@ -16,6 +16,8 @@ the log scale).
 Each profile evaluation is a whole fit, which is affordable for the model sizes NB is
 used on here (hundreds to thousands of rows); theta inside the criterion's own search
 would save the repeated starts.
+
+May import: ``hglm.design`` (for annotations); the fits come in through ``fit_at``.
 """
 
 from __future__ import annotations

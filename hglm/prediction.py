@@ -34,6 +34,8 @@ weight 1 (and binomial trials from the fit's ``trials`` column when there was on
 
 Unseen levels or observation-level terms of non-normal random-effect families are refused
 in ``"prediction"`` intervals: their v is not normal, and a normal interval would mislead.
+
+May import: ``hglm.design`` (``hglm.results`` for annotations).
 """
 
 from __future__ import annotations
