@@ -3,8 +3,8 @@ the negative binomial theta interval.
 
 * Gaussian LMM: the prediction interval of a new observation (of a new group, and of a
   group seen in the fit) covers the simulated new observation 93-97 % of the time.
-* Poisson GLMM: the link-scale prediction interval for a new group covers that group's
-  linear predictor x'beta + v_new 93-97 % of the time.
+* Poisson and binomial GLMMs: the link-scale prediction interval for a new group covers
+  that group's linear predictor x'beta + v_new 93-97 % of the time.
 * NB2 with a normal random intercept: the 95 % Wald interval of log theta covers the true
   theta 85-99 % of the time (>= 50 replicates).
 
@@ -19,6 +19,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import special
 
 import hglm
 
@@ -64,23 +65,32 @@ def test_lmm_prediction_intervals_cover_new_observations() -> None:
     assert 0.93 <= cover_seen <= 0.97, cover_seen
 
 
-def test_poisson_link_interval_covers_new_group_mean() -> None:
-    rng = np.random.default_rng(18)
+@pytest.mark.parametrize("family", ["poisson", "binomial"])
+def test_link_interval_covers_new_group_mean(family: str) -> None:
+    rng = np.random.default_rng(18 if family == "poisson" else 20)
     lam, n_new = 0.5, 20
     hits = []
     for _ in range(150):
         df, _ = _grouped(rng, 40, 8, lam)
-        df["y"] = rng.poisson(np.exp(df["eta"]))
+        if family == "poisson":
+            df["y"] = rng.poisson(np.exp(df["eta"]))
+            kw: dict = {}
+        else:
+            df["m"] = 20
+            df["y"] = rng.binomial(20, special.expit(df["eta"] - 1.0))
+            kw = {"trials": "m"}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = hglm.fit("y ~ x + (1|g)", df, family="poisson")
+            res = hglm.fit("y ~ x + (1|g)", df, family=family, **kw)
         x_new = rng.normal(size=n_new)
         eta_new = BETA[0] + BETA[1] * x_new + rng.normal(0, np.sqrt(lam), n_new)
-        new = pd.DataFrame({"x": x_new, "g": 1000 + np.arange(n_new)})
+        if family == "binomial":
+            eta_new = eta_new - 1.0
+        new = pd.DataFrame({"x": x_new, "g": 1000 + np.arange(n_new), "m": 20})
         pred = res.predict(new, type="link", interval="prediction")
         hits.append((pred["lower"] <= eta_new) & (eta_new <= pred["upper"]))
     cover = float(np.mean(np.concatenate(hits)))
-    print(f"Poisson link-scale prediction intervals, new groups: {cover:.4f}")
+    print(f"{family} link-scale prediction intervals, new groups: {cover:.4f}")
     assert 0.93 <= cover <= 0.97, cover
 
 
