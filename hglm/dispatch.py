@@ -88,6 +88,10 @@ def solve(
     control = FitControl() if control is None else control
     if not isinstance(control, FitControl):
         raise TypeError(f"control must be a FitControl, got {type(control).__name__}")
+    if model.family.quasi and meth != "EQL":
+        raise ValueError(
+            "a quasi-likelihood phi (binomial/poisson with disp=) is estimated by EQL only"
+        )
     warm = _start_outcome(model, start)
     if model.family.estimates_theta:
         return _solve_negative_binomial(model, meth, reml, warm, control)

@@ -93,3 +93,11 @@ def test_quasi_needs_eql_and_nb_refuses_disp() -> None:
         hglm.fit("y ~ x + (1|g)", df, family="poisson", disp="~ 1")
     with pytest.raises(ValueError, match="theta"):
         hglm.fit("y ~ x + (1|g)", df, family="nbinom2", disp="~ 1")
+
+
+def test_solve_refuses_hl_for_a_quasi_model() -> None:
+    res = hglm.fit("y ~ x + (1|g)", _overdispersed_counts(5), family="quasipoisson", method="EQL")
+    with pytest.raises(ValueError, match="EQL only"):
+        hglm.solve(res.model, "HL(1,1)")
+    again = hglm.solve(res.model, "EQL")
+    assert again.disp.gamma[0] == pytest.approx(np.log(res.phi), rel=1e-10)
