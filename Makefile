@@ -50,7 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run --out benchmarks/results --linalg
 
 validate: $(STAMP)
-	$(BIN)/python -m flows.analysis.validation
+	$(BIN)/python -m flows.analysis.power_study
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

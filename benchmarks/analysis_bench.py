@@ -6,7 +6,7 @@
 
 Times each stage (simulate_fab, ingest_drop without GX, layer_frames, fit_layer per layer,
 fit_chained, ranking and write_results) sequentially in this process, the way
-`flows.analysis.analyse` runs them, and the split inside each layer fit (yield model, tests,
+`flows.analysis.run.run_analysis` runs them, and the split inside each layer fit (yield model, tests,
 interval draws, process models). The machine is shared: CPU seconds of this process are recorded
 beside the wall-clock ones, with the load average before and after, so that a slow run can be
 told apart from a busy machine. Writes benchmarks/results/analysis_<lots>_lots.json.
@@ -50,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     from flows.analysis.layers import fit_chained, fit_layer
     from flows.analysis.ranking import rank_layers, write_results
     from flows.analysis.results import AnalysisResult
-    from flows.ingest import ingest_drop
-    from flows.simulate import DEFAULT_LAYERS, LAYER_ORDER, simulate_fab
+    from flows.fabsim.catalogue import DEFAULT_LAYERS, LAYER_ORDER
+    from flows.fabsim.config import FabConfig
+    from flows.fabsim.simulation import simulate_fab
+    from flows.warehouse.ingest import ingest_drop
 
     warnings.simplefilter("ignore")
     work = Path(tempfile.mkdtemp(prefix="analysis-bench-"))
@@ -70,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         cpu[name] = cpu.get(name, 0.0) + time.process_time() - c0
 
     with stage("simulate"):
-        truth = simulate_fab(work / "drops", lots=args.lots, seed=args.seed, layers=layers)
+        truth = simulate_fab(
+            work / "drops", FabConfig(lots=args.lots, layers=layers), seed=args.seed
+        )
     db = work / "fab.duckdb"
     with stage("ingest"):
         for drop in truth.drop_dirs:
@@ -156,9 +160,10 @@ def _time_flow(args: argparse.Namespace, work: Path, layers: tuple[str, ...]) ->
     import resource
     import subprocess
 
-    from flows.simulate import simulate_fab
+    from flows.fabsim.config import FabConfig
+    from flows.fabsim.simulation import simulate_fab
 
-    truth = simulate_fab(work / "drops", lots=args.lots, seed=args.seed, layers=layers)
+    truth = simulate_fab(work / "drops", FabConfig(lots=args.lots, layers=layers), seed=args.seed)
     cli = Path(sys.executable).with_name("yieldrank")
     command = [str(cli)] if cli.exists() else [sys.executable, "-m", "flows.cli"]
     command += ["run", *map(str, truth.drop_dirs), "--db", str(work / "fab.duckdb")]

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/ingest_bench.py --repeat 3 --work /tmp/ib   # keep and reuse it
     .venv/bin/python benchmarks/ingest_bench.py --lots 3000          # a quarter, quicker
 
-The simulated year: `flows.simulate.simulate_fab` with 12,000 lots of 25 wafers on the
+The simulated year: `flows.fabsim.simulation.simulate_fab` with 12,000 lots of 25 wafers on the
 simulator's full 12-layer route, seed 7 (a 51-operation route: 15.3 M step rows; seed 0 draws
 45 operations, 13.5 M), one Parquet drop. Then, each in a fresh process so that peak memory
 (max RSS) is that step's alone, interleaved `--repeat` times so load changes on a shared host
@@ -12,13 +12,13 @@ hit every step alike:
 
   raw       INSERT INTO core.<table> BY NAME SELECT * FROM read_parquet(<files>) for every
             table, into a database with the same schema: no checks, no landing, no log
-  ingest    flows.ingest.ingest_drop with the SQL rules only (gx=False): every rule over
+  ingest    flows.warehouse.ingest.ingest_drop with the SQL rules only (gx=False): every rule over
             every row, merge, drop log
   ingest+gx what the pipeline runs: the same plus the Great Expectations suites and their
             data docs. GX is shown, per table, all rows up to --gx-rows (default
-            flows.validate.GX_MAX_ROWS), else an evenly spaced systematic sample of that many
+            flows.warehouse.contract.GX_MAX_ROWS), else an evenly spaced systematic sample of that many
             rows spread over every file, plus the rows the SQL rules flagged; uniqueness is
-            answered by the SQL rule over the whole drop (see flows.validate)
+            answered by the SQL rule over the whole drop (see flows.warehouse.contract)
 
 Goal (issue 5): ingest <= 2x raw, peak memory < 4 GB. The fastest run of each step counts;
 the median is printed beside it, and the ratio of CPU time (all threads of the process), which
@@ -56,7 +56,7 @@ def table_files(drop: Path) -> dict[str, list[str]]:
 
 
 def run_raw(drop: Path, db: Path) -> dict:
-    from flows.db import connect
+    from flows.warehouse.db import connect
 
     con = connect(db)  # the same schema; created before the clock starts
     try:
@@ -76,8 +76,8 @@ def run_raw(drop: Path, db: Path) -> dict:
 
 
 def run_ingest(drop: Path, db: Path, gx: bool, gx_rows: int, docs: Path) -> dict:
-    from flows.db import connect
-    from flows.ingest import ingest_drop
+    from flows.warehouse.db import connect
+    from flows.warehouse.ingest import ingest_drop
 
     connect(db).close()  # the same schema; created before the clock starts
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -121,7 +121,9 @@ def measure(phase: str, drop: Path, work: Path, gx_rows: int) -> dict:
 
 def simulate(lots: int, out: Path, seed: int, layers: str) -> tuple[Path, int]:
     """The drop to ingest: simulated into `out`, or reused when `out` already holds it."""
-    from flows.simulate import DEFAULT_LAYERS, LAYER_ORDER, simulate_fab
+    from flows.fabsim.catalogue import DEFAULT_LAYERS, LAYER_ORDER
+    from flows.fabsim.config import FabConfig
+    from flows.fabsim.simulation import simulate_fab
 
     route = LAYER_ORDER if layers == "all" else DEFAULT_LAYERS
     truth_file = out / "truth.json"
@@ -131,14 +133,14 @@ def simulate(lots: int, out: Path, seed: int, layers: str) -> tuple[Path, int]:
             print(f"reusing {out}: {truth['wafers']:,} wafers, {truth['step_rows']:,} step rows")
             return out / "drop_001", truth["step_rows"]
     t0 = time.perf_counter()
-    sim = simulate_fab(out, lots, seed, n_drops=1, fmt="parquet", layers=route)
+    sim = simulate_fab(out, FabConfig(lots=lots, n_drops=1, fmt="parquet", layers=route), seed=seed)
     print(f"simulated {lots} lots on {len(route)} layers in {time.perf_counter() - t0:.1f} s: "
           f"{sim.wafers:,} wafers, {sim.step_rows:,} step rows")  # fmt: skip
     return sim.drop_dirs[0], sim.step_rows
 
 
 def main() -> None:
-    from flows.validate import GX_MAX_ROWS
+    from flows.warehouse.contract import GX_MAX_ROWS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lots", type=int, default=12_000)

@@ -5,7 +5,7 @@
 
 Simulates a fab of --lots lots into a DuckDB file and an analysis run over every layer
 (tests/flows/report_sample.py: 10 layers, 8 ranked with every chart), then times
-`flows.report.build_report` (HTML + PDF, raw-data charts read from the database) and
+`flows.report.build.build_report` (HTML + PDF, raw-data charts read from the database) and
 `build_index`, wall clock and process CPU, each stage separately. The machine may be shared:
 CPU seconds say what the build costs, wall seconds what a user waited.
 """
@@ -41,8 +41,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
-    from flows import report
-    from flows.report_pdf import write_pdf
+    from flows.report.assemble import assemble
+    from flows.report.build import build_report
+    from flows.report.html import render_charts, render_html
+    from flows.report.index import build_index
+    from flows.report.pdf import write_pdf
     from tests.flows import report_sample as sample
 
     with tempfile.TemporaryDirectory(prefix="report-bench-") as tmp:
@@ -53,21 +56,21 @@ def main() -> None:
         run_dir = sample.write_run(tmp / "runs" / result.run_id, result)
 
         start = clock()
-        paths = report.build_report(result, run_dir, db_path=db_path)
+        paths = build_report(result, run_dir, db_path=db_path)
         total = since(start)
         index_start = clock()
-        report.build_index(run_dir.parent)
+        build_index(run_dir.parent)
         index = since(index_start)
 
         # the same build again, stage by stage
         t = clock()
-        model = report.assemble(result, run_dir, db_path)
+        model = assemble(result, run_dir, db_path)
         stages = {"assemble (incl. database reads)": since(t)}
         t = clock()
-        rendered = report.render_charts(model.charts())
+        rendered = render_charts(model.charts())
         stages[f"render {len(rendered)} charts"] = since(t)
         t = clock()
-        report.render_html(model, rendered)
+        render_html(model, rendered)
         stages["html"] = since(t)
         t = clock()
         write_pdf(model, rendered, tmp / "again.pdf")

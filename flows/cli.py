@@ -26,7 +26,7 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def main(
+def global_options(
     version: Annotated[
         bool,
         typer.Option(
@@ -37,8 +37,8 @@ def main(
     """Rank fab sub-processes by their impact on final yield."""
 
 
-@app.command()
-def run(
+@app.command("run")
+def run_command(
     drops: Annotated[
         list[Path] | None, typer.Argument(help="Drop folders, merged in the order given.")
     ] = None,
@@ -80,8 +80,8 @@ def run(
         raise typer.Exit(1)
 
 
-@app.command()
-def demo(
+@app.command("demo")
+def demo_command(
     out: Annotated[
         str, typer.Option(help="Folder for the demo's database, drops and reports.")
     ] = "runs/demo",
@@ -94,8 +94,8 @@ def demo(
     raise typer.Exit(run_demo(out, lots=lots, seed=seed))
 
 
-@app.command()
-def report(
+@app.command("report")
+def report_command(
     run_dir: Annotated[Path, typer.Argument(help="A run folder holding analysis.json.")],
     db: Annotated[
         Path | None, typer.Option(help="The run's DuckDB file, for the raw-data charts.")
@@ -106,7 +106,8 @@ def report(
 ) -> None:
     """Rebuild RUN_DIR/report.html and report.pdf from RUN_DIR/analysis.json."""
     from flows.analysis.results import AnalysisResult
-    from flows.report import build_index, build_report
+    from flows.report.build import build_report
+    from flows.report.index import build_index
 
     source = run_dir / "analysis.json"
     if not source.is_file():
@@ -124,8 +125,8 @@ def report(
         typer.echo(f"index: {build_index(run_dir.resolve().parent)}")
 
 
-@app.command()
-def simulate(
+@app.command("simulate")
+def simulate_command(
     out: Annotated[Path, typer.Argument(help="Folder for the drops and truth.json.")],
     lots: Annotated[int, typer.Option(help="Number of lots.")] = 300,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same fab.")] = 0,
@@ -135,17 +136,20 @@ def simulate(
     wafers_per_lot: Annotated[int, typer.Option(help="Wafers per lot (1-25).")] = 25,
 ) -> None:
     """Simulate a fab with planted effects; writes contract drops and truth.json to OUT."""
-    from flows.simulate import DEFAULT_PLANTED, simulate_fab
+    from flows.fabsim.config import DEFAULT_PLANTED, FabConfig
+    from flows.fabsim.simulation import simulate_fab
 
     try:
         truth = simulate_fab(
             out,
-            lots,
-            seed,
-            planted=None if null else DEFAULT_PLANTED,
-            n_drops=drops,
-            fmt=fmt,
-            wafers_per_lot=wafers_per_lot,
+            FabConfig(
+                lots=lots,
+                planted=None if null else DEFAULT_PLANTED,
+                n_drops=drops,
+                fmt=fmt,
+                wafers_per_lot=wafers_per_lot,
+            ),
+            seed=seed,
         )
     except (ValueError, FileExistsError) as exc:
         typer.echo(f"simulate: {exc}", err=True)
@@ -158,8 +162,8 @@ def simulate(
         typer.echo(f"drop: {d}")
 
 
-@app.command()
-def ingest(
+@app.command("ingest")
+def ingest_command(
     drops: Annotated[list[Path], typer.Argument(help="Drop folders, loaded in the order given.")],
     db: Annotated[Path, typer.Option(help="The DuckDB file (created if missing).")],
     docs: Annotated[
@@ -173,28 +177,28 @@ def ingest(
     ] = False,
 ) -> None:
     """Load fab drops into the database; exit 1 naming every rejected drop."""
-    from flows.ingest import ingest_drops_cli
+    from flows.warehouse.console import ingest_drops_cli
 
     raise typer.Exit(ingest_drops_cli(drops, db, docs, gx=gx, quarantine_rows=quarantine_rows))
 
 
-@app.command()
-def status(db: Annotated[Path, typer.Option(help="The DuckDB file.")]) -> None:
+@app.command("status")
+def status_command(db: Annotated[Path, typer.Option(help="The DuckDB file.")]) -> None:
     """List the drop log: every ingest attempt, its status, rows and problems."""
-    from flows.ingest import print_drop_log
+    from flows.warehouse.console import print_drop_log
 
     raise typer.Exit(print_drop_log(db))
 
 
-@app.command()
-def analyse(
+@app.command("analyse")
+def analyse_command(
     db: Annotated[Path, typer.Option(help="The DuckDB file with the ingested fab data.")],
     out: Annotated[Path, typer.Option(help="Folder for the ranking CSVs and analysis.json.")],
     run_id: Annotated[str | None, typer.Option(help="Run id (default: time-stamped).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the interval simulation.")] = 0,
 ) -> None:
     """Fit every layer's HGLMs, rank the sub-processes by yield impact, write the results."""
-    from flows.analysis import analyse as run_analysis
+    from flows.analysis.run import run_analysis
 
     if not db.exists():
         typer.echo(f"analyse: no database at {db}: ingest a drop first", err=True)

@@ -20,14 +20,17 @@ DEMO_LAYERS = ("GATE", "CONTACT", "M1", "VIA1")
 def run_demo(out: str | Path, lots: int = DEMO_LOTS, seed: int = DEMO_SEED) -> int:
     """Run the demo into `out`; returns the process exit code (0 when the run completed)."""
     apply_offline_defaults()
-    from flows.simulate import simulate_fab
+    from flows.fabsim.config import FabConfig
+    from flows.fabsim.simulation import simulate_fab
     from flows.terminal import console, run_in_terminal
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     console.print(f"[bold]yieldrank demo[/bold] in {out}")
     with console.status(f"simulating a fab of {lots} lots (seed {seed})"):
-        truth = simulate_fab(out / "fab", lots=lots, seed=seed, layers=DEMO_LAYERS, n_drops=2)
+        truth = simulate_fab(
+            out / "fab", FabConfig(lots=lots, layers=DEMO_LAYERS, n_drops=2), seed=seed
+        )
     planted = ", ".join(f"{e.effect} in {e.layer}" for e in truth.planted) or "none"
     console.print(f"simulated {lots} lots in {len(truth.drops)} drops; planted: {planted}")
 

@@ -4,7 +4,7 @@ Everything is local and offline: a DuckDB file, Prefect's own temporary server o
 127.0.0.1 (SQLite under PREFECT_HOME), no account, no cloud, no analytics.
 
 `apply_offline_defaults()` must run before Prefect reads its settings, which is why
-`flows.terminal` (the CLI's `run` and `demo`) calls it before importing `flows.pipeline`.
+`flows.terminal` (the CLI's `run` and `demo`) calls it before importing `flows.orchestration.prefect_flows`.
 Values already in the environment win: a user who exports PREFECT_API_URL runs against
 that server instead.
 

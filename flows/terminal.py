@@ -38,7 +38,7 @@ _STATUS_STYLE = {
 class TerminalRun:
     ok: bool
     message: str
-    summary: Any  # flows.pipeline.RunSummary when the flow got far enough to return one
+    summary: Any  # flows.orchestration.prefect_flows.RunSummary when the flow got far enough to return one
 
 
 class _ProgressView:
@@ -90,7 +90,8 @@ def run_in_terminal(
 ) -> TerminalRun:
     """Run `yield_run` with progress on the terminal; never raises for a failed run."""
     apply_offline_defaults()
-    from flows.pipeline import progress_to, yield_run
+    from flows.orchestration.prefect_flows import yield_run
+    from flows.orchestration.progress import progress_to
     from flows.settings import prefect_api
 
     progress = Progress(

@@ -1,79 +1,9 @@
 """Per-layer HGLMs, the ranking of sub-processes by yield impact, and what is written back.
 
-`analyse` runs the whole analysis sequentially (the Prefect flow in `flows.pipeline` runs the
-same pure functions concurrently): model frames from DuckDB, one fit per layer, the chained
-model, the ranking, and the contract tables plus CSV and JSON.
+frames.py       model frames (Arrow) from the marts in DuckDB
+layers.py       per-layer yield, process and chained HGLMs (`hglm.fit`)
+ranking.py      yield impact, intervals, p-values, findings; writing the results
+results.py      the records a run produces (`AnalysisResult`, `LayerFit`, ...)
+run.py          `run_analysis`: all of it, sequentially (the CLI's `yieldrank analyse`)
+power_study.py  the ranking's statistical validation on simulated fabs (`make validate`)
 """
-
-from __future__ import annotations
-
-import uuid
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
-
-from flows.analysis.results import AnalysisResult, Finding, LayerFit, LayerRanking, RandomEffect
-
-__all__ = [
-    "AnalysisResult",
-    "Finding",
-    "LayerFit",
-    "LayerRanking",
-    "RandomEffect",
-    "analyse",
-    "method_record",
-]
-
-
-def method_record(seed: int) -> dict[str, Any]:
-    """The models and methods behind a run, as the report's method section lists them."""
-    from flows import __version__
-    from flows.analysis.layers import LAYER_TEST, PROCESS_METHOD, YIELD_METHOD
-    from flows.analysis.ranking import (
-        INTERVAL_METHOD,
-        P_VALUE_ADJUSTMENT,
-        RANKING_RULE,
-        YIELD_IMPACT_DEFINITION,
-    )
-
-    return {
-        "yieldrank": __version__,
-        "seed": seed,
-        "yield_model": (
-            f"binomial-beta HGLM per layer, logit link, {YIELD_METHOD} for the point estimates "
-            "(REML-type dispersions: tool terms have 2-5 levels, where ML would shrink them)"
-        ),
-        "layer_test": LAYER_TEST,
-        "process_models": f"gaussian or gamma HGLM by cAIC, phi by chamber, {PROCESS_METHOD}",
-        "impact_definition": YIELD_IMPACT_DEFINITION,
-        "interval": INTERVAL_METHOD,
-        "p_value_adjustment": P_VALUE_ADJUSTMENT,
-        "ranking": RANKING_RULE,
-    }
-
-
-def analyse(
-    db_path: str | Path, out_dir: str | Path, *, run_id: str | None = None, seed: int = 0
-) -> AnalysisResult:
-    """Analyse the database at `db_path`; write the ranking to it and to `out_dir`."""
-    from flows.analysis.frames import chained_frame, layer_frames
-    from flows.analysis.layers import fit_chained, fit_layer
-    from flows.analysis.ranking import rank_layers, write_results
-
-    run_id = run_id or f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-    frames = layer_frames(db_path)
-    fits = [fit_layer(layer, frame, seed=seed) for layer, frame in frames.items()]
-    chained = fit_chained(chained_frame(frames), seed=seed) if frames else None
-    ranking, findings = rank_layers(fits, chained)
-    n_wafers = max((f.num_rows for f in frames.values()), default=0)
-    result = AnalysisResult(
-        run_id=run_id,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        ranking=ranking,
-        findings=findings,
-        layers=[*fits, *([chained] if chained is not None else [])],
-        data_summary={"layers": len(frames), "wafers": n_wafers},
-        method=method_record(seed),
-    )
-    write_results(db_path, result, out_dir)
-    return result

@@ -44,11 +44,23 @@ class FrameLayout:
         return cls(operations=ops, params=params)  # type: ignore[arg-type]
 
 
+# the marts read below, checked (sql/marts/checks.toml) before they are read
+MARTS_READ = (
+    "operation_layer",
+    "wafer_frame",
+    "wafer_operation",
+    "wafer_param",
+    "analysis_param_sites",
+)
+
+
 def _read(db_path: str | Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    from flows.db import connect
+    from flows.warehouse.db import connect
+    from flows.warehouse.marts import check_marts
 
     con = connect(db_path)
     try:
+        check_marts(con, MARTS_READ)
         steps = con.sql(
             """
             SELECT s.wafer_id, s.lot_id, s.product, s.layer, s.operation, s.tool_id,

@@ -522,7 +522,7 @@ def write_results(db_path: str | Path, result: AnalysisResult, out_dir: str | Pa
     tables are the contract's (`sql/analysis`) plus each layer's status and reason, so that an
     unranked layer is recorded with rank NULL rather than dropped. Returns the output folder.
     """
-    from flows.db import connect
+    from flows.warehouse.db import connect
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """What an analysis run produces: plain, picklable, JSON-able records.
 
 These types are the seam between the statistics (`flows.analysis.layers`,
-`flows.analysis.ranking`), the orchestration (`flows.pipeline`, which ships
+`flows.analysis.ranking`), the orchestration (`flows.orchestration.prefect_flows`, which ships
 `LayerFit`s back from Dask workers) and the reports (`flows.report`). They hold
 numbers and labels only, never fitted model objects, so that a worker can return
 them and a report can be rebuilt from the JSON alone.

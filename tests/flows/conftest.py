@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from flows.db import connect
-from flows.ingest import IngestResult, ingest_drop
+from flows.warehouse.db import connect
+from flows.warehouse.ingest import IngestResult, ingest_drop
 from tests.flows.drops import fab_tables, write_drop
 
 CORE = ("lots", "wafers", "step_history", "inline_meas", "sort_yield", "sort_die")

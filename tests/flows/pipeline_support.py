@@ -10,7 +10,6 @@ from typing import Any
 from uuid import UUID
 
 import duckdb
-import pytest
 
 # Small enough to fit in seconds, big enough for every layer to be fitted (not too_little_data);
 # three layers so that the simulator can plant its effects in different ones.
@@ -21,24 +20,14 @@ FAB_SEED = 3
 YIELDRANK = str(Path(sys.executable).parent / "yieldrank")
 
 
-def require_pipeline() -> None:
-    """Skip, naming the missing piece, until every stage of the pipeline exists."""
-    for module, what in (
-        ("flows.simulate", "the fab simulator (issue 5)"),
-        ("flows.ingest", "ingestion (issue 5)"),
-        ("flows.analysis.frames", "model frames (issue 6)"),
-        ("flows.analysis.layers", "per-layer fits (issue 6)"),
-        ("flows.analysis.ranking", "the ranking (issue 6)"),
-        ("flows.report", "the report (issue 8)"),
-    ):
-        pytest.importorskip(module, reason=f"{module} ({what}) does not exist yet")
-
-
 def simulate_small_fab(root: Path, n_drops: int = 2, seed: int = FAB_SEED):
     """The tests' fab: always the same data, so runs in one session share cached fits."""
-    from flows.simulate import simulate_fab
+    from flows.fabsim.config import FabConfig
+    from flows.fabsim.simulation import simulate_fab
 
-    return simulate_fab(root, lots=FAB_LOTS, seed=seed, layers=FAB_LAYERS, n_drops=n_drops)
+    return simulate_fab(
+        root, FabConfig(lots=FAB_LOTS, layers=FAB_LAYERS, n_drops=n_drops), seed=seed
+    )
 
 
 def rows(db: Path | str, sql: str, params: list | None = None) -> list[tuple]:

@@ -19,8 +19,8 @@ import numpy as np
 import polars as pl
 from scipy import special, stats
 
-from flows import db
 from flows.analysis.results import AnalysisResult, Finding, LayerFit, LayerRanking, RandomEffect
+from flows.warehouse import db
 
 XSS_TOOL = "<script>alert(1)</script>"
 XSS_OPERATION = '"><img src=x onerror=alert(2)>'
@@ -494,7 +494,9 @@ def _metrology_findings(layer: str, fab: Fab) -> list[Finding]:
 def write_run(out_dir: Path, result: AnalysisResult) -> Path:
     """A run folder as the pipeline leaves it: analysis.json and the GX data docs."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    docs = out_dir / "data-docs" / "index.html"  # where flows.pipeline has GX write them
+    docs = (
+        out_dir / "data-docs" / "index.html"
+    )  # where flows.orchestration.prefect_flows has GX write them
     docs.parent.mkdir(parents=True, exist_ok=True)
     docs.write_text("<html><body>data docs</body></html>")
     result.to_json(out_dir / "analysis.json")

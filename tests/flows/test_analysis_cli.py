@@ -1,4 +1,4 @@
-"""`yieldrank analyse` as a user runs it, and `flows.analysis.analyse` end to end on a small fab."""
+"""`yieldrank analyse` as a user runs it, and `flows.analysis.run.run_analysis` end to end on a small fab."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from flows.ingest import ingest_drop
-from flows.simulate import simulate_fab
+from flows.fabsim.config import FabConfig
+from flows.fabsim.simulation import simulate_fab
+from flows.warehouse.ingest import ingest_drop
 
 YIELDRANK = shutil.which("yieldrank", path=str(Path(sys.executable).parent))
 
@@ -30,7 +31,9 @@ def test_analyse_without_a_database_says_so(tmp_path):
 
 @pytest.mark.slow
 def test_analyse_writes_the_contract_tables_and_files(tmp_path):
-    truth = simulate_fab(tmp_path / "drops", lots=60, seed=4, layers=("GATE", "M1"), planted=None)
+    truth = simulate_fab(
+        tmp_path / "drops", FabConfig(lots=60, layers=("GATE", "M1"), planted=None), seed=4
+    )
     db = tmp_path / "fab.duckdb"
     for drop in truth.drop_dirs:
         assert ingest_drop(drop, db, gx=False).status == "merged"

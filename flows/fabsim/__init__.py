@@ -1,0 +1,11 @@
+"""The fab simulator: contract-true synthetic fabs with planted, known truth.
+
+config.py      `FabConfig`: every option of a simulated fab in one object
+catalogue.py   equipment classes, layers, inline parameters, products
+route.py       the route drawn from the catalogue
+fab.py         lots, wafers, planted sites, true yield logits
+tables.py      the contract tables as Arrow rows
+drops.py       writing them as drops, split by when data become known
+truth.py       what was planted (`truth.json`)
+simulation.py  `simulate_fab`: all of it
+"""

@@ -1,0 +1,99 @@
+"""Every option of a simulated fab in one object: `FabConfig`, with the planted effects
+(`PlantedSizes`) and the sort-yield model (`YieldModel`) it holds.
+
+`simulate_fab(out_dir, config, seed=...)` reads nothing else, so a fab is fully described by
+its config and its seed; the defaults are those of `yieldrank simulate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from flows.fabsim.catalogue import DEFAULT_LAYERS, FORMATS, Format
+
+
+@dataclass(frozen=True)
+class PlantedSizes:
+    """Sizes of the planted effects; an effect whose size is 0 (ratio 1) is not planted.
+
+    Defaults cost about 3-6 yield points on the wafers each effect touches at ~88 % base yield:
+    of the size a yield engineer would chase, and detectable at 300 lots. A tool needs the
+    larger shift: a lot runs on one tool per operation, so a tool is compared with its peers
+    through lot means, which carry the lot-to-lot variation (0.35 logit), while a chamber is
+    compared with its sister chambers inside the same lots. At -0.25 even an oracle that knows
+    the operation (an F test of the tools on product-adjusted lot-mean logits) had p < 0.001 in
+    only 28 of 40 simulated 300-lot fabs (p up to 0.23), so no ranking could find such a tool
+    reliably; at -0.4 it is below 0.001 in 40 of 40 (below 1e-6 in 37; validation.md).
+    """
+
+    bad_tool_logit: float = -0.4
+    bad_chamber_logit: float = -0.3
+    metrology_logit_per_unit: float = -0.2  # yield logit per unit_sd of the parameter
+    metrology_shift_units: float = 1.5  # how far the shifting tool moves the parameter, in unit_sd
+    noisy_chamber_sd_ratio: float = 2.0  # sd of the noisy chamber's values / sd of the others
+
+
+@dataclass(frozen=True)
+class YieldModel:
+    """The sort-yield model: logit(p) = product + lot + wafer + planted terms."""
+
+    base_logit: float = 2.0  # about 88 % yield
+    product_sd_logit: float = 0.2
+    lot_sd_logit: float = 0.35
+    wafer_sd_logit: float = 0.25
+    dies_total: tuple[int, int] = (500, 700)
+
+
+DEFAULT_PLANTED = PlantedSizes()
+DEFAULT_YIELD = YieldModel()
+DEFAULT_START = datetime(2026, 1, 5, 6, 0)
+
+
+@dataclass(frozen=True)
+class FabConfig:
+    """A simulated fab's options (the seed aside); checked when made (`ValueError`).
+
+    `planted=None` is the null fab: nothing planted, yield varies by product, lot and wafer only.
+    `n_drops` splits the data by when they become known; `fmt` is the drops' file format;
+    `chunk_lots` is how many lots are generated and written at a time (memory), and is part of
+    the random streams, so it must stay fixed for identical drops.
+    """
+
+    lots: int = 300
+    wafers_per_lot: int | tuple[int, int] = 25  # fixed, or drawn from [low, high] per lot
+    planted: PlantedSizes | None = DEFAULT_PLANTED
+    n_drops: int = 1
+    fmt: Format = "parquet"
+    layers: tuple[str, ...] = DEFAULT_LAYERS
+    ops_per_layer: tuple[int, int] = (2, 5)
+    yield_model: YieldModel = DEFAULT_YIELD
+    start: datetime = DEFAULT_START
+    lots_per_day: float = 33.0
+    meas_lot_fraction: float = 0.5
+    meas_wafers_per_lot: int = 3
+    rework_rate: float = 0.02
+    retest_fraction: float = 0.01
+    sort_die_fraction: float = 0.02
+    chunk_lots: int = 1000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(self.layers))
+        if self.lots < 1:
+            raise ValueError(f"lots must be at least 1, got {self.lots}")
+        if self.n_drops < 1:
+            raise ValueError(f"n_drops must be at least 1, got {self.n_drops}")
+        if self.fmt not in FORMATS:
+            raise ValueError(f"fmt must be one of {FORMATS}, got {self.fmt!r}")
+        if self.chunk_lots < 1:
+            raise ValueError(f"chunk_lots must be at least 1, got {self.chunk_lots}")
+        for name, value in [
+            ("meas_lot_fraction", self.meas_lot_fraction),
+            ("retest_fraction", self.retest_fraction),
+            ("sort_die_fraction", self.sort_die_fraction),
+        ]:
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {value}")
+
+
+DEFAULT_FAB = FabConfig()

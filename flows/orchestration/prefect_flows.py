@@ -1,0 +1,291 @@
+"""The Prefect flows: thin orchestration over the plain pipeline functions.
+
+    yield_run = ingest_drops_flow -> analyse_flow -> report_flow
+    (Prefect flow names: ingest-drops, analyse, build-report)
+
+Each flow only sequences plain functions (`flows.warehouse.ingest`, `flows.analysis`,
+`flows.report`) and adds what Prefect is for: retries on file reads, per-layer fits
+as concurrent tasks, content-keyed caching of fits, artifacts, logs, run states.
+
+Where the work runs:
+- Everything that touches the DuckDB file runs in the flow's own process, which holds
+  the file (`hold_database`) read-write while it ingests and analyses, read-only while
+  the report reads it. DuckDB allows one writing process per file; a second run waits
+  for the hold up to a configurable time (YIELDRANK_DB_LOCK_WAIT, --lock-wait), then
+  fails naming the database and the process that holds it.
+- Per-layer fits are submitted to the flow's task runner: threads by default, or an
+  existing Dask cluster (`task_runner="tcp://host:8786"`). They receive the layer's
+  model frame as an Arrow table and return a `LayerFit`; they never see the database.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
+from prefect.futures import as_completed
+from prefect.states import Completed, Failed
+
+from flows.analysis.results import AnalysisResult, LayerFit
+from flows.analysis.run import method_record
+from flows.orchestration.caching import CHAINED_LAYER, model_code_version
+from flows.orchestration.locking import hold_database
+from flows.orchestration.progress import emit_progress
+from flows.orchestration.task_runners import make_task_runner
+from flows.orchestration.tasks import (
+    DropOutcome,
+    RunSummary,
+    findings_markdown,
+    fit_chained_task,
+    fit_layer_task,
+    ingest_drop_task,
+    new_run_id,
+    ranking_rows,
+    read_frames_task,
+    render_report_task,
+    write_results_task,
+)
+from flows.settings import DEFAULT_DB, DEFAULT_OUT
+
+# --------------------------------------------------------------------------------------
+# Flows
+
+
+@flow(name="ingest-drops", log_prints=True)
+def ingest_drops_flow(
+    drops: list[str], db: str, docs_dir: str | None = None, lock_wait: float | None = None
+) -> list[DropOutcome]:
+    """Merge drop folders into the database in the given order, one transaction each.
+
+    Great Expectations data docs go to `docs_dir` when given.
+    """
+    outcomes: list[DropOutcome] = []
+    emit_progress("drops", total=len(drops))
+    with hold_database(db, lock_wait):
+        for drop in drops:
+            state = ingest_drop_task(drop, db, docs_dir, return_state=True)
+            if state.is_completed():
+                outcome = state.result()
+            else:  # the read kept failing: this drop only, the next drop still loads
+                outcome = DropOutcome(drop, "failed", str(state.message or state.name))
+            outcomes.append(outcome)
+            emit_progress("drop", drop=drop, status=outcome.status, message=outcome.message)
+    return outcomes
+
+
+def data_summary(frames: dict[str, pa.Table], drops: list[DropOutcome]) -> dict[str, Any]:
+    """What the report says about the data: this run's drops, lots and wafers analysed."""
+    wafers = (
+        pa.concat_tables([f.select(["wafer_id", "lot_id", "dies_total"]) for f in frames.values()])
+        .group_by("wafer_id")
+        .aggregate([("lot_id", "min"), ("dies_total", "max")])
+    )
+    counts: dict[str, int] = {}
+    for d in drops:
+        counts[d.status] = counts.get(d.status, 0) + 1
+    outcome = ", ".join(f"{n} {status}" for status, n in counts.items())
+    return {
+        "drops": [{"drop_id": d.drop_id or d.drop, "status": d.status} for d in drops],
+        "n_lots": len(pc.unique(wafers["lot_id_min"])),
+        "n_wafers": wafers.num_rows,
+        "n_wafers_with_yield": wafers.num_rows - wafers["dies_total_max"].null_count,
+        "data_quality": {"outcome": f"drops of this run: {outcome}" if drops else ""},
+    }
+
+
+@flow(name="analyse", log_prints=True)
+def analyse_flow(
+    db: str,
+    out: str,
+    run_id: str | None = None,
+    seed: int = 0,
+    drops: list[DropOutcome] | None = None,
+    lock_wait: float | None = None,
+) -> AnalysisResult:
+    """Fit every layer concurrently, rank, and write the ranking to the database and CSV.
+
+    A layer whose fit raises is kept as `failed` with the reason; the run goes on.
+    `drops` are this run's ingestion outcomes, for the report's data summary.
+    """
+    from flows.analysis.frames import chained_frame
+    from flows.analysis.ranking import rank_layers
+
+    logger = get_run_logger()
+    run_id = run_id or new_run_id()
+    run_dir = Path(out) / run_id
+    with hold_database(db, lock_wait):
+        frames = read_frames_task(db)
+        frame_all = chained_frame(frames)
+        logger.info("model frames: %s", {k: v.num_rows for k, v in frames.items()})
+        emit_progress("fits", total=len(frames) + 1)
+
+        # The chained model is the longest fit: submitted first, it runs beside the layers
+        # instead of alone at the end on one of the cores.
+        futures = {CHAINED_LAYER: fit_chained_task.submit(frame_all, seed)}
+        futures |= {
+            layer: fit_layer_task.submit(layer, frame, seed) for layer, frame in frames.items()
+        }
+
+        layer_of = {future.task_run_id: layer for layer, future in futures.items()}
+        fits: dict[str, LayerFit] = {}
+        for future in as_completed(list(futures.values())):
+            layer = layer_of[future.task_run_id]
+            try:
+                fits[layer] = future.result()
+            except Exception as err:  # whatever broke one fit is that layer's, not the run's
+                reason = f"the fit failed: {type(err).__name__}: {err}"
+                fits[layer] = LayerFit(layer=layer, status="failed", reason=reason)
+                logger.error("layer %s: %s", layer, reason)
+            label = "all layers (chained model)" if layer == CHAINED_LAYER else layer
+            emit_progress("fit", layer=label, status=fits[layer].status, reason=fits[layer].reason)
+
+        chained = fits.pop(CHAINED_LAYER)
+        layer_fits = [fits[layer] for layer in frames]
+        ranking, findings = rank_layers(layer_fits, chained)
+        result = AnalysisResult(
+            run_id=run_id,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            ranking=ranking,
+            findings=findings,
+            layers=[*layer_fits, chained],
+            data_summary=data_summary(frames, drops or []),
+            method={**method_record(seed), "model_code": model_code_version()},
+        )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_results_task(db, result, str(run_dir))
+
+    create_table_artifact(
+        key="yield-ranking",
+        table=ranking_rows(result),
+        description=f"Sub-process ranking of run {run_id}",
+    )
+    create_markdown_artifact(
+        key="yield-findings",
+        markdown=findings_markdown(result),
+        description=f"Top findings of run {run_id}",
+    )
+    return result
+
+
+@flow(name="build-report", log_prints=True)
+def report_flow(
+    result: AnalysisResult, out: str, db: str, lock_wait: float | None = None
+) -> tuple[str, str]:
+    """Render the run's HTML and PDF report, refresh the index, link the report.
+
+    The report reads the database read-only, so it holds the file read-only: a run
+    that wants to write waits until the report is built.
+    """
+    run_dir = Path(out) / result.run_id
+    emit_progress("report-start")
+    with hold_database(db, lock_wait, read_only=True):
+        html_path, pdf_path = render_report_task(result, str(run_dir), db)
+    create_link_artifact(
+        key="yield-report",
+        link=Path(html_path).resolve().as_uri(),
+        link_text=f"Yield report {result.run_id}",
+        description=f"HTML report (PDF beside it: {Path(pdf_path).name})",
+    )
+    emit_progress("report", html=html_path, pdf=pdf_path)
+    return html_path, pdf_path
+
+
+def new_drops_in(landing: str | Path, db: str | Path) -> list[str]:
+    """Drop folders in a landing folder, oldest name first, that the database has not merged.
+
+    Re-offering a merged drop is harmless (ingestion is idempotent by content hash);
+    this only saves reading it again.
+    """
+    landing = Path(landing)
+    if not landing.is_dir():
+        raise FileNotFoundError(f"landing folder {landing} does not exist")
+    folders = sorted(p for p in landing.iterdir() if p.is_dir() and not p.name.startswith("."))
+    merged = _merged_drop_paths(db)
+    return [str(p) for p in folders if str(p.resolve()) not in merged]
+
+
+def _merged_drop_paths(db: str | Path) -> set[str]:
+    if not Path(db).exists():
+        return set()
+    con = duckdb.connect(str(db))  # inside the run's hold: same process, same instance
+    try:
+        rows = con.execute(
+            "SELECT DISTINCT drop_path FROM meta.drop_log "
+            "WHERE status IN ('merged', 'already_merged')"
+        ).fetchall()
+    except duckdb.CatalogException:  # a database that never saw a drop
+        return set()
+    finally:
+        con.close()
+    return {str(Path(path).resolve()) for (path,) in rows}
+
+
+@flow(name="yield-run", log_prints=True)
+def yield_run(
+    drops: list[str] | None = None,
+    landing: str | None = None,
+    db: str = DEFAULT_DB,
+    out: str = DEFAULT_OUT,
+    task_runner: str = "threads",
+    seed: int = 0,
+    lock_wait: float | None = None,
+) -> RunSummary:
+    """Ingest drops (given, or what is new in `landing`), analyse the database, report.
+
+    A rejected drop is not analysed; the other drops are, and the run ends Failed with a
+    message naming the rejected drops and the report built from the rest.
+    """
+    logger = get_run_logger()
+    summary = RunSummary(db=str(Path(db).resolve()))
+    run_id = new_run_id()
+    with hold_database(db, lock_wait):
+        todo = list(drops or [])
+        if landing:
+            todo += new_drops_in(landing, db)
+            if not todo:
+                summary.message = f"no new drops in {landing}"
+                logger.info(summary.message)
+                return Completed(message=summary.message, data=summary)
+        if todo:
+            docs = Path(out) / run_id / "data-docs"
+            summary.drops = ingest_drops_flow(todo, db, str(docs), lock_wait)
+        usable = [d for d in summary.drops if d.usable]
+        if todo and not usable:
+            summary.message = _rejected_message(summary)
+            return Failed(message=summary.message, data=summary)
+
+        result = analyse_flow.with_options(task_runner=make_task_runner(task_runner))(
+            db, out, run_id=run_id, seed=seed, drops=summary.drops, lock_wait=lock_wait
+        )
+        summary.run_id = result.run_id
+        summary.ranking = ranking_rows(result)
+        summary.failed_layers = {
+            fit.layer: fit.reason or "" for fit in result.layers if fit.status == "failed"
+        }
+    # after the write hold ends: the report reads the database read-only
+    summary.report_html, summary.report_pdf = report_flow(result, out, db, lock_wait)
+
+    logger.info("report: %s", summary.report_html)
+    if summary.rejected:
+        summary.message = (
+            _rejected_message(summary) + f"; report of the rest: {summary.report_html}"
+        )
+        return Failed(message=summary.message, data=summary)
+    summary.message = f"run {summary.run_id}: report at {summary.report_html}"
+    return Completed(message=summary.message, data=summary)
+
+
+def _rejected_message(summary: RunSummary) -> str:
+    rejected = summary.rejected
+    names = "; ".join(f"{d.drop} ({d.status}: {d.message})" for d in rejected)
+    return f"{len(rejected)} of {len(summary.drops)} drops not merged, not analysed: {names}"

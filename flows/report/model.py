@@ -1,0 +1,213 @@
+"""The report's model, which both renderers (HTML, PDF) read: its tables, sentences and
+sections, and the number formatting they share, so both show the same text.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flows.analysis.ranking import sort_findings
+from flows.analysis.results import Finding
+from flows.report.charts import (
+    Chart,
+)
+from flows.report.data import Unavailable
+
+SECTIONS = {
+    "summary": "Summary",
+    "pareto": "Yield impact by layer",
+    "layers": "Layers",
+    "unranked": "Layers not ranked",
+    "quality": "Data quality",
+    "method": "Method",
+}
+TOP_IN_SUMMARY = 3
+MAX_FINDINGS = 15  # per layer table; the CSV beside the report has them all
+ALPHA = 0.05
+DIAGNOSTIC_POINTS = 4000  # residual plots sample this many wafers at most
+
+HIDDEN_KEYS = {"examples"}  # record keys too bulky for a table cell
+CHAINED = "(chained)"  # the LayerFit of the model across layers (flows.analysis.layers)
+
+STATUS_WORDS = {
+    "ranked": "ranked",
+    "not_converged": "model did not converge",
+    "too_little_data": "too little data",
+    "failed": "fit failed",
+}
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    html: Path
+    pdf: Path
+
+
+# ---- formatting, shared by HTML and PDF ------------------------------------------------------
+
+
+def fmt_pp(value: float | None, signed: bool = False) -> str:
+    """Yield percentage points, two decimals."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value:+.2f}" if signed else f"{value:.2f}"
+
+
+def fmt_p(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    if value < 1e-4:
+        return "< 0.0001"
+    return f"{value:.4f}" if value < 0.01 else f"{value:.3f}"
+
+
+def fmt_num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "–"
+        return f"{value:.{digits}g}" if abs(value) < 1e5 else f"{value:,.0f}"
+    return str(value)
+
+
+def fmt_value(value: Any) -> str:
+    """Any value of a record: nested dicts and lists compactly, one level deep."""
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {fmt_num(v)}" for k, v in value.items()) or "–"
+    if isinstance(value, list | tuple):
+        return ", ".join(fmt_num(v) for v in value) or "–"
+    return fmt_num(value)
+
+
+def fmt_interval(low: float | None, high: float | None) -> str:
+    if not (_finite(low) or _finite(high)):
+        return "–"
+    return f"{fmt_pp(low)} to {fmt_pp(high)}"
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def in_review_order(findings: Iterable[Finding]) -> list[Finding]:
+    """A layer's findings in the analysis's order (`sort_findings`: established effects first,
+    then by yield impact), so that the report's top finding is the analysis's."""
+    return sort_findings(list(findings))
+
+
+def where(finding: Finding) -> str:
+    """Where a finding sits, in the words an engineer uses."""
+    at = f" at {finding.operation}" if finding.operation else ""
+    if finding.effect == "tool":
+        return f"tool {finding.tool_id}{at}"
+    if finding.effect == "chamber":
+        return f"chamber {finding.chamber_id or '(no id)'} of tool {finding.tool_id}{at}"
+    if finding.effect == "metrology":
+        return (
+            f"metrology {finding.param}{' after ' + finding.operation if finding.operation else ''}"
+        )
+    if finding.effect == "dispersion":
+        unit = f"chamber {finding.chamber_id or '(no id)'} of tool {finding.tool_id}"
+        if not finding.chamber_id:
+            unit = f"tool {finding.tool_id}"
+        return f"{unit} is noisier on {finding.param or 'its metrology'}{at}"
+    parts = [finding.operation, finding.tool_id, finding.chamber_id, finding.param]
+    return f"{finding.effect} " + " / ".join(p for p in parts if p)
+
+
+# ---- the model both renderers read ------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+    numeric: set[int] = field(default_factory=set)  # right-aligned columns
+    flagged: set[int] = field(default_factory=set)  # rows to highlight
+    note: str | None = None  # printed under the table
+
+
+@dataclass(frozen=True)
+class Sentence:
+    layer: str
+    text: str
+    anchor: str
+
+
+@dataclass
+class LayerSection:
+    anchor: str
+    name: str
+    rank: int | None
+    headline: str
+    facts: list[tuple[str, str]]
+    charts: list[Chart | Unavailable]  # in reading order
+    findings: Table | Unavailable
+    dispersion: Table | Unavailable
+    fixed_effects: Table | Unavailable
+    process_models: Table | Unavailable
+    convergence: str
+
+
+@dataclass
+class ChainedSection:
+    """The model of final yield on every layer's terms together, as a check on double counting."""
+
+    facts: list[tuple[str, str]]
+    effects: Table | Unavailable
+
+
+@dataclass
+class ReportModel:
+    run_id: str
+    created_at: str
+    version: str
+    sentences: list[Sentence]
+    no_ranking_reason: str | None
+    data_facts: list[tuple[str, str]]
+    quality_outcome: str
+    ranking: Table
+    pareto: Chart | Unavailable
+    layers: list[LayerSection]
+    unranked: Table | None
+    chained: ChainedSection | None
+    drops: Table | Unavailable
+    problems: Table | None
+    expectations: Table | Unavailable
+    failed_expectations: Table | None
+    data_docs: str | None
+    method: list[tuple[str, str]]
+    impact_definition: str
+    versions: Table
+    sections: dict[str, str] = field(default_factory=lambda: dict(SECTIONS))
+
+    def charts(self) -> list[Chart | Unavailable]:
+        return [self.pareto, *(c for layer in self.layers for c in layer.charts)]
+
+
+def records_table(records: Sequence[dict[str, Any]], empty: str) -> Table | Unavailable:
+    """A table of plain records whose keys the producer chose (union of keys, first-seen order)."""
+    if not records:
+        return Unavailable(empty)
+    header: list[str] = []
+    for rec in records:
+        header += [k for k in rec if k not in header and k not in HIDDEN_KEYS]
+    rows = [[fmt_value(rec.get(k)) for k in header] for rec in records]
+    numeric = {
+        i
+        for i, k in enumerate(header)
+        if any(
+            isinstance(rec.get(k), int | float) and not isinstance(rec.get(k), bool)
+            for rec in records
+        )
+    }
+    return Table(header, rows, numeric=numeric)
