@@ -198,7 +198,8 @@ class HGLMResult:
                     "se_log": float(se[0]) if len(dk) == 1 else np.nan,
                 }
             )
-        return pd.DataFrame(rows).set_index("term")
+        columns = ["term", "family", "n_levels", "lambda", "log_lambda", "se_log"]
+        return pd.DataFrame(rows, columns=columns).set_index("term")
 
     @property
     def rand_disp(self) -> dict[str, pd.DataFrame]:

@@ -105,20 +105,21 @@ def format_summary(res: HGLMResult) -> str:
         out.append("Effects:")
         out.append(_coef_table(res.disp_coef, None, None))  # type: ignore[arg-type]
         out.append("")
-    out.append("Dispersion parameter for the random effects:")
     vc = res.varcomp
-    out.append("[1] " + " ".join(f"{x:.6g}" for x in vc["lambda"]))
-    out.append("")
-    out.append("Dispersion model for the random effects:")
-    out.append("")
-    out.append("Link = log")
-    out.append("")
-    out.append("Effects:")
-    for name, tab in res.rand_disp.items():
-        fam = vc.loc[name, "family"]
-        out.append(f".|{name} ({fam})")
-        out.append(_coef_table(tab, None, None))
-    out.append("")
+    if len(vc):  # a GLM (no random terms) has none of this
+        out.append("Dispersion parameter for the random effects:")
+        out.append("[1] " + " ".join(f"{x:.6g}" for x in vc["lambda"]))
+        out.append("")
+        out.append("Dispersion model for the random effects:")
+        out.append("")
+        out.append("Link = log")
+        out.append("")
+        out.append("Effects:")
+        for name, tab in res.rand_disp.items():
+            fam = vc.loc[name, "family"]
+            out.append(f".|{name} ({fam})")
+            out.append(_coef_table(tab, None, None))
+        out.append("")
     lik = res.likelihood
     out.append("Likelihoods:")
     if res.design.family.quasi:
@@ -132,7 +133,12 @@ def format_summary(res: HGLMResult) -> str:
     crit = "REML (p_beta,v)" if res.reml else "ML (p_v)"
     status = "converged" if res.converged else "DID NOT CONVERGE"
     what = "EQL estimation" if res.method == "EQL" else f"{res.method} ({crit}) estimation"
-    out.append(f"{what} {status} in {res.n_iter} iterations.")
+    profiled = (
+        f" (NB theta by profiling: {res.outcome.theta.evaluations} fits; the last one's iterations)"
+        if res.outcome.theta is not None
+        else ""
+    )
+    out.append(f"{what} {status} in {res.n_iter} iterations{profiled}.")
     for w in res.warnings:
         out.append(f"Warning: {w}")
     return "\n".join(out)

@@ -101,3 +101,14 @@ def test_solve_refuses_hl_for_a_quasi_model() -> None:
         hglm.solve(res.model, "HL(1,1)")
     again = hglm.solve(res.model, "EQL")
     assert again.disp.gamma[0] == pytest.approx(np.log(res.phi), rel=1e-10)
+
+
+def test_summary_of_models_without_random_terms() -> None:
+    """A GLM (no random terms) has a summary too (it raised KeyError before)."""
+    df = _overdispersed_counts(6)
+    quasi = hglm.fit("y ~ x", df, family="quasipoisson", method="EQL")
+    text = quasi.summary()
+    assert "not available" in text and "random effects" not in text
+    plain = hglm.fit("y ~ x", df, family="poisson")
+    assert "p_v(h) = " in plain.summary()
+    assert plain.varcomp.empty
