@@ -16,10 +16,12 @@ every module's docstring says which):
 * ``eql``, ``hl`` (the general HL search, ``finish_hl``), ``lmm`` (the profiled LMM route);
   ``structured`` (random slopes and correlated random effects: the equations with Q(theta)
   and their search), ``spectral_eql`` (R hglm's EQL for CAR/SAR).
+* ``negbin``: theta of a negative binomial by profiling (the fits are handed in).
 * ``dispatch``: ``solve``, the one place that chooses between them.
-* ``results`` (``HGLMResult``), ``structured_results`` (``StructuredResult``), ``api`` (``fit``).
-* ``simulate``, ``marginal``, ``inference`` (refits, criteria, likelihood_ratio, intervals,
-  resampling), ``plots``: built on a result.
+* ``summary`` (the printed summary), ``results`` (``HGLMResult``), ``structured_results``
+  (``StructuredResult``), ``api`` (``fit``).
+* ``prediction`` (``predict(se=, interval=)``), ``simulate``, ``marginal``, ``inference``
+  (refits, criteria, likelihood_ratio, intervals, resampling), ``plots``: built on a result.
 """
 
 from hglm.api import fit
@@ -27,7 +29,13 @@ from hglm.control import FitControl
 from hglm.covariance import CAR, SAR, Precision
 from hglm.diagnostics import ConvergenceCode, ConvergenceWarning, Diagnostics
 from hglm.dispatch import solve
-from hglm.families import RandomFamily, ResponseFamily, random_family, response_family
+from hglm.families import (
+    RandomFamily,
+    ResponseFamily,
+    negative_binomial_family,
+    random_family,
+    response_family,
+)
 from hglm.inference import BootstrapResult, LRTResult, bootstrap, confint, lrt, profile_ci
 from hglm.marginal import marginal_effect, marginal_predict
 from hglm.results import HGLMResult, RanefGivenFixef
@@ -55,6 +63,7 @@ __all__ = [
     "lrt",
     "marginal_effect",
     "marginal_predict",
+    "negative_binomial_family",
     "profile_ci",
     "random_family",
     "response_family",

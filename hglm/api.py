@@ -23,7 +23,7 @@ from hglm.design import build_design
 from hglm.diagnostics import ConvergenceWarning
 from hglm.dispatch import solve
 from hglm.dispersion_se import DispersionSE
-from hglm.families import RandomFamily, ResponseFamily, response_family
+from hglm.families import RandomFamily, ResponseFamily, quasi_family, response_family
 from hglm.formula import parse_formula
 from hglm.model import Model
 from hglm.results import HGLMResult
@@ -50,6 +50,7 @@ def fit(
     max_iter: int | None = None,
     dispersion_se: bool | None = None,
     start: Any = None,
+    na_action: str = "raise",
     correlation: dict[str, Any] | None = None,
 ) -> HGLMResult | StructuredResult:
     """Fit a hierarchical GLM by h-likelihood.
@@ -60,11 +61,15 @@ def fit(
         lme4 syntax, e.g. ``"y ~ x1 + x2 + (1|lot/wafer) + (1|tool)"``; a formula without
         random terms fits the plain GLM. Random slopes ``(x | g)``, ``(0 + x | g)``,
         ``(x || g)`` and ``ar1(time | g)`` are normal random effects with a structured
-        covariance (``hglm.structured``).
+        covariance (``hglm.structured``). ``offset(expr)`` terms (e.g. ``offset(log(E))``)
+        enter the linear predictor with coefficient 1, added to ``offset=``.
     data : pandas.DataFrame or mapping of columns
         The data the formula's names refer to.
     family : str or ResponseFamily
-        The response family: ``"gaussian"``, ``"binomial"``, ``"poisson"`` or ``"gamma"``.
+        The response family: ``"gaussian"``, ``"binomial"``, ``"poisson"``, ``"gamma"`` or
+        ``"negative_binomial"`` (``"nbinom2"``: NB2, theta estimated unless given with
+        ``hglm.negative_binomial_family(theta)``); ``"quasipoisson"``, ``"quasibinomial"``:
+        phi estimated (method ``"EQL"``, as R hglm; no likelihoods).
     link : str, optional
         The response link (default: the family's canonical one).
     rand_family : str, RandomFamily or dict
@@ -72,7 +77,8 @@ def fit(
         ``"normal"``, ``"beta"``, ``"gamma"``, ``"inverse_gamma"``, optionally with a link,
         e.g. ``"gamma(log)"``.
     disp : str, optional
-        A model for log phi, e.g. ``"~ x2 + x3"`` (families with an estimated phi only).
+        A model for log phi, e.g. ``"~ x2 + x3"`` (families with an estimated phi; for
+        binomial and Poisson it asks for a quasi-likelihood phi, method ``"EQL"`` only).
     rand_disp : dict, optional
         Per grouping factor, a model for log lambda over its levels' variables.
     method : str
@@ -96,6 +102,9 @@ def fit(
         ``disp_coef``, ``summary()``, ...).
     start : HGLMResult, optional
         A previous fit of the same model to start the HL search from (see ``hglm.dispatch.solve``).
+    na_action : str
+        ``"raise"`` (default) refuses missing values in the columns the model uses;
+        ``"omit"`` leaves those rows out (``res.n_omitted``, ``res.design.omitted``).
     correlation : dict, optional
         Per random intercept, a correlation structure of its levels: ``hglm.CAR(W)``,
         ``hglm.SAR(W)`` or ``hglm.Precision(Q)`` (e.g. ``{"area": hglm.CAR(W)}``).
@@ -113,8 +122,18 @@ def fit(
     control = _control(control, max_iter, dispersion_se)
     fam = response_family(family, link)
     mf = parse_formula(formula)
+    if disp is not None and fam.name in ("binomial", "poisson"):
+        fam = quasi_family(fam)
     if disp is not None and fam.fixed_dispersion:
-        raise ValueError(f"disp= needs an estimated dispersion; {fam.name} has phi fixed at 1")
+        raise ValueError(
+            f"disp= needs an estimated dispersion; {fam.name} has phi fixed at 1"
+            + (" (its over-dispersion is theta)" if fam.name == "negative_binomial" else "")
+        )
+    if fam.quasi and meth != "EQL":
+        raise ValueError(
+            f"a quasi-likelihood phi for {fam.name} (disp=) is estimated by method='EQL' only, "
+            "as in R hglm: the HL methods maximise likelihoods, and a quasi-likelihood has none"
+        )
     design = build_design(
         mf,
         data,
@@ -125,6 +144,7 @@ def fit(
         trials=trials,
         weights=weights,
         offset=offset,
+        na_action=na_action,
     )
     call = _call_text(formula, fam, rand_family, disp, meth, reml)
     if correlation or any(not t.intercept_only for t in mf.random):

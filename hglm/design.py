@@ -18,7 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 from formulaic.transforms.contrasts import CustomContrasts
 
-from hglm.families import RandomFamily, ResponseFamily, random_family
+from hglm.families import COUNT_FAMILIES, RandomFamily, ResponseFamily, random_family
 from hglm.formula import ModelFormula, RandomTerm, normalise_term_key
 
 _MAX_ROWS_SHOWN = 10
@@ -107,6 +107,21 @@ class FixedSpec:
     aliases: dict[str, str]
 
 
+@dataclass(frozen=True)
+class OffsetSpec:
+    """Where the offset came from, so that predict() can rebuild it on new data: the
+    formula's ``offset(...)`` expressions, and the ``offset=`` argument when it named a
+    column or an expression (``argument_values``: it was an array of the fit's rows)."""
+
+    formula_terms: tuple[str, ...] = ()
+    argument: str | None = None
+    argument_values: bool = False
+
+    @property
+    def present(self) -> bool:
+        return bool(self.formula_terms) or self.argument is not None or self.argument_values
+
+
 @dataclass
 class ModelDesign:
     formula: ModelFormula
@@ -123,6 +138,13 @@ class ModelDesign:
     fixed_spec: FixedSpec
     trials: np.ndarray | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    offset_spec: OffsetSpec = field(default_factory=OffsetSpec)
+    # na_action="omit": labels (positions in the data as given) of the rows left out
+    omitted: pd.Index = field(default_factory=lambda: pd.Index([], dtype=np.int64))
+
+    @property
+    def n_omitted(self) -> int:
+        return len(self.omitted)
 
     @property
     def n(self) -> int:
@@ -179,6 +201,9 @@ def required_columns(expr: str) -> set[str]:
         raise ValueError(f"cannot read formula {expr!r}: {exc}") from exc
 
 
+NA_ACTIONS = ("raise", "omit")
+
+
 def _check_columns(frame: pd.DataFrame, needed: dict[str, str]) -> None:
     for col, role in needed.items():
         if col not in frame.columns:
@@ -188,8 +213,34 @@ def _check_columns(frame: pd.DataFrame, needed: dict[str, str]) -> None:
         mask = s.isna().to_numpy()
         if mask.any():
             raise ValueError(
-                f"column {col!r} ({role}) has missing values in {_rows_text(frame.index, mask)}"
+                f"column {col!r} ({role}) has missing values in {_rows_text(frame.index, mask)}; "
+                'na_action="omit" leaves such rows out'
             )
+
+
+def _missing_rows(frame: pd.DataFrame, needed: dict[str, str], arrays: list[Any]) -> np.ndarray:
+    """Rows with a missing value in any used column or in an array given per row."""
+    mask = np.zeros(len(frame), dtype=bool)
+    for col in needed:
+        mask |= frame[col].isna().to_numpy()
+    for value in arrays:
+        arr = np.asarray(value, dtype=float).reshape(-1)
+        if arr.shape[0] == len(frame):
+            mask |= np.isnan(arr)
+    return mask
+
+
+def evaluate_offset(spec: OffsetSpec, frame: pd.DataFrame, argument: Any = None) -> np.ndarray:
+    """The summed offset of ``frame``'s rows: the formula's offset(...) terms plus the
+    ``offset=`` argument (a column, an expression, or an array given as ``argument``)."""
+    total = np.zeros(len(frame))
+    for expr in spec.formula_terms:
+        total = total + _column_or_array(frame, expr, f"offset({expr})")
+    if spec.argument is not None:
+        total = total + _column_or_array(frame, spec.argument, "offset")
+    elif argument is not None:
+        total = total + _column_or_array(frame, argument, "offset")
+    return total
 
 
 def _column_or_array(frame: pd.DataFrame, value: Any, role: str) -> np.ndarray:
@@ -215,7 +266,7 @@ def _check_response(
     family: ResponseFamily, y: np.ndarray, trials: np.ndarray | None, frame: pd.DataFrame, name: str
 ) -> None:
     idx = frame.index
-    if family.name in ("binomial", "poisson"):
+    if family.name in COUNT_FAMILIES:
         bad = (y < 0) | (np.abs(y - np.rint(y)) > 1e-8)
         if bad.any():
             raise ValueError(
@@ -273,7 +324,13 @@ def build_design(
     trials: str | None = None,
     weights: Any = None,
     offset: Any = None,
+    na_action: str = "raise",
 ) -> ModelDesign:
+    """The design of ``formula`` on ``data``. ``na_action="raise"`` (default) refuses rows
+    with missing values in any column the model uses; ``"omit"`` leaves them out and records
+    them (``ModelDesign.omitted``)."""
+    if na_action not in NA_ACTIONS:
+        raise ValueError(f"na_action must be one of {NA_ACTIONS}, got {na_action!r}")
     frame = to_pandas(data)
     if len(frame) == 0:
         raise ValueError("the data has no rows")
@@ -303,8 +360,33 @@ def build_design(
         if isinstance(value, str):
             for col in {value} if value in frame.columns else required_columns(f"~ {value}"):
                 needed.setdefault(col, role)
-    _check_columns(frame, needed)
+    for expr in formula.offsets:
+        for col in {expr} if expr in frame.columns else required_columns(f"~ {expr}"):
+            needed.setdefault(col, f"offset({expr})")
+    omitted = pd.Index([], dtype=np.int64)
+    keep = None
+    if na_action == "omit":
+        absent = {c: r for c, r in needed.items() if c not in frame.columns}
+        if absent:
+            _check_columns(frame, absent)  # names the first absent column
+        per_row = [v for v in (weights, offset) if v is not None and not isinstance(v, str)]
+        drop = _missing_rows(frame, needed, per_row)
+        if drop.all():
+            raise ValueError("every row has a missing value in a column the model uses")
+        if drop.any():
+            omitted, keep = frame.index[drop], ~drop
+            weights, offset = (
+                np.asarray(v, dtype=float).reshape(-1)[keep]
+                if v is not None and not isinstance(v, str)
+                else v
+                for v in (weights, offset)
+            )
+    else:
+        _check_columns(frame, needed)
     frame = frame.reset_index(drop=False) if not isinstance(frame.index, pd.RangeIndex) else frame
+    if keep is not None:
+        # row labels stay the positions in the data as given (error messages name those)
+        frame = frame.loc[keep]
     index = frame.index
 
     # -- response ----------------------------------------------------------------------
@@ -324,7 +406,12 @@ def build_design(
     if family.name == "binomial" and trials_arr is not None:
         y = y / trials_arr
         prior_weights = prior_weights * trials_arr
-    off = np.zeros(len(frame)) if offset is None else _column_or_array(frame, offset, "offset")
+    offset_spec = OffsetSpec(
+        formula_terms=formula.offsets,
+        argument=offset if isinstance(offset, str) else None,
+        argument_values=offset is not None and not isinstance(offset, str),
+    )
+    off = evaluate_offset(offset_spec, frame, offset)
 
     # -- fixed part --------------------------------------------------------------------
     X, names, spec = fixed_matrix(formula.fixed, frame, "fixed-effects")
@@ -412,6 +499,9 @@ def build_design(
         index=index,
         fixed_spec=spec,
         trials=trials_arr,
+        offset_spec=offset_spec,
+        omitted=omitted,
+        extras={"trials_column": trials} if isinstance(trials, str) else {},
     )
 
 

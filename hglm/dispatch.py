@@ -7,6 +7,15 @@
 * ``"HL(0,1)"`` / ``"HL(1,1)"`` of any other HGLM: the outer search of ``hglm.hl``, from an
   EQL pass settled to ``FitControl.eql_start_tol``, or from ``start``.
 
+Two families add a step around these routes, here so that refits get it too:
+
+* a negative binomial whose theta is free (``ResponseFamily.estimates_theta``): theta by
+  profiling the route's dispersion criterion over log theta (``hglm.negbin``), each
+  evaluation warm-started from the fit at the nearest theta; ``solve`` then sets the
+  model's family to theta-hat and records the estimate in ``FitOutcome.theta``;
+* a quasi-likelihood binomial/Poisson (phi estimated, EQL only): no likelihoods (NaN),
+  as R hglm.
+
 ``hglm.fit`` and the refits of ``hglm.inference`` (likelihood-ratio bootstrap, parametric
 bootstrap) both come here. The singularity rule (``hglm.diagnostics.singular_terms``) is
 applied here, to every route alike.
@@ -16,7 +25,8 @@ applied here, to every route alike.
   ``hglm.spectral_eql``.
 
 May import: ``hglm.state``, ``hglm.diagnostics``, ``hglm.control``, ``hglm.model``,
-``hglm.eql``, ``hglm.hl``, ``hglm.lmm``, ``hglm.structured``, ``hglm.spectral_eql``.
+``hglm.likelihood``, ``hglm.negbin``, ``hglm.eql``, ``hglm.hl``, ``hglm.lmm``,
+``hglm.structured``, ``hglm.spectral_eql``.
 """
 
 from __future__ import annotations
@@ -29,8 +39,10 @@ from hglm.control import FitControl, normalise_method
 from hglm.diagnostics import singular_terms
 from hglm.eql import fit_eql
 from hglm.hl import fit_hl
+from hglm.likelihood import Likelihoods
 from hglm.lmm import fit_lmm, is_linear_mixed_model
 from hglm.model import Model
+from hglm.negbin import profile_theta
 from hglm.spectral_eql import fit_spectral_eql
 from hglm.state import FitOutcome
 from hglm.structured import StructuredFit, StructuredModel, fit_structured
@@ -84,6 +96,10 @@ def solve(
     control = FitControl() if control is None else control
     if not isinstance(control, FitControl):
         raise TypeError(f"control must be a FitControl, got {type(control).__name__}")
+    if model.family.quasi and meth != "EQL":
+        raise ValueError(
+            "a quasi-likelihood phi (binomial/poisson with disp=) is estimated by EQL only"
+        )
     if isinstance(model, StructuredModel):
         if start is not None:
             raise ValueError("start= is not available for models with structured random effects")
@@ -91,6 +107,47 @@ def solve(
             return fit_spectral_eql(model, max_iter=control.max_iter)
         return fit_structured(model, meth, reml, outer_max_iter=control.outer_max_iter)
     warm = _start_outcome(model, start)
+    if model.family.estimates_theta:
+        return _solve_negative_binomial(model, meth, reml, warm, control)
+    outcome = _solve_given_family(model, meth, reml, warm, control)
+    if model.family.quasi:
+        nan = float("nan")
+        outcome.likelihood = Likelihoods(nan, nan, nan, nan, nan)
+    return outcome
+
+
+def _solve_negative_binomial(
+    model: Model, meth: str, reml: bool, warm: FitOutcome | None, control: FitControl
+) -> FitOutcome:
+    """theta-hat by the profile of the method's dispersion criterion (``hglm.negbin``)."""
+    which = "p_v" if meth != "EQL" and not reml else "p_beta_v"
+
+    def fit_at(design: Any, nearest: Any) -> tuple[tuple[Model, FitOutcome], float]:
+        m = model.with_design(design)
+        out = _solve_given_family(m, meth, reml, nearest[1] if nearest else warm, control)
+        return (m, out), float(getattr(out.likelihood, which))
+
+    if warm is not None and warm.theta is not None:
+        theta0: float | None = warm.theta.theta
+    else:
+        theta0 = model.family.theta
+    estimate, (fitted, outcome) = profile_theta(model.design, fit_at, which, start=theta0)
+    # the caller's model becomes the model at theta-hat (its result reads the family there)
+    model.design, model.family = fitted.design, fitted.family
+    outcome.theta = estimate
+    outcome.timings["theta_profile_fits"] = float(estimate.evaluations)
+    if estimate.at_bound:
+        outcome.messages.append(
+            f"theta of the negative binomial is at a bound of its search "
+            f"({estimate.theta:.3g}); a Poisson model may fit as well"
+        )
+    return outcome
+
+
+def _solve_given_family(
+    model: Model, meth: str, reml: bool, warm: FitOutcome | None, control: FitControl
+) -> FitOutcome:
+    """The route of ``meth`` for the model's family as it is (theta, if any, held)."""
     outcome: FitOutcome | None = None
     if meth != "EQL" and warm is not None:
         try:

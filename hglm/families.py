@@ -92,7 +92,7 @@ class Link:
 
 
 def _split_name(spec: str) -> tuple[str, str | None]:
-    m = re.fullmatch(r"\s*([A-Za-z_.]+)\s*(?:\(\s*([A-Za-z_./0-9\-]*)\s*\))?\s*", spec)
+    m = re.fullmatch(r"\s*([A-Za-z_.][A-Za-z_.0-9]*)\s*(?:\(\s*([A-Za-z_./0-9\-]*)\s*\))?\s*", spec)
     if not m:
         raise ValueError(f"cannot read family {spec!r}; expected e.g. 'binomial(probit)'")
     name = m.group(1).lower().replace(".", "_")
@@ -114,26 +114,68 @@ _RESPONSE_LINKS = {
     "binomial": ("logit", ("logit", "probit", "cloglog")),
     "poisson": ("log", ("log",)),
     "gamma": ("log", ("log", "inverse")),
+    "negative_binomial": ("log", ("log",)),
 }
-_RESPONSE_ALIASES = {"normal": "gaussian", "gamma": "gamma", "gauss": "gaussian"}
+_RESPONSE_ALIASES = {
+    "normal": "gaussian",
+    "gamma": "gamma",
+    "gauss": "gaussian",
+    "nbinom2": "negative_binomial",
+    "negbin": "negative_binomial",
+    "nb2": "negative_binomial",
+    "negativebinomial": "negative_binomial",
+}
+# quasi-likelihood families: phi estimated (R hglm's binomial/poisson without fix.disp)
+_QUASI = {"quasipoisson": "poisson", "quasibinomial": "binomial"}
 _CANONICAL = {"gaussian": "identity", "binomial": "logit", "poisson": "log", "gamma": "inverse"}
+COUNT_FAMILIES = ("binomial", "poisson", "negative_binomial")
 
 
 @dataclass(frozen=True)
 class ResponseFamily:
     """Distribution of y | u. ``w`` below is the prior weight (for binomial: the
-    number of trials, with y the observed proportion)."""
+    number of trials, with y the observed proportion).
+
+    ``negative_binomial`` is NB2: variance mu + mu^2 / theta, with the exact NB
+    log-likelihood (not a Poisson with an observation-level gamma term). ``theta`` is the
+    shape; the family object holds one value. The fit estimates it (by profiling, see
+    ``hglm.negbin``; the family then holds theta-hat) unless ``theta_fixed``: a value the
+    user gave, ``negative_binomial_family(theta)``. ``quasi``: a binomial or Poisson family whose dispersion phi is
+    estimated (quasi-likelihood, as R hglm without ``fix.disp``); it has no likelihood."""
 
     name: str
     link: Link
+    theta: float | None = None
+    quasi: bool = False
+    theta_fixed: bool = False
 
     @property
     def fixed_dispersion(self) -> bool:
-        return self.name in ("binomial", "poisson")
+        """phi fixed at 1 (NB's theta is a shape of the variance function, not a phi)."""
+        return self.name in COUNT_FAMILIES and not self.quasi
 
     @property
     def canonical(self) -> bool:
-        return _CANONICAL[self.name] == self.link.name
+        return _CANONICAL.get(self.name) == self.link.name
+
+    @property
+    def has_likelihood(self) -> bool:
+        return not self.quasi
+
+    @property
+    def estimates_theta(self) -> bool:
+        """A negative binomial whose theta the fit estimates."""
+        return self.name == "negative_binomial" and not self.theta_fixed
+
+    def with_theta(self, theta: float, fixed: bool | None = None) -> ResponseFamily:
+        """The family at another theta (``fixed``: whether a fit keeps it; default unchanged)."""
+        keep = self.theta_fixed if fixed is None else fixed
+        return ResponseFamily(self.name, self.link, float(theta), self.quasi, keep)
+
+    def _theta(self) -> float:
+        if self.theta is None:
+            raise ValueError("the negative binomial family needs theta (estimated by the fit)")
+        return self.theta
 
     def variance(self, mu: np.ndarray) -> np.ndarray:
         if self.name == "gaussian":
@@ -142,12 +184,14 @@ class ResponseFamily:
             return mu * (1 - mu)
         if self.name == "poisson":
             return mu
+        if self.name == "negative_binomial":
+            return mu + mu**2 / self._theta()
         return mu**2
 
     def valid_mu(self, mu: np.ndarray) -> np.ndarray:
         if self.name == "binomial":
             return np.clip(mu, _EPS, 1 - _EPS)
-        if self.name in ("poisson", "gamma"):
+        if self.name in ("poisson", "gamma", "negative_binomial"):
             return np.maximum(mu, 1e-300)
         return mu
 
@@ -159,6 +203,9 @@ class ResponseFamily:
             return 2 * w * (special.xlogy(y, y / mu) + special.xlogy(1 - y, (1 - y) / (1 - mu)))
         if self.name == "poisson":
             return 2 * w * (special.xlogy(y, y / mu) - (y - mu))
+        if self.name == "negative_binomial":
+            th = self._theta()
+            return 2 * w * (special.xlogy(y, y / mu) - (y + th) * np.log((y + th) / (mu + th)))
         return -2 * w * (np.log(y / mu) - (y - mu) / mu)
 
     def loglik(self, y: np.ndarray, mu: np.ndarray, phi: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -173,6 +220,8 @@ class ResponseFamily:
             return special.gammaln(w + 1) - special.gammaln(k + 1) - special.gammaln(w - k + 1)
         if self.name == "poisson":
             return -special.gammaln(y + 1)
+        if self.name == "negative_binomial":  # theta-free part only (the cache keys on y, w)
+            return -w * special.gammaln(y + 1)
         if self.name == "gamma":
             return -np.log(y)
         return np.zeros(np.shape(y))
@@ -192,6 +241,17 @@ class ResponseFamily:
             return special.xlogy(k, mu) + special.xlogy(w - k, 1 - mu)
         if self.name == "poisson":
             return (y * np.log(mu) if inside else special.xlogy(y, mu)) - mu
+        if self.name == "negative_binomial":
+            # log Gamma(y + th) - log Gamma(th) + th log(th / (th + mu)) + y log(mu / (th + mu))
+            th = self._theta()
+            log_total = np.log(th + mu)
+            return w * (
+                special.gammaln(y + th)
+                - special.gammaln(th)
+                + th * (np.log(th) - log_total)
+                + special.xlogy(y, mu)
+                - y * log_total
+            )
         shape = w / phi
         return shape * np.log(shape * y / mu) - shape * y / mu - special.gammaln(shape)
 
@@ -208,6 +268,9 @@ class ResponseFamily:
         Equals the expected weight for canonical links; otherwise it carries
         the extra term -(y - mu) d/deta[mu'(eta)/V(mu)].
         """
+        if self.name == "negative_binomial" and self.link.name == "log":
+            th = self._theta()
+            return w * th * mu * (th + y) / (mu + th) ** 2
         expected = self.working_weight(eta, mu, w)
         if self.canonical:
             return expected
@@ -221,7 +284,8 @@ class ResponseFamily:
         return expected - w * (y - mu) * dg
 
     def __str__(self) -> str:
-        return f"{self.name}({self.link.name})"
+        prefix = "quasi" if self.quasi else ""
+        return f"{prefix}{self.name}({self.link.name})"
 
 
 def response_family(spec: str | ResponseFamily, link: str | None = None) -> ResponseFamily:
@@ -240,9 +304,13 @@ def response_family(spec: str | ResponseFamily, link: str | None = None) -> Resp
         The family with its link.
     """
     if isinstance(spec, ResponseFamily):
-        return spec if link is None else ResponseFamily(spec.name, Link(link))
+        if link is None:
+            return spec
+        return ResponseFamily(spec.name, Link(link), spec.theta, spec.quasi, spec.theta_fixed)
     name, lk = _split_name(spec)
     name = _RESPONSE_ALIASES.get(name, name)
+    quasi = name in _QUASI
+    name = _QUASI.get(name, name)
     if name not in _RESPONSE_LINKS:
         raise ValueError(
             f"unknown response family {spec!r}; choose one of {sorted(_RESPONSE_LINKS)}"
@@ -253,7 +321,21 @@ def response_family(spec: str | ResponseFamily, link: str | None = None) -> Resp
         lk = "inverse"
     if lk not in allowed:
         raise ValueError(f"link {lk!r} is not available for {name}; choose one of {allowed}")
-    return ResponseFamily(name, Link(lk))
+    return ResponseFamily(name, Link(lk), quasi=quasi)
+
+
+def quasi_family(family: ResponseFamily) -> ResponseFamily:
+    """The binomial or Poisson family with phi estimated (quasi-likelihood)."""
+    if family.name not in ("binomial", "poisson"):
+        raise ValueError(f"a quasi-likelihood phi is for binomial and poisson, not {family.name}")
+    return ResponseFamily(family.name, family.link, family.theta, True, family.theta_fixed)
+
+
+def negative_binomial_family(theta: float) -> ResponseFamily:
+    """NB2 (log link) with theta known: a fit keeps it instead of estimating it."""
+    if not theta > 0:
+        raise ValueError(f"theta must be positive, got {theta}")
+    return ResponseFamily("negative_binomial", Link("log"), float(theta), theta_fixed=True)
 
 
 # ----------------------------------------------------------- random-effect families

@@ -13,7 +13,9 @@ Random terms:
 * ``ar1(time | g)`` (glmmTMB's ``ar1(factor(time) + 0 | g)`` is read the same): an AR(1)
   process over the ordered levels of ``time`` within each level of ``g``.
 
-Vector and structured terms take no nesting (``/``).
+Vector and structured terms take no nesting (``/``). ``offset(expr)`` terms of the fixed
+part (as in R, e.g. ``offset(log(E))``) are taken out of it: they enter the linear predictor
+with coefficient 1, and several add up.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class ModelFormula:
     response: str
     fixed: str  # right-hand side of the fixed part, formulaic syntax
     random: tuple[RandomTerm, ...]
+    offsets: tuple[str, ...] = ()  # the expressions inside offset(...), in formula order
 
     @property
     def fixed_formula(self) -> str:
@@ -180,6 +183,42 @@ def _extract_ar1(rhs: str) -> tuple[str, list[RandomTerm]]:
     return "".join(out), terms
 
 
+_OFFSET_RE = re.compile(r"(?<![\w.])offset\s*\(")
+
+
+def _extract_offsets(rhs: str) -> tuple[str, list[str]]:
+    """Take the ``offset(...)`` terms out of a right-hand side: (rest, their expressions).
+
+    Parentheses are matched by counting (``offset(log(E))``), which a regular expression
+    cannot do. An offset must be added (``+ offset(x)``), not subtracted or interacted."""
+    exprs: list[str] = []
+    while (m := _OFFSET_RE.search(rhs)) is not None:
+        depth, end = 1, m.end()
+        while end < len(rhs) and depth:
+            depth += {"(": 1, ")": -1}.get(rhs[end], 0)
+            end += 1
+        if depth:
+            raise ValueError(f"unbalanced parentheses in offset term of {rhs!r}")
+        expr = rhs[m.end() : end - 1].strip()
+        if not expr:
+            raise ValueError("offset() needs an expression, e.g. offset(log(E))")
+        before = rhs[: m.start()].rstrip()
+        after = rhs[end:].lstrip()
+        if (before and before[-1] != "+") or (after and after[0] not in "+-"):
+            raise ValueError(
+                f"offset({expr}) must be added to the formula (+ offset(...)); "
+                f"it cannot be subtracted, multiplied or interacted"
+            )
+        exprs.append(expr)
+        # drop the '+' that joined the offset to its neighbour
+        if before:
+            before = before[:-1]
+        elif after.startswith("+"):
+            after = after[1:]
+        rhs = (before.rstrip() + " " + after.lstrip()).strip()
+    return rhs, exprs
+
+
 def parse_formula(formula: str) -> ModelFormula:
     """Split a mixed-model formula into response, fixed part and random terms."""
     if "~" not in formula:
@@ -192,7 +231,7 @@ def parse_formula(formula: str) -> ModelFormula:
     for m in _RANDOM_RE.finditer(rhs):
         effect, bars, grouping = m.group(1).strip(), m.group(2), m.group(3)
         terms.extend(_vector_terms(effect, bars, grouping, m.group(0)))
-    fixed = _RANDOM_RE.sub("", rhs)
+    fixed, offsets = _extract_offsets(_RANDOM_RE.sub("", rhs))
     # tidy the '+' left behind by removed random terms
     fixed = re.sub(r"\+\s*(\+\s*)+", "+ ", fixed)
     fixed = re.sub(r"^\s*\+|\+\s*$", "", fixed.strip()).strip()
@@ -204,7 +243,7 @@ def parse_formula(formula: str) -> ModelFormula:
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         raise ValueError(f"random term(s) {sorted(dupes)} appear more than once")
-    return ModelFormula(response=response, fixed=fixed, random=tuple(terms))
+    return ModelFormula(response=response, fixed=fixed, random=tuple(terms), offsets=tuple(offsets))
 
 
 def normalise_term_key(key: str) -> str:

@@ -61,8 +61,8 @@ def fit_glm_start(model: Model) -> tuple[np.ndarray, float]:
     y = d.y
     if fam.name == "binomial":
         mu = (d.prior_weights * y + 0.5) / (d.prior_weights + 1)
-    elif fam.name in ("poisson", "gamma"):
-        mu = y + (0.1 if fam.name == "poisson" else 0.0)
+    elif fam.name in ("poisson", "gamma", "negative_binomial"):
+        mu = y + (0.0 if fam.name == "gamma" else 0.1)
     else:
         mu = y.copy()
     if fam.link.name == "log":

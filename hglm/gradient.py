@@ -61,6 +61,10 @@ def data_weight_derivative(
         return a * (1 - 2 * mu)
     if family.name == "poisson" and link == "log":
         return a
+    if family.name == "negative_binomial" and link == "log":
+        # a = w th (th + y) mu / (mu + th)^2
+        theta = float(family.theta)  # type: ignore[arg-type]
+        return a * (theta - mu) / (theta + mu)
     if family.name == "gaussian" and link == "identity":
         return np.zeros_like(eta)
     if family.name == "gaussian" and link == "log":

@@ -703,6 +703,19 @@ class MixedModelEquations:
             forms = forms.copy()  # not the cached array itself
         return self._to_rows(forms)
 
+    def pattern_level_variances(self) -> tuple[np.ndarray, np.ndarray]:
+        """(levels, forms): each distinct row pattern's global level indices (n_d, K) and
+        z'H^{-1}z for it (beta held fixed), from the selected inverse: what a new row with
+        the same levels as some data row needs (``hglm.prediction``)."""
+        K = len(self.terms)
+        levels = self.Zd.indices.reshape(self.n_patterns, K)
+        forms = self._pattern_forms()
+        el = self.elimination
+        if el is not None:
+            assert el.D is not None and el.f is not None
+            forms = 1.0 / el.D + (1.0 - el.f) ** 2 * forms
+        return levels, np.array(forms, dtype=float)
+
     def level_inverse_diagonal(self) -> np.ndarray:
         """diag(H^{-1}) (beta held fixed); an eliminated level: 1/D + f^2 e' R^{-1} e."""
         if not self.q:

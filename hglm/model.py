@@ -12,6 +12,8 @@ May import: ``hglm.state``, ``hglm.design``, ``hglm.mme``, ``hglm.likelihood``.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from hglm.design import ModelDesign, RandomTermDesign
@@ -36,6 +38,15 @@ class Model:
         self.mme = MixedModelEquations(design.X, self.sparse_terms)
         self.family = design.family
         self.n_random = sum(t.n_levels for t in design.terms)
+
+    def with_design(self, design: ModelDesign) -> Model:
+        """The model of another design of the same structure (a new response, or a negative
+        binomial at another theta), sharing these mixed-model equations: their pattern and
+        symbolic factorisation depend on the random terms only."""
+        clone = copy.copy(self)
+        clone.design = design
+        clone.family = design.family
+        return clone
 
     # -- helpers -----------------------------------------------------------------------
     def _term_index(self, term: RandomTermDesign) -> int:

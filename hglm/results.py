@@ -11,11 +11,12 @@ import pandas as pd
 from scipy import stats
 
 from hglm.control import FitControl
-from hglm.design import ModelDesign, new_fixed_matrix, new_term_codes
+from hglm.design import ModelDesign, evaluate_offset, new_fixed_matrix, new_term_codes, to_pandas
 from hglm.diagnostics import Diagnostics
 from hglm.dispersion_se import DispersionSE
 from hglm.model import Model
 from hglm.state import FitOutcome
+from hglm.summary import QUASI_NOTE, Summary, format_summary
 
 
 def _json(x: Any) -> Any:
@@ -27,13 +28,6 @@ def _json(x: Any) -> Any:
     if isinstance(x, np.bool_):
         return bool(x)
     return x
-
-
-class Summary(str):
-    """The printed summary of a fit: a string that shows as its text at an interactive prompt."""
-
-    def __repr__(self) -> str:
-        return str(self)
 
 
 @dataclass(frozen=True)
@@ -89,6 +83,11 @@ class HGLMResult:
     def nobs(self) -> int:
         """The number of data rows."""
         return self.design.n
+
+    @property
+    def n_omitted(self) -> int:
+        """Rows left out for missing values (``na_action="omit"``); 0 otherwise."""
+        return self.design.n_omitted
 
     @property
     def diagnostics(self) -> Diagnostics:
@@ -199,7 +198,8 @@ class HGLMResult:
                     "se_log": float(se[0]) if len(dk) == 1 else np.nan,
                 }
             )
-        return pd.DataFrame(rows).set_index("term")
+        columns = ["term", "family", "n_levels", "lambda", "log_lambda", "se_log"]
+        return pd.DataFrame(rows, columns=columns).set_index("term")
 
     @property
     def rand_disp(self) -> dict[str, pd.DataFrame]:
@@ -238,6 +238,28 @@ class HGLMResult:
         return self.outcome.disp.phi(self.design)
 
     @property
+    def theta(self) -> pd.Series | None:
+        """Negative binomial shape theta (variance mu + mu^2 / theta): estimate, SE (delta
+        method), SE of log theta and the 95 % Wald interval from the log scale; None for
+        other families. A theta given with the family (not estimated) has no SE."""
+        fam = self.design.family
+        if fam.name != "negative_binomial":
+            return None
+        est = self.outcome.theta
+        se_log = est.se_log if est is not None else np.nan
+        lo, hi = est.interval() if est is not None else (np.nan, np.nan)
+        return pd.Series(
+            {
+                "estimate": float(fam.theta),  # type: ignore[arg-type]
+                "se": float(fam.theta) * se_log,  # type: ignore[arg-type]
+                "se_log": se_log,
+                "lower": lo,
+                "upper": hi,
+            },
+            name="theta",
+        )
+
+    @property
     def likelihood(self) -> dict[str, float]:
         """h, p_v(h), p_beta,v(h) and cAIC (keys ``h``, ``p_v``, ``p_beta_v``, ``caic``)."""
         return self.outcome.likelihood.as_dict()
@@ -274,13 +296,27 @@ class HGLMResult:
 
     # ------------------------------------------------------------- predict
     def predict(
-        self, newdata: Any = None, *, type: str = "response", random: bool = True
-    ) -> np.ndarray:
+        self,
+        newdata: Any = None,
+        *,
+        type: str = "response",
+        random: bool = True,
+        offset: Any = None,
+        se: bool = False,
+        interval: str | None = None,
+        level: float = 0.95,
+    ) -> Any:
         """Predictions on the link (``type="link"``) or response scale.
+
+        With ``se=True`` or ``interval="confidence" | "prediction"`` the result is a
+        DataFrame (``fit``, ``se`` on the link scale, ``lower``, ``upper``); what each
+        interval covers, for seen and new levels, is set out in ``hglm.prediction``.
+        Otherwise an array of the predictions.
 
         ``random=False`` leaves out every random term. Levels not seen in the fit, and any
         observation-level term on new data, get v(psi), the random effect's mean scale
-        (0 for normal, beta and gamma random effects).
+        (0 for normal, beta and gamma random effects). The offset of new rows is rebuilt from
+        the formula's ``offset(...)`` terms and a column-valued ``offset=`` of the fit.
 
         Parameters
         ----------
@@ -290,14 +326,29 @@ class HGLMResult:
             ``"response"`` or ``"link"``.
         random : bool
             Include the predicted random effects.
+        offset : array-like, optional
+            The new rows' offset, when the fit was given ``offset=`` as an array.
+        se : bool
+            Return a DataFrame with the link-scale standard errors.
+        interval : str, optional
+            ``"confidence"`` or ``"prediction"`` (see ``hglm.prediction``): adds ``lower``
+            and ``upper`` on the ``type`` scale.
+        level : float
+            Coverage of the interval.
 
         Returns
         -------
-        numpy.ndarray
-            One prediction per row.
+        numpy.ndarray or pandas.DataFrame
+            One prediction per row (a DataFrame with ``se``/``interval``).
         """
         if type not in ("link", "response"):
             raise ValueError("type must be 'link' or 'response'")
+        if se or interval is not None:
+            if not random:
+                raise ValueError("intervals are for predictions with the random effects")
+            from hglm.prediction import predict_with_uncertainty
+
+            return predict_with_uncertainty(self, newdata, type, interval, level, offset)
         d = self.design
         if newdata is None:
             eta = self.outcome.mean.eta.copy()
@@ -305,7 +356,7 @@ class HGLMResult:
                 eta = d.offset + d.X @ self.outcome.mean.beta
         else:
             X = new_fixed_matrix(d.fixed_spec, newdata)
-            eta = X @ self.outcome.mean.beta
+            eta = self._new_offset(newdata, offset) + X @ self.outcome.mean.beta
             n_new = len(eta)
             if random:
                 for t, v in zip(d.terms, self.outcome.mean.v, strict=True):
@@ -319,6 +370,19 @@ class HGLMResult:
         if type == "link":
             return eta
         return d.family.link.inverse(eta)
+
+    def _new_offset(self, newdata: Any, offset: Any) -> np.ndarray:
+        spec = self.design.offset_spec
+        frame = to_pandas(newdata)
+        if spec.argument_values and offset is None:
+            raise ValueError(
+                "the fit was given offset= as an array; pass the new rows' offset to predict() "
+                "as offset= (or name a column in the fit: offset='log_t', or offset(...) in the "
+                "formula)"
+            )
+        if offset is not None and not spec.argument_values:
+            raise ValueError("offset= in predict() is only for a fit given offset= as an array")
+        return evaluate_offset(spec, frame, offset)
 
     # -------------------------------------------------------------- output
     def to_dict(self) -> dict[str, Any]:
@@ -336,6 +400,7 @@ class HGLMResult:
             "reml": self.reml,
             "family": str(self.design.family),
             "nobs": self.nobs,
+            "n_omitted": self.n_omitted,
             "fixef": {
                 name: {"estimate": _json(r["estimate"]), "se": _json(r["se"])}
                 for name, r in fx.iterrows()
@@ -349,7 +414,11 @@ class HGLMResult:
                 for name, r in vc.iterrows()
             },
             "phi": _json(self.phi) if self.phi is not None else None,
+            "theta": (
+                {k: _json(v) for k, v in self.theta.items()} if self.theta is not None else None
+            ),
             "likelihood": {k: _json(v) for k, v in self.likelihood.items()},
+            "likelihood_note": QUASI_NOTE if self.design.family.quasi else None,
             "converged": bool(self.converged),
             "n_iter": int(self.n_iter),
             "warnings": list(self.warnings),
@@ -371,7 +440,7 @@ class HGLMResult:
         Summary
             The text (a ``str``).
         """
-        return Summary(_format_summary(self))
+        return Summary(format_summary(self))
 
     # ----------------------------------------------- inference (hglm.inference et al.)
     def simulate(
@@ -479,101 +548,3 @@ class HGLMResult:
 
     def __repr__(self) -> str:
         return f"<HGLMResult {self.method} {self.call}>"
-
-
-# ------------------------------------------------------------------ summary text
-
-
-def _stars(p: float) -> str:
-    return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else "." if p < 0.1 else ""
-
-
-def _coef_table(df: pd.DataFrame, stat: str | None, pcol: str | None) -> str:
-    lines = []
-    width = max([len(str(i)) for i in df.index] + [4])
-    head = f"{'':{width}} {'Estimate':>10} {'Std. Error':>10}"
-    if stat:
-        head += f" {stat + '-value':>9} {'Pr(>|' + stat + '|)':>10}"
-    lines.append(head)
-    for name, r in df.iterrows():
-        line = f"{name!s:{width}} {r['estimate']:>10.5f} {r['se']:>10.5f}"
-        if stat and pcol:
-            p = r[pcol]
-            ptxt = "< 2e-16" if p < 2e-16 else f"{p:.3g}"
-            line += f" {r[stat]:>9.3f} {ptxt:>10} {_stars(p)}"
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def _format_summary(res: HGLMResult) -> str:
-    out = ["Call:", f"hglm.fit({res.call})", ""]
-    out += ["----------", "MEAN MODEL", "----------", ""]
-    out.append("Summary of the fixed effects estimates:")
-    out.append("")
-    fx = res.fixef
-    stat = "t" if "t" in fx.columns else "z"
-    out.append(_coef_table(fx, stat, "p"))
-    out.append("---")
-    out.append("Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1")
-    if stat == "t":
-        out.append(f"Note: P-values are based on {res.df_residual} degrees of freedom")
-    out.append("")
-    for name, tab in res.ranef.items():
-        out.append(f"Summary of the random effects estimates ({name}, {len(tab)} levels):")
-        shown = tab.head(6)
-        out.append(
-            "\n".join(
-                f"  {lvl!s:>12} {r['u']:>10.4f} (v = {r['v']:.4f}, se {r['se']:.4f})"
-                for lvl, r in shown.iterrows()
-            )
-        )
-        if len(tab) > 6:
-            out.append(f"  ... ({len(tab) - 6} more)")
-        out.append("")
-    out += ["----------------", "DISPERSION MODEL", "----------------", ""]
-    if res.method == "EQL":
-        out.append("NOTE: h-likelihood estimates through EQL can be biased.")
-        out.append("")
-    if res.design.family.fixed_dispersion:
-        out.append("Dispersion parameter for the mean model: fixed at 1")
-    else:
-        phi = res.phi
-        if phi is not None:
-            out.append("Dispersion parameter for the mean model:")
-            out.append(f"[1] {phi:.6g}")
-            out.append("")
-        out.append("Model estimates for the dispersion term:")
-        out.append("")
-        out.append("Link = log")
-        out.append("")
-        out.append("Effects:")
-        out.append(_coef_table(res.disp_coef, None, None))  # type: ignore[arg-type]
-        out.append("")
-    out.append("Dispersion parameter for the random effects:")
-    vc = res.varcomp
-    out.append("[1] " + " ".join(f"{x:.6g}" for x in vc["lambda"]))
-    out.append("")
-    out.append("Dispersion model for the random effects:")
-    out.append("")
-    out.append("Link = log")
-    out.append("")
-    out.append("Effects:")
-    for name, tab in res.rand_disp.items():
-        fam = vc.loc[name, "family"]
-        out.append(f".|{name} ({fam})")
-        out.append(_coef_table(tab, None, None))
-    out.append("")
-    lik = res.likelihood
-    out.append("Likelihoods:")
-    out.append(
-        f"  h = {lik['h']:.4f}   p_v(h) = {lik['p_v']:.4f}   "
-        f"p_beta,v(h) = {lik['p_beta_v']:.4f}   cAIC = {lik['caic']:.4f}"
-    )
-    out.append("")
-    crit = "REML (p_beta,v)" if res.reml else "ML (p_v)"
-    status = "converged" if res.converged else "DID NOT CONVERGE"
-    what = "EQL estimation" if res.method == "EQL" else f"{res.method} ({crit}) estimation"
-    out.append(f"{what} {status} in {res.n_iter} iterations.")
-    for w in res.warnings:
-        out.append(f"Warning: {w}")
-    return "\n".join(out)

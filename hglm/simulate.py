@@ -52,6 +52,9 @@ def draw_response(
         return rng.normal(mu, np.sqrt(phi / w))
     if fam.name == "poisson":
         return rng.poisson(mu).astype(float)
+    if fam.name == "negative_binomial":  # NB2: a Poisson with a gamma(theta, mu/theta) mean
+        theta = float(fam.theta)  # type: ignore[arg-type]
+        return rng.poisson(rng.gamma(theta, mu / theta)).astype(float)
     if fam.name == "binomial":
         trials = design.trials if design.trials is not None else np.ones(design.n)
         return rng.binomial(np.rint(trials).astype(np.int64), mu).astype(float)

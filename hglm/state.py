@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from hglm.design import ModelDesign
     from hglm.likelihood import Likelihoods
     from hglm.mme import MMESolution, ObservationElimination
+    from hglm.negbin import ThetaEstimate
 
 # log lambda of a term without a dispersion model stays within these (the HL and LMM searches)
 LOG_LAMBDA_BOUNDS = (np.log(1e-8), np.log(1e8))
@@ -99,6 +100,7 @@ class FitOutcome:
     dev_data: np.ndarray | None = None
     code: ConvergenceCode = ConvergenceCode.CONVERGED
     singular: tuple[SingularTerm, ...] = ()
+    theta: ThetaEstimate | None = None  # a negative binomial's estimated theta (hglm.negbin)
 
     @property
     def warnings(self) -> list[str]:

@@ -6,8 +6,8 @@ and profile-likelihood intervals (``profile_ci``), the likelihoods, prediction, 
 and ``summary``. The SEs of the variance parameters come from a finite-difference Hessian of
 the criterion the fit maximised, on the unconstrained scale, computed on first use.
 
-May import: ``hglm.design``, ``hglm.diagnostics``, ``hglm.results``, ``hglm.structured``,
-``hglm.structured_terms``.
+May import: ``hglm.design``, ``hglm.diagnostics``, ``hglm.results``, ``hglm.summary``,
+``hglm.structured``, ``hglm.structured_terms``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from scipy import stats
 
 from hglm.design import ModelDesign, new_fixed_matrix, to_pandas
 from hglm.diagnostics import ConvergenceCode, Diagnostics
-from hglm.results import Summary, _coef_table, _json
+from hglm.results import _json
 from hglm.structured import StructuredFit, maximise, numeric_hessian
 from hglm.structured_terms import StructuredTerm
+from hglm.summary import Summary, _coef_table
 
 
 @dataclass
