@@ -333,10 +333,21 @@ class StructuredResult:
 
     # ------------------------------------------------------------- predict
     def predict(
-        self, newdata: Any = None, type: str = "response", random: bool = True
+        self,
+        newdata: Any = None,
+        type: str = "response",
+        random: bool = True,
+        se: bool = False,
+        interval: str | None = None,
     ) -> np.ndarray:
         """Predictions on the link or response scale; new data: fixed part plus the known
-        levels' effects (unknown levels: 0)."""
+        levels' effects (unknown levels: 0). Points only: ``se`` and ``interval`` are not
+        available for structured random effects yet (a clear error says so)."""
+        if se or interval is not None:
+            raise ValueError(
+                "prediction SEs and intervals are not available for random slopes and "
+                "correlated random effects yet; predict() gives the points"
+            )
         if type not in ("link", "response"):
             raise ValueError("type must be 'link' or 'response'")
         d = self.design

@@ -78,6 +78,8 @@ def test_slopes_result_reports_covariance_matrices(sleepstudy) -> None:
     assert list(re.columns[:2]) == ["(Intercept)", "Days"] and len(re) == 18
     # predictions on the fitting data reproduce the fitted values
     np.testing.assert_allclose(res.predict(sleepstudy), res.fitted, rtol=1e-10)
+    with pytest.raises(ValueError, match="not available for random slopes"):
+        res.predict(sleepstudy, se=True)
 
 
 # -------------------------------------------------------------------------------- cancer
