@@ -25,9 +25,9 @@ chunks; their result in the same validation result (and in `meta.gx_results`) is
 row are collapsed on merge (loading the same rows twice changes nothing), so they do not
 break uniqueness; rows that share a key with different values do.
 
-The cross-table rules (references into this drop or earlier ones, slot unique in its lot, a
-wafer's lot consistent with earlier drops, keys that disagree with earlier drops) only exist
-in SQL. Every rule violation is recorded per row in the temp table `violations`, so the
+The cross-table rules (references into this drop or earlier ones, an equipment event's tool
+and chamber seen in the step history, slot unique in its lot, a wafer's lot consistent with
+earlier drops, keys that disagree with earlier drops) only exist in SQL. Every rule violation is recorded per row in the temp table `violations`, so the
 ingest can tell which rows broke what and keep them in quarantine.
 """
 
@@ -415,14 +415,8 @@ def earlier_drop_rules(con: duckdb.DuckDBPyConnection, present: set[str]) -> lis
     contract = load_contract()
     rules: list[RowRule] = []
     keyed = (
-        "lots",
-        "wafers",
-        "step_history",
-        "sort_die",
-        "sort_yield",
-        "equipment_events",
-        "bin_defs",
-    )
+        "lots", "wafers", "step_history", "sort_die", "sort_yield", "equipment_events", "bin_defs",
+    )  # fmt: skip
     for table in keyed:
         if table not in present:
             continue
