@@ -29,7 +29,13 @@ def run_demo(out: str | Path, lots: int = DEMO_LOTS, seed: int = DEMO_SEED) -> i
     console.print(f"[bold]yieldrank demo[/bold] in {out}")
     with console.status(f"simulating a fab of {lots} lots (seed {seed})"):
         truth = simulate_fab(
-            out / "fab", FabConfig(lots=lots, layers=DEMO_LAYERS, n_drops=2), seed=seed
+            out / "fab",
+            # the optional v2 tables ride along: events feed no analysis yet, and the bin
+            # definitions equal the default rule, so the ranking is the same without them
+            FabConfig(
+                lots=lots, layers=DEMO_LAYERS, n_drops=2, equipment_events=True, bin_defs=True
+            ),
+            seed=seed,
         )
     planted = ", ".join(f"{e.effect} in {e.layer}" for e in truth.planted) or "none"
     console.print(f"simulated {lots} lots in {len(truth.drops)} drops; planted: {planted}")

@@ -57,7 +57,8 @@ class FabConfig:
     `planted=None` is the null fab: nothing planted, yield varies by product, lot and wafer only.
     `n_drops` splits the data by when they become known; `fmt` is the drops' file format;
     `chunk_lots` is how many lots are generated and written at a time (memory), and is part of
-    the random streams, so it must stay fixed for identical drops.
+    the random streams, so it must stay fixed for identical drops. `equipment_events` and
+    `bin_defs` add those optional tables (v2 of the contract) from random streams of their own.
     """
 
     lots: int = 300
@@ -76,6 +77,9 @@ class FabConfig:
     retest_fraction: float = 0.01
     sort_die_fraction: float = 0.02
     chunk_lots: int = 1000
+    # optional tables of contract v2; asking for them changes no other table of the same seed
+    equipment_events: bool = False  # a few PMs and quals per tool
+    bin_defs: bool = False  # the hard bins' names and good/fail, with the first die data
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))

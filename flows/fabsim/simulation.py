@@ -48,7 +48,16 @@ from flows.fabsim.fab import (
     yield_gain_points,
 )
 from flows.fabsim.route import build_route
-from flows.fabsim.tables import lot_rows, meas_rows, sort_die_rows, sort_yield_rows, step_rows
+from flows.fabsim.tables import (
+    bin_def_rows,
+    equipment_event_rows,
+    lot_rows,
+    meas_rows,
+    sort_die_rows,
+    sort_times,
+    sort_yield_rows,
+    step_rows,
+)
 from flows.fabsim.truth import (
     TRUTH_SCHEMA,
     PlantedEffect,
@@ -59,7 +68,8 @@ from flows.fabsim.truth import (
 # The simulation
 # ---------------------------------------------------------------------------------------------
 
-STREAMS = ("route", "fab", "plant", "wafers", "sort", "retest", "die")
+# a new stream goes at the end: a stream's index is part of its seed
+STREAMS = ("route", "fab", "plant", "wafers", "sort", "retest", "die", "events")
 
 
 def _stream(seed: int, name: str, *extra: int) -> np.random.Generator:
@@ -138,6 +148,10 @@ def simulate_fab(
         writer.write(
             sort_die_rows(fab, truth, die_wafers[first : first + 2000], _stream(seed, "die", k))
         )
+    if c.bin_defs and len(die_wafers):
+        writer.write(bin_def_rows(sort_times(fab)[die_wafers].min()))
+    if c.equipment_events:
+        writer.write(equipment_event_rows(fab, _stream(seed, "events")))
     drops = writer.finish()
 
     result = SimulationTruth(

@@ -71,7 +71,19 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("bin", pa.int64()),
         ]
     ),
+    # optional tables of contract v2, written only when `FabConfig` asks for them
+    "equipment_events": pa.schema(
+        [
+            ("tool_id", pa.string()),
+            ("chamber_id", pa.string()),
+            ("event_ts", TS),
+            ("kind", pa.string()),
+            ("note", pa.string()),
+        ]
+    ),
+    "bin_defs": pa.schema([("bin", pa.int64()), ("name", pa.string()), ("good", pa.bool_())]),
 }
+OPTIONAL_TABLES = ("equipment_events", "bin_defs")
 
 
 def _ts(seconds: np.ndarray) -> pa.Array:
@@ -310,3 +322,81 @@ def sort_die_rows(
         schema=SCHEMAS["sort_die"],
     )
     return Rows("sort_die", data, sort_times(fab)[w])
+
+
+# Names of the hard bins `sort_die_rows` writes; bin 1 passes. The definitions agree with the
+# contract's default (bin 1 good, every other bin a fail), so delivering them changes no yield.
+BIN_NAMES = {1: "PASS", 2: "OPEN_VIA", 3: "SHORT_M1", 4: "LEAKAGE", 5: "IDDQ", 6: "FUNC",
+             7: "SPEED", 8: "PARAM"}  # fmt: skip
+
+
+def bin_def_rows(known_at: float) -> Rows:
+    """The definitions of the bins `sort_die_rows` writes, known with the first die data."""
+    bins = sorted(BIN_NAMES)
+    data = pa.table(
+        {
+            "bin": pa.array(bins, type=pa.int64()),
+            "name": _strings([BIN_NAMES[b] for b in bins]),
+            "good": pa.array([b == 1 for b in bins], type=pa.bool_()),
+        },
+        schema=SCHEMAS["bin_defs"],
+    )
+    return Rows("bin_defs", data, np.full(len(bins), known_at))
+
+
+PM_GAP_DAYS = (1.0, 6.0)  # gap between two PMs of a tool: at least, plus an exponential mean
+QUAL_AFTER_HOURS = (2.0, 6.0)  # a qualification follows each PM
+
+
+def equipment_event_rows(fab: Fab, rng: np.random.Generator) -> Rows:
+    """A few PMs per tool over the simulated period, each followed by a qual.
+
+    A tool's first PM falls at a uniform time of its active window (from when it has processed
+    its first lot to the fab's last step), the next ones at least PM_GAP_DAYS[0] days apart.
+    On a tool with several chambers a PM is of one chamber or (as often) of the whole tool
+    (chamber_id null). An event is known, and so delivered, at its own time, which is never
+    before the tool and every one of its chambers appear in the step history: the contract
+    requires its tool and chamber to have been seen there, in the same drop or an earlier one.
+    No other table draws from this generator, so asking for events changes nothing else.
+    """
+    r = fab.route
+    done = fab.op_start + fab.op_span  # (lot, op): every chamber's first wafer is out by then
+    end = int(done.max())
+    tools, chambers, times, kinds, notes = [], [], [], [], []
+    for t in range(len(r.tool_name)):
+        j = int(r.tool_op[t])
+        n_ch = int(r.tool_chambers[t])
+        # lots that put a wafer on each chamber (wafer k of the order goes to chamber k % n_ch)
+        full = (fab.tool[:, j] == t) & (fab.n_wafers >= n_ch)
+        if not full.any():
+            continue  # a tool that never saw a full lot gets no events: its chambers are unsure
+        seen = int(done[full, j].min()) + 60
+        if seen >= end:
+            continue
+        at = seen + rng.uniform(0, end - seen)
+        pms = []
+        while at < end:
+            pms.append(int(at))
+            at += (PM_GAP_DAYS[0] + rng.exponential(PM_GAP_DAYS[1])) * 86400
+        for pm in pms:
+            whole = n_ch == 1 or rng.random() < 0.5
+            chamber = None if whole else f"CH{int(rng.integers(n_ch)) + 1}"
+            qual = pm + int(rng.uniform(*QUAL_AFTER_HOURS) * 3600)
+            for ts, kind, note in ((pm, "pm", "scheduled PM"), (qual, "qual", None)):
+                tools.append(r.tool_name[t])
+                chambers.append(chamber)
+                times.append(ts)
+                kinds.append(kind)
+                notes.append(note)
+    known = np.array(times, dtype=np.int64)
+    data = pa.table(
+        {
+            "tool_id": pa.array(tools, type=pa.string()),
+            "chamber_id": pa.array(chambers, type=pa.string()),
+            "event_ts": _ts(known),
+            "kind": pa.array(kinds, type=pa.string()),
+            "note": pa.array(notes, type=pa.string()),
+        },
+        schema=SCHEMAS["equipment_events"],
+    )
+    return Rows("equipment_events", data, known)

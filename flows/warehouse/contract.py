@@ -16,8 +16,14 @@ from typing import Any, Literal
 from flows.resources import expectations_dir
 
 EXPECTATIONS_DIR = expectations_dir()
-TABLES = ("lots", "wafers", "step_history", "inline_meas", "sort_yield", "sort_die")
-SQL_TYPES = {"str": "VARCHAR", "int": "BIGINT", "float": "DOUBLE", "ts": "TIMESTAMP"}
+# in landing and checking order: a table comes after the tables its rules refer to
+TABLES = (
+    "lots", "wafers", "step_history", "inline_meas", "sort_yield", "sort_die",
+    "equipment_events", "bin_defs",
+)  # fmt: skip
+SQL_TYPES = {
+    "str": "VARCHAR", "int": "BIGINT", "float": "DOUBLE", "ts": "TIMESTAMP", "bool": "BOOLEAN",
+}  # fmt: skip
 N_EXAMPLES = 5
 GX_CHUNK_ROWS = 250_000
 GX_MAX_ROWS = 100_000  # rows of a table GX sees by default (the SQL rules see all of them)
@@ -34,7 +40,7 @@ Severity = Literal["error", "warning"]
 @dataclass(frozen=True)
 class ColumnSpec:
     name: str
-    type: str  # contract type: str | int | float | ts
+    type: str  # contract type: str | int | float | ts | bool
     required: bool
 
     @property

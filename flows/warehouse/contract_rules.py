@@ -25,9 +25,9 @@ chunks; their result in the same validation result (and in `meta.gx_results`) is
 row are collapsed on merge (loading the same rows twice changes nothing), so they do not
 break uniqueness; rows that share a key with different values do.
 
-The cross-table rules (references into this drop or earlier ones, slot unique in its lot, a
-wafer's lot consistent with earlier drops, keys that disagree with earlier drops) only exist
-in SQL. Every rule violation is recorded per row in the temp table `violations`, so the
+The cross-table rules (references into this drop or earlier ones, an equipment event's tool
+and chamber seen in the step history, slot unique in its lot, a wafer's lot consistent with
+earlier drops, keys that disagree with earlier drops) only exist in SQL. Every rule violation is recorded per row in the temp table `violations`, so the
 ingest can tell which rows broke what and keep them in quarantine.
 """
 
@@ -148,6 +148,18 @@ def suite_rules(tc: TableContract) -> list[RowPredicate]:
                     column=kw["column"],
                 )
             )
+        elif kind == "expect_column_values_to_be_in_set":
+            values = list(kw["value_set"])
+            preds.append(
+                RowPredicate(
+                    tc.table,
+                    rule,
+                    desc,
+                    f"{col} IS NOT NULL AND NOT list_contains(?, {col})",
+                    f"CAST({col} AS VARCHAR)",
+                    (values,),
+                )
+            )
         elif kind == "expect_column_pair_values_a_to_be_greater_than_b":
             a, b = quote_ident(kw["column_A"]), quote_ident(kw["column_B"])
             op = "<" if kw.get("or_equal") else "<="
@@ -266,17 +278,30 @@ def duplicate_key_rule(tc: TableContract) -> RowRule | None:
     if not tc.key:
         return None
     land, key = f"landing_{tc.table}", _key_sql(tc)
+    # a key column that may be null (equipment_events.chamber_id: null = the whole tool) is
+    # matched null-safe, as GROUP BY groups it; the other tables keep the plain equi-join
+    nullable = any(not tc.column(k).required for k in tc.key)
+    if nullable:
+        on = " AND ".join(
+            f"a.{quote_ident(k)} IS NOT DISTINCT FROM b.{quote_ident(k)}" for k in tc.key
+        )
+        keyed = f"{land} AS a SEMI JOIN repeated_{tc.table} AS b ON {on}"
+        pairs = f"{land} AS a JOIN versions AS b ON {on}"
+    else:
+        keyed = f"{land} SEMI JOIN repeated_{tc.table} USING ({key})"
+        pairs = f"{land} AS a JOIN versions AS b USING ({key})"
     return RowRule(
         tc.table,
         "duplicate_key",
         f"({', '.join(tc.key)}) must be unique; rows repeat a key with different values",
         f"""WITH versions AS (
                 SELECT {key}, count(DISTINCT {_row_sql(tc)}) AS n_versions
-                FROM {land} SEMI JOIN repeated_{tc.table} USING ({key}) GROUP BY ALL
+                FROM {keyed} GROUP BY ALL
             )
-            SELECT l.source_file, l.source_row, CAST(({key}) AS VARCHAR)
-            FROM {land} AS l JOIN versions AS v USING ({key})
-            WHERE v.n_versions > 1""",
+            SELECT a.source_file, a.source_row,
+                CAST(({", ".join(f"a.{quote_ident(k)}" for k in tc.key)}) AS VARCHAR)
+            FROM {pairs}
+            WHERE b.n_versions > 1""",
     )
 
 
@@ -336,14 +361,63 @@ def cross_table_rules(present: set[str]) -> list[RowRule]:
                     "AS k WHERE k.wafer_id = l.wafer_id)",
                 )
             )
+    if "equipment_events" in present:
+        rules += _equipment_rules()
     return rules
+
+
+def _equipment_rules() -> list[RowRule]:
+    """An event's tool, and its chamber if given, must have processed wafers (step_history,
+    this drop or an earlier one). A row with an unknown tool is not also told its chamber is
+    unknown: the tool is the one thing to fix."""
+    seen = """(SELECT DISTINCT tool_id, chamber_id FROM landing_step_history
+               UNION SELECT DISTINCT tool_id, chamber_id FROM core.step_history)"""
+    return [
+        RowRule(
+            "equipment_events",
+            "unknown_tool",
+            "tool_id must be a tool seen in step_history (this drop or an earlier one)",
+            f"""SELECT source_file, source_row, tool_id FROM landing_equipment_events AS e
+                WHERE tool_id IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM {seen} AS s WHERE s.tool_id = e.tool_id)""",
+        ),
+        RowRule(
+            "equipment_events",
+            "unknown_chamber",
+            "chamber_id, when given, must be a chamber of that tool seen in step_history "
+            "(this drop or an earlier one); leave it empty for an event of the whole tool",
+            f"""SELECT source_file, source_row, tool_id || ':' || chamber_id
+                FROM landing_equipment_events AS e
+                WHERE chamber_id IS NOT NULL
+                  AND EXISTS (SELECT 1 FROM {seen} AS s WHERE s.tool_id = e.tool_id)
+                  AND NOT EXISTS (SELECT 1 FROM {seen} AS s
+                                  WHERE s.tool_id = e.tool_id AND s.chamber_id = e.chamber_id)""",
+        ),
+    ]
+
+
+# Why a table's row may not differ from an earlier drop's row with the same key, where the
+# generic reason is not the whole story.
+CONFLICT_REASONS = {
+    # A bin's definition is not replaced by a later delivery (as a sort re-test replaces its
+    # row): a re-test carries a test_ts that orders the two rows, a bin definition carries
+    # nothing that says which is right, so "the later drop wins" would make the yields depend
+    # on the order the drops were ingested in, and would silently recount the good dies of
+    # every wafer ever sorted by die. A changed definition is rejected for a person to decide.
+    "bin_defs": "bin was defined with another name or good/fail value by an earlier drop; "
+    "a bin's definition is not replaced by a later delivery (it would recount every wafer's "
+    "good dies)",
+}
 
 
 def earlier_drop_rules(con: duckdb.DuckDBPyConnection, present: set[str]) -> list[RowRule]:
     """A keyed row that an earlier drop delivered with different values is a conflict."""
     contract = load_contract()
     rules: list[RowRule] = []
-    for table in ("lots", "wafers", "step_history", "sort_die", "sort_yield"):
+    keyed = (
+        "lots", "wafers", "step_history", "sort_die", "sort_yield", "equipment_events", "bin_defs",
+    )  # fmt: skip
+    for table in keyed:
         if table not in present:
             continue
         (n_core,) = con.execute(f"SELECT count(*) FROM core.{table}").fetchall()[0]
@@ -363,8 +437,11 @@ def earlier_drop_rules(con: duckdb.DuckDBPyConnection, present: set[str]) -> lis
             RowRule(
                 table,
                 "conflicts_earlier_drop",
-                f"a row with the same ({', '.join(tc.key)}) arrived in an earlier drop "
-                "with different values",
+                CONFLICT_REASONS.get(
+                    table,
+                    f"a row with the same ({', '.join(tc.key)}) arrived in an earlier drop "
+                    "with different values",
+                ),
                 f"SELECT l.source_file, l.source_row, 'earlier drop ' || c.drop_id "
                 f"FROM landing_{table} AS l JOIN core.{table} AS c ON {on} WHERE {differs}",
             )

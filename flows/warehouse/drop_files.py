@@ -37,7 +37,10 @@ EXACT = {
     "float": {"DOUBLE", "FLOAT", "BIGINT", "INTEGER", "SMALLINT", "TINYINT"},
     "ts": {"TIMESTAMP", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "DATE"},
     "str": {"VARCHAR"},
+    "bool": {"BOOLEAN"},
 }
+# text read as a contract bool (case and surrounding blanks aside); anything else is wrong_type
+BOOL_TEXT = "true|false|t|f|yes|no|1|0"
 
 
 @dataclass
@@ -259,10 +262,11 @@ def _reading(col: str, spec_type: str, delivered: str) -> tuple[str, str | None]
     """SQL reading delivered column `col` as the contract type, and a test for a failed read."""
     q = quote_ident(col)
     if delivered in EXACT[spec_type]:
-        expr = q if delivered in ("VARCHAR", "BIGINT", "DOUBLE", "TIMESTAMP") else None
-        target = {"int": "BIGINT", "float": "DOUBLE", "ts": "TIMESTAMP", "str": "VARCHAR"}[
-            spec_type
-        ]
+        expr = q if delivered in ("VARCHAR", "BIGINT", "DOUBLE", "TIMESTAMP", "BOOLEAN") else None
+        target = {
+            "int": "BIGINT", "float": "DOUBLE", "ts": "TIMESTAMP", "str": "VARCHAR",
+            "bool": "BOOLEAN",
+        }[spec_type]  # fmt: skip
         return expr or f"CAST({q} AS {target})", None
     if spec_type == "str":
         return f"CAST({q} AS VARCHAR)", None
@@ -278,6 +282,15 @@ def _reading(col: str, spec_type: str, delivered: str) -> tuple[str, str | None]
                 f"CASE WHEN regexp_full_match(CAST({q} AS VARCHAR), '\\s*[+-]?[0-9]+\\s*') "
                 f"THEN TRY_CAST(CAST({q} AS VARCHAR) AS BIGINT) END"
             )
+    elif spec_type == "bool":
+        # numbers: only 0 and 1 (a 2 is not quietly true); text: the words of BOOL_TEXT
+        text = f"lower(trim(CAST({q} AS VARCHAR)))"
+        expr = (
+            f"CASE WHEN {q} IN (0, 1) THEN {q} = 1 END"
+            if delivered in EXACT["float"] or delivered.startswith("DECIMAL")
+            else f"CASE WHEN regexp_full_match({text}, '{BOOL_TEXT}') "
+            f"THEN CAST({text} AS BOOLEAN) END"
+        )
     else:
         expr = f"TRY_CAST({q} AS DOUBLE)"
     return expr, f"{q} IS NOT NULL AND ({expr}) IS NULL"

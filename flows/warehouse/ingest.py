@@ -253,7 +253,8 @@ def _row_rules() -> set[str]:
         "step_seq_range", "site_range", "value_finite", "dies_total_positive",
         "dies_good_negative", "dies_good_gt_dies_total", "track_out_before_track_in",
         "duplicate_key", "unknown_lot", "unknown_wafer", "lot_conflict",
-        "slot_not_unique_in_lot", "conflicts_earlier_drop",
+        "slot_not_unique_in_lot", "conflicts_earlier_drop", "unknown_kind", "unknown_tool",
+        "unknown_chamber",
     }  # fmt: skip
 
 
@@ -286,6 +287,22 @@ def _cascade_violations(con: duckdb.DuckDBPyConnection, landed: list[str]) -> No
                           AND t.wafer_id NOT IN (SELECT wafer_id FROM core.wafers)""",
                     [table],
                 )
+    if "equipment_events" in landed and "step_history" in landed:
+        # an event whose tool (or chamber) only the quarantined step rows brought goes too
+        con.execute(
+            f"""INSERT INTO violations
+                SELECT 'equipment_events', 'parent_quarantined', e.source_file, e.source_row,
+                    e.tool_id
+                FROM landing_equipment_events AS e
+                WHERE NOT EXISTS (
+                    SELECT 1 FROM landing_step_history AS s
+                    WHERE s.tool_id = e.tool_id AND (e.chamber_id IS NULL
+                        OR s.chamber_id = e.chamber_id) AND NOT {bad("step_history", "s")})
+                  AND NOT EXISTS (
+                    SELECT 1 FROM core.step_history AS s
+                    WHERE s.tool_id = e.tool_id AND (e.chamber_id IS NULL
+                        OR s.chamber_id = e.chamber_id))"""
+        )
 
 
 def _needs_dedup(con: duckdb.DuckDBPyConnection, table: str) -> bool:

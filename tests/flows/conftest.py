@@ -13,7 +13,10 @@ from flows.warehouse.db import connect
 from flows.warehouse.ingest import IngestResult, ingest_drop
 from tests.flows.drops import fab_tables, write_drop
 
-CORE = ("lots", "wafers", "step_history", "inline_meas", "sort_yield", "sort_die")
+CORE = (
+    "lots", "wafers", "step_history", "inline_meas", "sort_yield", "sort_die",
+    "equipment_events", "bin_defs",
+)  # fmt: skip
 
 
 @pytest.fixture

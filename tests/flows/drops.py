@@ -42,6 +42,8 @@ COLUMNS = {
     "inline_meas": ["wafer_id", "operation", "param", "site", "value"],
     "sort_yield": ["wafer_id", "dies_total", "dies_good", "test_ts"],
     "sort_die": ["wafer_id", "die_x", "die_y", "bin"],
+    "equipment_events": ["tool_id", "chamber_id", "event_ts", "kind", "note"],
+    "bin_defs": ["bin", "name", "good"],
 }
 ARROW_TYPES = {
     "lot_id": pa.string(), "product": pa.string(), "route": pa.string(),
@@ -52,6 +54,8 @@ ARROW_TYPES = {
     "param": pa.string(), "site": pa.int64(), "value": pa.float64(),
     "dies_total": pa.int64(), "dies_good": pa.int64(), "test_ts": pa.timestamp("us"),
     "die_x": pa.int64(), "die_y": pa.int64(), "bin": pa.int64(),
+    "event_ts": pa.timestamp("us"), "kind": pa.string(), "note": pa.string(), "name": pa.string(),
+    "good": pa.bool_(),
 }  # fmt: skip
 T0 = datetime(2026, 3, 1, 8, 0, 0)
 
@@ -61,7 +65,9 @@ def fab_tables(
 ) -> dict[str, Rows]:
     """A small fab: each lot runs the 4-operation route, one tool per operation, wafers on
     chambers A/B; two metrology sites on GATE_ETCH; sort results for every wafer."""
-    tables: dict[str, Rows] = {name: [] for name in COLUMNS if name != "sort_die"}
+    tables: dict[str, Rows] = {
+        name: [] for name in COLUMNS if name not in ("sort_die", "equipment_events", "bin_defs")
+    }
     for i, lot in enumerate(lots):
         start = T0 + timedelta(days=i)
         tables["lots"].append({"lot_id": lot, "product": "P1", "route": "R1", "start_ts": start})
@@ -173,3 +179,16 @@ def write_drop(
     for name, rows in tables.items():
         write_table(folder, name, rows, fmt, (parts or {}).get(name, 1))
     return folder
+
+
+def equipment_event_rows() -> Rows:
+    """Events on the tools and chambers of `fab_tables()`: a PM of chamber A of ET01 with its
+    qual, and a whole-tool repair of OX01 (chamber_id empty)."""
+    return [
+        {"tool_id": "ET01", "chamber_id": "A", "event_ts": T0 + timedelta(days=2), "kind": "pm",
+         "note": "wet clean"},
+        {"tool_id": "ET01", "chamber_id": "A", "event_ts": T0 + timedelta(days=2, hours=3),
+         "kind": "qual", "note": None},
+        {"tool_id": "OX01", "chamber_id": None, "event_ts": T0 + timedelta(days=3),
+         "kind": "repair", "note": "heater"},
+    ]  # fmt: skip
