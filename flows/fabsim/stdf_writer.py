@@ -142,8 +142,8 @@ def write_stdf(path: str | Path, lot: StdfLot, *, byte_order: str = "<") -> Path
     path = Path(path)
     data = stdf_bytes(lot, byte_order=byte_order)
     if path.name.endswith(".gz"):
-        # mtime 0: the same dies give the same bytes (drops are identified by content)
-        with path.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+        # no name, mtime 0: the same dies give the same bytes (drops are identified by content)
+        with path.open("wb") as raw, gzip.GzipFile("", "wb", fileobj=raw, mtime=0) as gz:
             gz.write(data)
     else:
         path.write_bytes(data)

@@ -65,7 +65,7 @@ from flows.warehouse.drop_files import (
     row_number_sql,
 )
 from flows.warehouse.gx_suites import temp_table_exists
-from flows.warehouse.stdf import land_stdf, stdf_raw_rows, wafer_id_template
+from flows.warehouse.stdf import WAFER_ID_ENV, land_stdf, stdf_raw_rows, wafer_id_template
 
 DropStatus = Literal["merged", "already_merged", "rejected"]
 OnBadRows = Literal["reject", "quarantine"]
@@ -185,7 +185,7 @@ def ingest_drop(
             landed.append(table)
         stdf_files, _ = find_stdf_files(drop)  # their layout problems came with find_tables
         if stdf_files:
-            say(f"reading {STDF_FOLDER}/ ({len(stdf_files)} STDF files)")
+            say(f"reading {STDF_FOLDER}/ ({len(stdf_files)} STDF file(s))")
             counts, notes, unreadable = land_stdf(con, drop, drop_id, stdf_files, template)
             problems += notes + [err.problem for err in unreadable]
             broken += unreadable
@@ -198,7 +198,9 @@ def ingest_drop(
         say("validating")
         displays = {table: src.display for table, src in sources.items()}
         if stdf_files:
-            stdf_display = f"{STDF_FOLDER}/ ({len(stdf_files)} STDF files)"
+            stdf_display = (
+                f"{STDF_FOLDER}/ ({len(stdf_files)} STDF file{'s' * (len(stdf_files) > 1)})"
+            )
             for table in ("sort_die", "bin_defs"):
                 if table in displays:
                     displays[table] += f" + {stdf_display}"
@@ -211,6 +213,8 @@ def ingest_drop(
             )
             problems.extend(check.problems)
             gx_reports = check.gx
+            if stdf_files:
+                _hint_wafer_template(check.problems, template)
             timings.update(check.timings)
         except duckdb.Error as exc:  # a Parquet page that only breaks when it is read
             corrupt = _find_unreadable(con, drop, sources, landed, exc)
@@ -252,6 +256,19 @@ def ingest_drop(
         return result
     finally:
         con.close()
+
+
+def _hint_wafer_template(problems: list[Problem], template: str) -> None:
+    """An unknown wafer from an STDF file may be a template that does not fit the tester."""
+    for p in problems:
+        if p.rule == "unknown_wafer" and any(
+            str(e.get("file", "")).startswith(STDF_FOLDER + "/") for e in p.examples
+        ):
+            p.message += (
+                f"; the wafer ids of STDF files are made by the template {template!r}: if the "
+                f"tester's lots and wafers are known under other ids, set --stdf-wafer-id or "
+                f"${WAFER_ID_ENV}"
+            )
 
 
 def _find_unreadable(

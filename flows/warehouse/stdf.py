@@ -35,6 +35,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import string
 import struct
 import zlib
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ RECORD_NAMES = {
     (15, 15): "MPR", (15, 20): "FTR", (15, 30): "STR", (20, 10): "BPS", (20, 20): "EPS",
     (50, 10): "GDR", (50, 30): "DTR",
 }  # fmt: skip
+TEMPLATE_FIELDS = ("lot", "sublot", "wafer", "wafer_text")
 NO_COORDINATE = -32768  # PRR.X_COORD / Y_COORD: "no coordinate" in the specification
 PRR_MIN_LEN = 13  # PRR bytes up to Y_COORD: HEAD, SITE, PART_FLG, NUM_TEST, 2 bins, X, Y
 NO_COUNT = 4294967295  # WRR.PART_CNT: "count not known"
@@ -73,12 +75,20 @@ def wafer_id_template(explicit: str | None = None) -> str:
     """The wafer id template: `explicit`, else $YIELDRANK_STDF_WAFER_ID, else the default."""
     template = explicit or os.environ.get(WAFER_ID_ENV) or DEFAULT_WAFER_ID
     try:
-        template.format(lot="L", sublot="", wafer=1, wafer_text="1")
-    except (KeyError, IndexError, ValueError) as exc:
+        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        names, problem = set(), str(exc)
+    else:
+        unknown = {re.split(r"[.\[]", f)[0] for f in names} - set(TEMPLATE_FIELDS)
+        problem = f"unknown field(s) {', '.join(sorted(unknown))}" if unknown else ""
+        if not names:
+            problem = "it names no field, so every wafer would get the same id"
+    if problem:
         raise ValueError(
-            f"STDF wafer id template {template!r} is not usable: {exc!r}; use the fields "
-            "{lot}, {sublot}, {wafer} (a number when written as digits) and {wafer_text}"
-        ) from None
+            f"STDF wafer id template {template!r} is not usable: {problem}; use the fields "
+            + ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
+            + " ({wafer} is a number when the tester writes digits)"
+        )
     return template
 
 
@@ -301,7 +311,7 @@ def _wafer_id(template: str, lot: str, sublot: str, text: str, where: str) -> st
     wafer: Any = int(text) if re.fullmatch(r"\s*\d+\s*", text) else text
     try:
         return template.format(lot=lot, sublot=sublot, wafer=wafer, wafer_text=text)
-    except (ValueError, KeyError, IndexError) as exc:
+    except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
         raise StdfFileError(
             f"{where}: WAFER_ID {text!r} of lot {lot!r} does not fit the wafer id template "
             f"{template!r} ({exc}); set --stdf-wafer-id / {WAFER_ID_ENV} to match the tester's ids"
