@@ -301,3 +301,26 @@ def test_written_files_are_deterministic_and_gz_by_name(tmp_path):
     b = write_stdf(tmp_path / "b.stdf.gz", stdf_lot())
     assert a.read_bytes() == b.read_bytes()
     assert gzip.decompress(a.read_bytes()) == GOOD
+
+
+def test_yieldrank_ingest_takes_the_wafer_id_template(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    db = tmp_path / "fab.duckdb"
+    lot = stdf_lot("L001")
+    for w in lot.wafers:
+        w.wafer = f"W{w.wafer}"
+    drop = sort_drop(tmp_path / "d", {"L001.stdf.gz": gzip.compress(stdf_bytes(lot))},
+                     fab_tables())  # fmt: skip
+    base = ["ingest", str(drop), "--db", str(db), "--no-gx"]
+    refused = CliRunner().invoke(app, [*base, "--stdf-wafer-id", "{lot}/{slot}"])
+    assert refused.exit_code == 2 and "slot" in refused.output
+    rejected = CliRunner().invoke(app, base)
+    assert rejected.exit_code == 1 and "corrupt_stdf" in rejected.stderr
+    assert "'W1'" in rejected.stderr
+    merged = CliRunner().invoke(app, [*base, "--stdf-wafer-id", "{lot}.0{wafer_text[1]}"])
+    assert merged.exit_code == 0, merged.output
+    assert "sort_die 27" in merged.stdout
+    assert query(db, "SELECT count(DISTINCT wafer_id) FROM core.sort_die") == [(3,)]
