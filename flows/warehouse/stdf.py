@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -238,7 +239,7 @@ def _sort_from_tables(t: dict[str, pa.Table], template: str) -> StdfSort:
 
 def _wafers(
     t: dict[str, pa.Table], prr: pa.Table, lot: str, sublot: str, template: str
-) -> list[str]:
+) -> pa.Array:
     """The contract wafer id of each PRR, checking that PRRs sit inside a WIR ... WRR."""
     events: list[tuple[int, str, int]] = []  # (sequence number, kind, row)
     for kind in ("WIR", "WRR"):
@@ -281,30 +282,30 @@ def _wafers(
             f"{t['WIR'].column('WAFER_ID')[open_wir].as_py()!r} has no WRR: its test did not "
             "finish (or the file was cut), its dies may be incomplete"
         )
-    seqs = prr.column("sequence_number").to_pylist()
-    out: list[str] = []
-    per_span = [0] * len(spans)
-    k = 0
-    for i, s in enumerate(seqs):  # PRRs and spans are both in file order
-        while k < len(spans) and spans[k][1] < s:
-            k += 1
-        if k == len(spans) or s < spans[k][0]:
-            where = "before any WIR" if not spans or s < spans[0][0] else "outside a WIR ... WRR"
-            raise StdfFileError(
-                f"{_record(prr, i)} comes {where}: its wafer is unknown "
-                f"({len(seqs)} PRR in the file)"
-            )
-        out.append(spans[k][2])
-        per_span[k] += 1
+    seqs = prr.column("sequence_number").to_numpy()
+    first = np.array([span[0] for span in spans], dtype=np.int64)
+    last = np.array([span[1] for span in spans], dtype=np.int64)
+    # the wafer of each PRR: the last WIR before it, if that wafer's WRR is still to come
+    k = np.searchsorted(first, seqs, side="right") - 1
+    outside = (k < 0) | (seqs > last[np.maximum(k, 0)]) if len(spans) else np.ones(len(seqs), bool)
+    if outside.any():
+        i = int(np.argmax(outside))
+        where = "before any WIR" if k[i] < 0 or not spans else "outside a WIR ... WRR"
+        raise StdfFileError(
+            f"{_record(prr, i)} comes {where}: its wafer is unknown ({len(seqs)} PRR in the file)"
+        )
+    per_span = np.bincount(k, minlength=len(spans))
     # the WRR's part count is the tester's own tally: PRRs lost or added in the file show here
     counts = t["WRR"].column("PART_CNT").to_pylist() if spans else []
-    for (_, _, wafer_id, row), found in zip(spans, per_span, strict=True):
+    for (_, _, wafer_id, row), found in zip(spans, per_span.tolist(), strict=True):
         if counts[row] not in (None, NO_COUNT) and counts[row] != found:
             raise StdfFileError(
                 f"{_record(t['WRR'], row)}: wafer {wafer_id} was tested with "
                 f"{counts[row]} parts (WRR.PART_CNT) but the file holds {found} PRR for it"
             )
-    return out
+    return pa.DictionaryArray.from_arrays(
+        pa.array(k, pa.int32()), pa.array([span[2] for span in spans], pa.string())
+    ).cast(pa.string())
 
 
 def _wafer_id(template: str, lot: str, sublot: str, text: str, where: str) -> str:
@@ -318,7 +319,7 @@ def _wafer_id(template: str, lot: str, sublot: str, text: str, where: str) -> st
         ) from None
 
 
-def _dies(prr: pa.Table, wafer_ids: list[str]) -> pa.Table:
+def _dies(prr: pa.Table, wafer_ids: pa.Array) -> pa.Table:
     n = prr.num_rows
     if n == 0:
         return pa.table(
@@ -339,7 +340,7 @@ def _dies(prr: pa.Table, wafer_ids: list[str]) -> pa.Table:
     return pa.table(
         {
             "source_row": prr.column("sequence_number").cast(pa.int64()),
-            "wafer_id": pa.array(wafer_ids, pa.string()),
+            "wafer_id": wafer_ids,
             "die_x": prr.column("X_COORD").cast(pa.int64()),
             "die_y": prr.column("Y_COORD").cast(pa.int64()),
             "bin": prr.column("HARD_BIN").cast(pa.int64()),
