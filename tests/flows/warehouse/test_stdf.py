@@ -317,6 +317,9 @@ def test_yieldrank_ingest_takes_the_wafer_id_template(tmp_path):
     base = ["ingest", str(drop), "--db", str(db), "--no-gx"]
     refused = CliRunner().invoke(app, [*base, "--stdf-wafer-id", "{lot}/{slot}"])
     assert refused.exit_code == 2 and "slot" in refused.output
+    run = ["run", str(drop), "--db", str(db), "--stdf-wafer-id", "{lot}-{slot}"]
+    refused_run = CliRunner().invoke(app, run)  # refused before any flow starts
+    assert refused_run.exit_code == 2 and "slot" in refused_run.output
     rejected = CliRunner().invoke(app, base)
     assert rejected.exit_code == 1 and "corrupt_stdf" in rejected.stderr
     assert "'W1'" in rejected.stderr
@@ -324,3 +327,25 @@ def test_yieldrank_ingest_takes_the_wafer_id_template(tmp_path):
     assert merged.exit_code == 0, merged.output
     assert "sort_die 27" in merged.stdout
     assert query(db, "SELECT count(DISTINCT wafer_id) FROM core.sort_die") == [(3,)]
+
+
+def test_row_quarantine_mode_keeps_out_only_the_unknown_wafers(tmp_path, base_db):
+    files = {
+        "L001.stdf": stdf_bytes(stdf_lot("L001")),
+        "L009.stdf": stdf_bytes(stdf_lot("L009", wafers=(1,))),
+    }
+    result = ingest(sort_drop(tmp_path / "d", files), base_db, on_bad_rows="quarantine")
+    assert result.status == "merged"
+    assert result.merged_counts["sort_die"] == 27
+    assert query(base_db, "SELECT DISTINCT source_file FROM core.sort_die") == [("sort/L001.stdf",)]
+    kept = quarantined(base_db, result.drop_id, "sort_die")
+    assert len(kept) == 9 and {r[0] for r in kept} == {"sort/L009.stdf"}
+
+
+def test_great_expectations_checks_the_stdf_rows_too(tmp_path, base_db):
+    lot = stdf_lot("L001", wafers=(1,))
+    result = ingest(sort_drop(tmp_path / "d", {"L001.stdf": stdf_bytes(lot)}), base_db, gx=True)
+    assert result.status == "merged", [str(p) for p in result.problems]
+    reports = {r.table: r for r in result.gx}
+    assert reports["sort_die"].success and reports["sort_die"].rows_total == 9
+    assert reports["bin_defs"].success and reports["bin_defs"].rows_total == 2
