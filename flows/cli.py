@@ -11,6 +11,11 @@ from flows import __version__
 from flows.demo import DEMO_LOTS, DEMO_SEED
 from flows.settings import DEFAULT_DB, DEFAULT_OUT
 
+STDF_WAFER_ID_HELP = (
+    "Template of the wafer_id of STDF wafers, from {lot}, {sublot}, {wafer}, {wafer_text} "
+    "[$YIELDRANK_STDF_WAFER_ID, else {lot}.{wafer:02d}]."
+)
+
 app = typer.Typer(
     name="yieldrank",
     help="Rank fab sub-processes by their impact on final yield with hierarchical GLMs.",
@@ -55,12 +60,21 @@ def run_command(
         float | None,
         typer.Option(help="Seconds to wait for another run's hold on the database [600]."),
     ] = None,
+    stdf_wafer_id: Annotated[str | None, typer.Option(help=STDF_WAFER_ID_HELP)] = None,
 ) -> None:
     """Ingest drops, rank the sub-processes and build the report (the `yield_run` flow)."""
+    import os
+
     from flows.terminal import console, run_in_terminal
+    from flows.warehouse.stdf import WAFER_ID_ENV, wafer_id_template
 
     if not drops and landing is None:
         raise typer.BadParameter("give at least one drop folder or --landing")
+    if stdf_wafer_id is not None:  # the flow's ingest tasks read it (same process)
+        try:
+            os.environ[WAFER_ID_ENV] = wafer_id_template(stdf_wafer_id)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
     done = run_in_terminal(
         [str(d) for d in drops or []],
         db,
@@ -134,6 +148,14 @@ def simulate_command(
     drops: Annotated[int, typer.Option(help="Number of deliveries the data are split into.")] = 1,
     fmt: Annotated[str, typer.Option("--format", help="parquet, csv or csv.gz.")] = "parquet",
     wafers_per_lot: Annotated[int, typer.Option(help="Wafers per lot (1-25).")] = 25,
+    stdf: Annotated[
+        bool,
+        typer.Option(
+            "--stdf",
+            help="Write the die-level sort results as STDF V4 files in each drop's sort/ "
+            "(ingest them with --stdf-wafer-id '{lot}-{wafer:02d}').",
+        ),
+    ] = False,
 ) -> None:
     """Simulate a fab with planted effects; writes contract drops and truth.json to OUT."""
     from flows.fabsim.config import DEFAULT_PLANTED, FabConfig
@@ -148,6 +170,7 @@ def simulate_command(
                 n_drops=drops,
                 fmt=fmt,
                 wafers_per_lot=wafers_per_lot,
+                stdf=stdf,
             ),
             seed=seed,
         )
@@ -175,11 +198,21 @@ def ingest_command(
     quarantine_rows: Annotated[
         bool, typer.Option(help="Quarantine rows breaking a row rule and merge the rest.")
     ] = False,
+    stdf_wafer_id: Annotated[str | None, typer.Option(help=STDF_WAFER_ID_HELP)] = None,
 ) -> None:
     """Load fab drops into the database; exit 1 naming every rejected drop."""
     from flows.warehouse.console import ingest_drops_cli
+    from flows.warehouse.stdf import wafer_id_template
 
-    raise typer.Exit(ingest_drops_cli(drops, db, docs, gx=gx, quarantine_rows=quarantine_rows))
+    try:
+        template = wafer_id_template(stdf_wafer_id)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    raise typer.Exit(
+        ingest_drops_cli(
+            drops, db, docs, gx=gx, quarantine_rows=quarantine_rows, stdf_wafer_id=template
+        )
+    )
 
 
 @app.command("status")

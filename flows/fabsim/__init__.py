@@ -6,6 +6,7 @@ route.py       the route drawn from the catalogue
 fab.py         lots, wafers, planted sites, true yield logits
 tables.py      the contract tables as Arrow rows
 drops.py       writing them as drops, split by when data become known
+stdf_writer.py sort_die as STDF V4 files, as testers write them (`FabConfig(stdf=True)`)
 truth.py       what was planted (`truth.json`)
 simulation.py  `simulate_fab`: all of it
 """

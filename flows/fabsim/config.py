@@ -80,6 +80,9 @@ class FabConfig:
     # optional tables of contract v2; asking for them changes no other table of the same seed
     equipment_events: bool = False  # a few PMs and quals per tool
     bin_defs: bool = False  # the hard bins' names and good/fail, with the first die data
+    # die-level sort results as the testers' STDF V4 files in each drop's sort/ folder
+    # (wafer ids `{lot}-{wafer:02d}`), instead of sort_die Parquet/CSV; same dies either way
+    stdf: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))

@@ -9,7 +9,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flows.fabsim.tables import CSV_TIMESTAMP, SCHEMAS, Rows
+from flows.fabsim.stdf_writer import write_sort_stdf
+from flows.fabsim.tables import BIN_NAMES, CSV_TIMESTAMP, SCHEMAS, Rows
 from flows.fabsim.truth import DropInfo
 
 # ---------------------------------------------------------------------------------------------
@@ -18,12 +19,17 @@ from flows.fabsim.truth import DropInfo
 
 
 class DropWriter:
-    """Writes each table of each drop as numbered parts, then folds single parts into one file."""
+    """Writes each table of each drop as numbered parts, then folds single parts into one file.
 
-    def __init__(self, out_dir: Path, cuts: np.ndarray, fmt: str):
+    With `stdf`, `sort_die` goes to each drop's `sort/` folder as STDF V4 files (one per lot)
+    instead, as the testers deliver it.
+    """
+
+    def __init__(self, out_dir: Path, cuts: np.ndarray, fmt: str, *, stdf: bool = False):
         self.out_dir = out_dir
         self.cuts = cuts
         self.fmt = fmt
+        self.stdf = stdf
         self.names = [f"drop_{d + 1:03d}" for d in range(len(cuts) + 1)]
         self.parts: dict[tuple[int, str], list[Path]] = {}
         self.rows: dict[tuple[int, str], int] = {}
@@ -33,6 +39,12 @@ class DropWriter:
         for d in np.unique(drop):
             part = rows.data.filter(pa.array(drop == d)) if len(self.cuts) else rows.data
             key = (int(d), rows.table)
+            if self.stdf and rows.table == "sort_die":
+                times = rows.known_at[drop == d] if len(self.cuts) else rows.known_at
+                names = {b: (name, b == 1) for b, name in BIN_NAMES.items()}
+                write_sort_stdf(part, self.out_dir / self.names[d] / "sort", names, times)
+                self.rows[key] = self.rows.get(key, 0) + part.num_rows
+                continue
             paths = self.parts.setdefault(key, [])
             folder = self.out_dir / self.names[d] / rows.table
             folder.mkdir(parents=True, exist_ok=True)
@@ -51,7 +63,7 @@ class DropWriter:
                 if len(paths) == 1:  # a single part is delivered as a plain file
                     paths[0].rename(self.out_dir / name / f"{table}.{self.fmt}")
                     paths[0].parent.rmdir()
-                if paths:
+                if paths or (d, table) in self.rows:
                     tables[table] = self.rows[(d, table)]
             drops.append(DropInfo(name, name, tables))
         return drops

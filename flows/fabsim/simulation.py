@@ -118,7 +118,7 @@ def simulate_fab(
     # three or more drops some lots first appear in a later drop.
     known = np.concatenate([fab.lot_start, fab.sort_start])
     cuts = np.quantile(known, np.arange(1, n_drops) / n_drops).astype(np.int64)
-    writer = DropWriter(out_dir, cuts, fmt)
+    writer = DropWriter(out_dir, cuts, fmt, stdf=c.stdf)
     for rows in lot_rows(fab):
         writer.write(rows)
     step_total = 0

@@ -2,6 +2,7 @@
 
 db.py             connecting to the DuckDB file, quoting, running the sql/ files
 drop_files.py     a drop's files: find, hash, land each table (typed, with file and row)
+stdf.py           STDF V4 wafer sort files (sort/) into the sort_die and bin_defs landing tables
 contract.py       the contract read from expectations/, and the check's result types
 contract_rules.py the contract as SQL rules over every row, plus cross-table rules
 gx_suites.py      the Great Expectations suites on chunks or a sample, data docs

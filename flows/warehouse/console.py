@@ -18,8 +18,12 @@ def ingest_drops_cli(
     *,
     gx: bool = True,
     quarantine_rows: bool = False,
+    stdf_wafer_id: str | None = None,
 ) -> int:
-    """`yieldrank ingest`: load drops in order, say what happened to each; 1 if any rejected."""
+    """`yieldrank ingest`: load drops in order, say what happened to each; 1 if any rejected.
+
+    `stdf_wafer_id`: the wafer id template of STDF files (see `flows.warehouse.stdf`).
+    """
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -41,6 +45,7 @@ def ingest_drops_cli(
                 result = ingest_drop(
                     drop, db, gx=gx, docs_dir=docs_dir, progress=show,
                     on_bad_rows="quarantine" if quarantine_rows else "reject",
+                    stdf_wafer_id=stdf_wafer_id,
                 )  # fmt: skip
             except FileNotFoundError as exc:
                 missing.append(str(drop))

@@ -25,6 +25,9 @@ from flows.warehouse.contract import (
 from flows.warehouse.db import quote_ident, quote_literal
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".csv.gz": "csv"}
+# wafer sort as the testers' STDF V4 files (read by flows.warehouse.stdf)
+STDF_FOLDER = "sort"
+STDF_SUFFIXES = (".stdf", ".stdf.gz")
 MAX_QUARANTINED_FILE_BYTES = 256 * 2**20
 # the header is read by us, so DuckDB holds every line to exactly the header's fields
 CSV_OPTIONS = (
@@ -82,8 +85,10 @@ def find_tables(drop: Path) -> tuple[dict[str, TableSource], list[Problem]]:
     """The contract tables in a drop folder, and what is wrong with its layout."""
     problems: list[Problem] = []
     found: dict[str, list[TableSource]] = {}
+    stdf, stdf_problems = find_stdf_files(drop)
+    problems += stdf_problems
     for entry in sorted(drop.iterdir()):
-        if entry.name.startswith("."):
+        if entry.name.startswith(".") or (entry.name == STDF_FOLDER and entry.is_dir()):
             continue
         if entry.is_dir() and entry.name in TABLES:
             parts = sorted(
@@ -122,7 +127,8 @@ def find_tables(drop: Path) -> tuple[dict[str, TableSource], list[Problem]]:
                 Problem(
                     "unknown_file",
                     "not a contract table (expected <table>.parquet|.csv|.csv.gz or a <table>/ "
-                    f"folder, tables: {', '.join(TABLES)}); ignored",
+                    f"folder, tables: {', '.join(TABLES)}; or STDF files in {STDF_FOLDER}/); "
+                    "ignored",
                     None,
                     entry.name,
                     severity="warning",
@@ -143,9 +149,44 @@ def find_tables(drop: Path) -> tuple[dict[str, TableSource], list[Problem]]:
             )
         else:
             sources[table] = candidates[0]
-    if not sources and not any(p.severity == "error" for p in problems):
+    if not sources and not stdf and not any(p.severity == "error" for p in problems):
         problems.append(Problem("no_tables", "the drop holds no contract table", None, str(drop)))
     return sources, problems
+
+
+def find_stdf_files(drop: Path) -> tuple[list[Path], list[Problem]]:
+    """The STDF files in the drop's `sort/` folder, and the other files there (ignored)."""
+    folder = drop / STDF_FOLDER
+    if not folder.is_dir():
+        return [], []
+    files, problems = [], []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = relative_name(drop, path)
+        if any(part.startswith(".") for part in rel.split("/")):
+            continue
+        if path.name.endswith(STDF_SUFFIXES):
+            files.append(path)
+        else:
+            problems.append(
+                Problem(
+                    "unknown_file",
+                    f"not an STDF file (the {STDF_FOLDER}/ folder holds "
+                    f"{' or '.join(STDF_SUFFIXES)} files); ignored",
+                    None,
+                    rel,
+                    severity="warning",
+                )
+            )
+    if not files:
+        problems.append(
+            Problem(
+                "empty_folder",
+                f"the {STDF_FOLDER}/ folder holds no STDF file ({', '.join(STDF_SUFFIXES)})",
+                "sort_die",
+                STDF_FOLDER + "/",
+            )
+        )
+    return files, problems
 
 
 def content_hash(drop: Path) -> str:

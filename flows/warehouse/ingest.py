@@ -48,11 +48,13 @@ from flows.warehouse.db import connect, quote_ident, quote_literal
 from flows.warehouse.drop_checks import check_drop
 from flows.warehouse.drop_files import (
     MAX_QUARANTINED_FILE_BYTES,
+    STDF_FOLDER,
     DropChanged,
     DropError,
     TableSource,
     content_hash,
     describe_source,
+    find_stdf_files,
     find_tables,
     land_table,
     read_csv_header,
@@ -63,6 +65,7 @@ from flows.warehouse.drop_files import (
     row_number_sql,
 )
 from flows.warehouse.gx_suites import temp_table_exists
+from flows.warehouse.stdf import WAFER_ID_ENV, land_stdf, stdf_raw_rows, wafer_id_template
 
 DropStatus = Literal["merged", "already_merged", "rejected"]
 OnBadRows = Literal["reject", "quarantine"]
@@ -84,6 +87,7 @@ class IngestResult:
     gx: list[GxTableReport] = field(default_factory=list)  # kept in meta.gx_results
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    stdf_files: int = 0  # STDF files in the drop's sort/ folder
 
     @property
     def errors(self) -> list[Problem]:
@@ -114,6 +118,7 @@ def ingest_drop(
     docs_dir: str | Path | None = None,
     gx_max_rows: int | None = GX_MAX_ROWS,
     progress: Callable[[str], None] | None = None,
+    stdf_wafer_id: str | None = None,
 ) -> IngestResult:
     """Ingest the drop folder `drop` into the database file `db`.
 
@@ -125,6 +130,11 @@ def ingest_drop(
     sample spread over the table plus the rows the SQL rules flagged (see
     `flows.warehouse.contract.gx_sample_sql`). The SQL rules always check every row, and answer the
     suites' uniqueness expectations over the whole drop.
+
+    STDF files in the drop's `sort/` folder land as `sort_die` (and their HBR names as
+    `bin_defs`) beside any Parquet/CSV rows of those tables; `stdf_wafer_id` is the template
+    that makes their wafer ids (None: $YIELDRANK_STDF_WAFER_ID or `{lot}.{wafer:02d}`, see
+    `flows.warehouse.stdf`).
     """
     t0 = time.perf_counter()
     started = datetime.now(UTC).replace(tzinfo=None)
@@ -136,6 +146,7 @@ def ingest_drop(
         timings[name] = round(now - since, 3)
         return now
 
+    template = wafer_id_template(stdf_wafer_id)
     drop = Path(drop).resolve()
     if not drop.is_dir():
         raise FileNotFoundError(f"drop folder {drop} does not exist or is not a folder")
@@ -172,9 +183,29 @@ def ingest_drop(
             row_counts[table] = n
             problems.extend(notes)
             landed.append(table)
+        stdf_files, _ = find_stdf_files(drop)  # their layout problems came with find_tables
+        if stdf_files:
+            say(f"reading {STDF_FOLDER}/ ({len(stdf_files)} STDF file(s))")
+            counts, notes, unreadable = land_stdf(con, drop, drop_id, stdf_files, template)
+            problems += notes + [err.problem for err in unreadable]
+            broken += unreadable
+            for table, n in counts.items():
+                row_counts[table] = row_counts.get(table, 0) + n
+                if table not in landed:
+                    landed.append(table)
+            landed.sort(key=TABLES.index)
         t = lap("land", t)
         say("validating")
         displays = {table: src.display for table, src in sources.items()}
+        if stdf_files:
+            stdf_display = (
+                f"{STDF_FOLDER}/ ({len(stdf_files)} STDF file{'s' * (len(stdf_files) > 1)})"
+            )
+            for table in ("sort_die", "bin_defs"):
+                if table in displays:
+                    displays[table] += f" + {stdf_display}"
+                elif table in landed:
+                    displays[table] = stdf_display
         gx_reports: list[GxTableReport] = []
         try:
             check = check_drop(
@@ -182,6 +213,8 @@ def ingest_drop(
             )
             problems.extend(check.problems)
             gx_reports = check.gx
+            if stdf_files:
+                _hint_wafer_template(check.problems, template)
             timings.update(check.timings)
         except duckdb.Error as exc:  # a Parquet page that only breaks when it is read
             corrupt = _find_unreadable(con, drop, sources, landed, exc)
@@ -193,7 +226,7 @@ def ingest_drop(
         reject = bool(file_level) or (bool(row_level) and on_bad_rows == "reject")
         result = IngestResult(
             drop_id, drop, digest, "rejected" if reject else "merged", 0, row_counts,
-            problems=problems, gx=gx_reports, timings=timings,
+            problems=problems, gx=gx_reports, timings=timings, stdf_files=len(stdf_files),
         )  # fmt: skip
         if reject:
             say("rejected: keeping the drop in quarantine")
@@ -225,6 +258,19 @@ def ingest_drop(
         con.close()
 
 
+def _hint_wafer_template(problems: list[Problem], template: str) -> None:
+    """An unknown wafer from an STDF file may be a template that does not fit the tester."""
+    for p in problems:
+        if p.rule == "unknown_wafer" and any(
+            str(e.get("file", "")).startswith(STDF_FOLDER + "/") for e in p.examples
+        ):
+            p.message += (
+                f"; the wafer ids of STDF files are made by the template {template!r}: if the "
+                f"tester's lots and wafers are known under other ids, set --stdf-wafer-id or "
+                f"${WAFER_ID_ENV}"
+            )
+
+
 def _find_unreadable(
     con: duckdb.DuckDBPyConnection,
     drop: Path,
@@ -235,6 +281,8 @@ def _find_unreadable(
     """Which landed source made `exc`? Re-raises when every file reads (then it is a bug)."""
     found = []
     for table in landed:
+        if table not in sources:  # landed from STDF only: read in full when it landed
+            continue
         try:
             found.append(read_error_problem(con, drop, sources[table], exc))
         except duckdb.Error:
@@ -362,7 +410,10 @@ def _merge(
                 "Deliver it again once it is complete"
             )
         result.timings["merge"] = round(time.perf_counter() - t_merge, 3)
-        _log(con, result, _file_list(sources), started, t0, in_transaction=True)
+        _log(
+            con, result, _file_list(sources, result.stdf_files), started, t0,
+            in_transaction=True,
+        )  # fmt: skip
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -426,11 +477,17 @@ def _next_attempt(con: duckdb.DuckDBPyConnection) -> int:
     return int(n)
 
 
-def _file_list(sources: dict[str, TableSource]) -> list[dict[str, Any]]:
-    return [
+def _file_list(sources: dict[str, TableSource], stdf_files: int = 0) -> list[dict[str, Any]]:
+    files = [
         {"table": t, "source": s.display, "format": s.format, "files": len(s.files)}
         for t, s in sources.items()
     ]
+    if stdf_files:
+        files.append(
+            {"table": "sort_die", "source": f"{STDF_FOLDER}/", "format": "stdf",
+             "files": stdf_files}
+        )  # fmt: skip
+    return files
 
 
 def _log(
@@ -564,7 +621,10 @@ def _reject(
         if raw:
             result.quarantined_rows = _quarantine_rows(con, result, only_violations=False)
         result.timings["quarantine"] = round(time.perf_counter() - t_quarantine, 3)
-        _log(con, result, _file_list(sources), started, t0, in_transaction=True)
+        _log(
+            con, result, _file_list(sources, result.stdf_files), started, t0,
+            in_transaction=True,
+        )  # fmt: skip
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -628,6 +688,8 @@ def _raw_rows(
                 break
             except (duckdb.Error, DropError):
                 continue
+    if result.stdf_files:
+        stdf_raw_rows(con, STDF_FOLDER)
     (n,) = con.execute("SELECT count(*) FROM raw_rows").fetchall()[0]
     return n > 0
 
