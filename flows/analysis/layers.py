@@ -45,11 +45,10 @@ from flows.analysis.ranking import (
     LayerEffects,
     MetrologyTerm,
     RandomGroup,
-    percentile_interval,
+    impact_interval,
     simulate_impacts,
     sort_findings,
     variance_share,
-    yield_impact,
 )
 from flows.analysis.results import Finding, LayerFit, LayerStatus, RandomEffect
 
@@ -336,7 +335,7 @@ def _findings(
     fx = res.fixef
     out: list[Finding] = []
     for term, lev, point, d in draws.items:
-        lo, hi = percentile_interval(d)
+        lo, hi = impact_interval(point, d)
         if term in by_term:
             g = by_term[term]
             if point <= 0:
@@ -447,8 +446,8 @@ def _fit_layer(layer: str, frame: pa.Table, seed: int) -> LayerFit:
     eff = _effects(res, design)
     fit.ranef = _ranef_records(eff)
     draws = simulate_impacts(eff, n_draws=N_DRAWS, seed=seed)
-    fit.yield_impact = yield_impact(eff)
-    fit.ci_low, fit.ci_high = percentile_interval(draws.layer_draws)
+    fit.yield_impact = draws.layer
+    fit.ci_low, fit.ci_high = draws.layer_interval()
     fit.variance_share = variance_share(eff, res.predict(type="link"))
     findings = _findings(layer, eff, draws, res)
     t_draws = time.perf_counter()
@@ -719,9 +718,9 @@ def _fit_chained(frame_all: pa.Table, layers: list[str] | None, seed: int) -> La
         sub = _Design(design.data, "", "", groups, mets)
         eff = _effects(res, sub, groups)
         draws = simulate_impacts(eff, n_draws=N_DRAWS, seed=seed)
-        lo, hi = percentile_interval(draws.layer_draws)
+        lo, hi = draws.layer_interval()
         fit.layer_effects[layer] = {
-            "yield_impact": yield_impact(eff),
+            "yield_impact": draws.layer,
             "ci_low": lo,
             "ci_high": hi,
             "variance_share": variance_share(eff, eta_total),

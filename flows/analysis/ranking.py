@@ -36,9 +36,10 @@ YIELD_IMPACT_DEFINITION = (
     "close to zero (in the validation's 520 such layers: median 0.06 points, nine in ten "
     "below 0.4) and may be negative. The 95 % interval comes from drawing the layer's "
     "effects from their joint prediction distribution given the data, with the variances "
-    "of the tool and chamber terms held at their estimates: for a layer without a real "
-    "effect it excludes zero more often than 95 % suggests (69 of those 520 intervals lay "
-    "above zero), so whether a layer matters at all is the p-value's question; the p-value "
+    "of the tool and chamber terms held at their estimates, recomputing the impact on each "
+    "draw and setting the spread of those impacts around their median around the estimate, "
+    "so that the interval always contains it. It can exclude zero for a layer without a "
+    "real effect, so whether a layer matters at all is the p-value's question; the p-value "
     "is the likelihood-ratio test of all the layer's terms together (the yield model with and "
     "without them, chi-bar-square null distribution for the variance components on their "
     "boundary), adjusted across layers by Holm's method."
@@ -54,10 +55,12 @@ INTERVAL_METHOD = (
     "yield model: metrology coefficients beta* ~ N(beta-hat, cov(beta-hat)), tool and chamber "
     "effects v* = v-hat + L (beta* - beta-hat) + e with e ~ N(0, Var(v | beta)) (L and "
     "Var(v | beta) from the engine's ranef_given_fixef), the dispersion "
-    "parameters (lambda) held at their estimates; 95 % percentile interval of the yield impact "
-    f"recomputed on each of {N_DRAWS} draws (not a parametric bootstrap: the models are not "
-    f"refitted); on layers of more than {DRAW_WAFERS:,} wafers the draws are evaluated on a "
-    "seeded random sample of that many wafers and recentred on the point impact of all of them"
+    "parameters (lambda) held at their estimates; the yield impact is recomputed on each of "
+    f"{N_DRAWS} draws (not a parametric bootstrap: the models are not refitted) and the 2.5 % "
+    "and 97.5 % quantiles of the draws, taken as distances from the draws' median, are set "
+    "around the point impact (so the interval contains it by construction); on layers of "
+    f"more than {DRAW_WAFERS:,} wafers the draws are evaluated on a seeded random sample of "
+    "that many wafers (only their spread is used; the point impact is that of all wafers)"
 )
 P_VALUE_ADJUSTMENT = "holm"
 RANKING_RULE = (
@@ -240,9 +243,13 @@ class ImpactDraws:
     """Point estimates and simulated draws of the layer's impact and of each candidate finding."""
 
     layer: float
-    layer_draws: np.ndarray
+    layer_draws: np.ndarray  # their spread gives the interval, not their location
     # one entry per (group or metrology term, level): point value and draws
     items: list[tuple[str, int, float, np.ndarray]]  # (term name, level index, point, draws)
+
+    def layer_interval(self, level: float = 0.95) -> tuple[float, float]:
+        """The 95 % interval of the layer's impact (see `impact_interval`)."""
+        return impact_interval(self.layer, self.layer_draws, level)
 
 
 def simulate_impacts(eff: LayerEffects, n_draws: int = 400, seed: int = 0) -> ImpactDraws:
@@ -257,11 +264,15 @@ def simulate_impacts(eff: LayerEffects, n_draws: int = 400, seed: int = 0) -> Im
     drawn independently with their full prediction SE, which errs wide. The dispersion
     parameters are held at their estimates.
 
-    An impact is a mean over wafers of a smooth function of the drawn effects, so on a layer
-    with more than DRAW_WAFERS wafers the draws are evaluated on a seeded random sample of
-    DRAW_WAFERS of them and moved by the difference between the full and the sample point
-    impact: the spread comes from the effects' uncertainty, which the sample carries (a year
-    of 300,000 wafers: 12 times less work), and the centre stays exactly the point impact.
+    The draws are not centred on the point impacts: the yardstick of an operation is the
+    median of its levels or the better of two, and the better of two noisy levels is on
+    average better than the better of their estimates, so a drawn impact of two tools that
+    hardly differ lies above the point impact almost always. Intervals are therefore built
+    from the draws' spread around their own median (`impact_interval`), never from their
+    raw quantiles. That spread comes from the effects' uncertainty, which a sample of wafers
+    carries as well as all of them: on a layer of more than DRAW_WAFERS wafers the draws are
+    evaluated on a seeded random sample of DRAW_WAFERS of them (a year of 300,000 wafers: 12
+    times less work), while the point impacts always use every wafer.
     """
     rng = np.random.default_rng(seed)
     p = len(eff.beta_all)
@@ -286,10 +297,6 @@ def simulate_impacts(eff: LayerEffects, n_draws: int = 400, seed: int = 0) -> Im
         items.append(i)
     layer_draws = np.concatenate(totals) if totals else np.zeros(0)
     item_draws = np.vstack(items) if items else np.zeros((0, point_items.shape[1]))
-    if sample is not eff:
-        sample_total, sample_items = _impacts(sample, *_point(sample))
-        layer_draws += point_total[0] - sample_total[0]
-        item_draws += point_items[0] - sample_items[0]
     return ImpactDraws(
         layer=float(point_total[0]),
         layer_draws=layer_draws,
@@ -333,10 +340,30 @@ def _same_mean(group: RandomGroup, drawn: np.ndarray) -> np.ndarray:
     return drawn - ((drawn - group.estimate) @ weights)[:, None]
 
 
-def percentile_interval(draws: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+def impact_interval(point: float, draws: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The interval of an impact: the draws' spread around their median, set around `point`.
+
+    Parameters
+    ----------
+    point : the impact at the estimated effects (a layer's or a finding's).
+    draws : the impact recomputed on draws of the effects (`simulate_impacts`).
+    level : the coverage aimed at.
+
+    Returns
+    -------
+    (low, high) with low <= point <= high: point + (q_a - median) and point + (q_1-a - median)
+    of the draws, a = (1 - level) / 2. The raw quantiles would be an interval for the draws'
+    own centre, which the non-linear yardstick (median, better of two) moves away from the
+    point impact; by its distances from the median the interval keeps the draws' width and
+    skew and contains the point impact by construction. Without draws (or NaN), (NaN, NaN).
+    """
+    draws = np.asarray(draws, dtype=float)
+    if draws.size == 0 or not math.isfinite(point) or not np.isfinite(draws).all():
+        return math.nan, math.nan
     a = (1 - level) / 2
-    lo, hi = np.quantile(draws, [a, 1 - a])
-    return float(lo), float(hi)
+    q_low, median, q_high = np.quantile(draws, [a, 0.5, 1 - a])
+    # Quantiles are monotone in their level; min/max only absorb a rounding of the last digit.
+    return point + min(0.0, float(q_low - median)), point + max(0.0, float(q_high - median))
 
 
 def variance_share(eff: LayerEffects, eta_total: np.ndarray) -> float:

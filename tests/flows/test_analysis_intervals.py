@@ -1,0 +1,62 @@
+"""Every interval the analysis writes contains its point estimate, on simulated fabs.
+
+The property over hand-built layers is in test_analysis_ranking; here it is checked on what the
+whole analysis (layer fits, chained model, ranking) writes to `subprocess_ranking` and
+`findings`, on small simulated fabs, with every wafer and on the sampled path that a year's
+layers take (its threshold forced down to a few hundred wafers instead of simulating 25,000).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+
+import flows.analysis.ranking as ranking
+from flows.analysis import analyse
+from flows.ingest import ingest_drop
+from flows.simulate import simulate_fab
+from tests.flows.conftest import query
+
+
+@pytest.mark.parametrize(
+    ("seed", "planted", "draw_wafers"),
+    [(3, True, None), (8, True, 300), (5, True, 300), (1004, False, 300)],
+    ids=["planted-every-wafer", "planted-sampled", "planted-sampled-2", "null-sampled"],
+)
+def test_every_written_interval_contains_its_estimate(
+    tmp_path, monkeypatch, seed, planted, draw_wafers
+):
+    truth = simulate_fab(
+        tmp_path / "drops",
+        lots=40,
+        seed=seed,
+        layers=("GATE", "M1", "VIA1"),
+        **({} if planted else {"planted": None}),
+    )
+    db = tmp_path / "fab.duckdb"
+    for drop in truth.drop_dirs:
+        assert ingest_drop(drop, db, gx=False).status == "merged"
+    if draw_wafers is not None:
+        assert draw_wafers < truth.wafers  # the sampled path is taken
+        monkeypatch.setattr(ranking, "DRAW_WAFERS", draw_wafers)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = analyse(db, tmp_path / "out", run_id="r", seed=seed)
+    rows = query(db, "SELECT layer, yield_impact, ci_low, ci_high FROM subprocess_ranking")
+    rows += query(
+        db,
+        "SELECT layer || ' ' || effect || ' ' || coalesce(tool_id, param, ''), yield_impact, "
+        "ci_low, ci_high FROM findings WHERE yield_impact IS NOT NULL",
+    )
+    (chained,) = [f for f in result.layers if f.layer == "(chained)"]
+    rows += [
+        (f"chained {layer}", e["yield_impact"], e["ci_low"], e["ci_high"])
+        for layer, e in chained.layer_effects.items()
+    ]
+    ranked = [r for r in rows if r[1] is not None]
+    assert len(ranked) >= 3 + 3  # every layer, and findings beside them
+    outside = [r for r in ranked if not r[2] <= r[1] <= r[3]]
+    assert outside == []
+    assert all(math.isfinite(r[3] - r[2]) and r[3] > r[2] for r in ranked)
