@@ -22,7 +22,8 @@ from tests.flows.conftest import query
 
 @pytest.mark.parametrize(
     ("seed", "planted", "draw_wafers"),
-    [(3, True, None), (8, True, 300), (5, True, 300), (1004, False, 300)],
+    # fabs where the draws' own percentiles left a finding's point impact outside its interval
+    [(4, True, None), (2, True, 300), (6, True, 300), (2, False, 300)],
     ids=["planted-every-wafer", "planted-sampled", "planted-sampled-2", "null-sampled"],
 )
 def test_every_written_interval_contains_its_estimate(
