@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace
 
 import pytest
 
 import flows.analysis.ranking as ranking
-from flows.analysis import analyse
-from flows.ingest import ingest_drop
-from flows.simulate import simulate_fab
+from flows.analysis.run import run_analysis
+from flows.fabsim.config import FabConfig
+from flows.fabsim.simulation import simulate_fab
+from flows.warehouse.ingest import ingest_drop
 from tests.flows.conftest import query
 
 
@@ -29,12 +31,9 @@ from tests.flows.conftest import query
 def test_every_written_interval_contains_its_estimate(
     tmp_path, monkeypatch, seed, planted, draw_wafers
 ):
+    config = FabConfig(lots=40, layers=("GATE", "M1", "VIA1"))
     truth = simulate_fab(
-        tmp_path / "drops",
-        lots=40,
-        seed=seed,
-        layers=("GATE", "M1", "VIA1"),
-        **({} if planted else {"planted": None}),
+        tmp_path / "drops", config if planted else replace(config, planted=None), seed=seed
     )
     db = tmp_path / "fab.duckdb"
     for drop in truth.drop_dirs:
@@ -44,7 +43,7 @@ def test_every_written_interval_contains_its_estimate(
         monkeypatch.setattr(ranking, "DRAW_WAFERS", draw_wafers)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = analyse(db, tmp_path / "out", run_id="r", seed=seed)
+        result = run_analysis(db, tmp_path / "out", run_id="r", seed=seed)
     rows = query(db, "SELECT layer, yield_impact, ci_low, ci_high FROM subprocess_ranking")
     rows += query(
         db,
