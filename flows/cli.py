@@ -9,7 +9,7 @@ import typer
 
 from flows import __version__
 from flows.demo import DEMO_LOTS, DEMO_SEED
-from flows.settings import DEFAULT_DB, DEFAULT_OUT
+from flows.settings import DEFAULT_DB, DEFAULT_OUT, EXIT_DEGRADED
 
 STDF_WAFER_ID_HELP = (
     "Template of the wafer_id of STDF wafers, from {lot}, {sublot}, {wafer}, {wafer_text} "
@@ -62,10 +62,16 @@ def run_command(
     ] = None,
     stdf_wafer_id: Annotated[str | None, typer.Option(help=STDF_WAFER_ID_HELP)] = None,
 ) -> None:
-    """Ingest drops, rank the sub-processes and build the report (the `yield_run` flow)."""
+    """Ingest drops, rank the sub-processes and build the report (the `yield_run` flow).
+
+    Exit codes: 0 done; 1 failed (no report, or a drop was rejected: the report covers the
+    rest); 2 bad arguments; 3 degraded: the report was written, but a chart could not be
+    drawn (a note stands in its place) or a layer's fit failed with an error (its row says
+    why); the problems are printed, logged and in the run's "yield-run-problems" artifact.
+    """
     import os
 
-    from flows.terminal import console, run_in_terminal
+    from flows.terminal import console, print_problems, run_in_terminal
     from flows.warehouse.stdf import WAFER_ID_ENV, wafer_id_template
 
     if not drops and landing is None:
@@ -92,6 +98,9 @@ def run_command(
             f"[red]yield run failed:[/red] {done.message}", highlight=False, soft_wrap=True
         )
         raise typer.Exit(1)
+    if done.degraded:
+        print_problems("yield run", done.summary.problems)
+        raise typer.Exit(EXIT_DEGRADED)
 
 
 @app.command("demo")
@@ -118,7 +127,11 @@ def report_command(
         bool, typer.Option(help="Also rebuild index.html over the runs beside RUN_DIR.")
     ] = True,
 ) -> None:
-    """Rebuild RUN_DIR/report.html and report.pdf from RUN_DIR/analysis.json."""
+    """Rebuild RUN_DIR/report.html and report.pdf from RUN_DIR/analysis.json.
+
+    Exit codes: 0 done; 2 no readable analysis.json; 3 degraded: the report was written but a
+    chart could not be drawn (a note stands in its place; the problems are printed).
+    """
     from flows.analysis.results import AnalysisResult
     from flows.report.build import build_report
     from flows.report.index import build_index
@@ -137,6 +150,11 @@ def report_command(
     typer.echo(f"pdf: {paths.pdf}")
     if index:
         typer.echo(f"index: {build_index(run_dir.resolve().parent)}")
+    if paths.problems:
+        from flows.terminal import print_problems
+
+        print_problems("report", paths.problems)
+        raise typer.Exit(EXIT_DEGRADED)
 
 
 @app.command("simulate")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flows.settings import apply_offline_defaults
+from flows.settings import EXIT_DEGRADED, apply_offline_defaults
 
 DEMO_LOTS = 48
 DEMO_SEED = 7
@@ -18,11 +18,12 @@ DEMO_LAYERS = ("GATE", "CONTACT", "M1", "VIA1")
 
 
 def run_demo(out: str | Path, lots: int = DEMO_LOTS, seed: int = DEMO_SEED) -> int:
-    """Run the demo into `out`; returns the process exit code (0 when the run completed)."""
+    """Run the demo into `out`; returns the process exit code (0 when the run completed,
+    `EXIT_DEGRADED` when it completed with problems, 1 when it failed)."""
     apply_offline_defaults()
     from flows.fabsim.config import FabConfig
     from flows.fabsim.simulation import simulate_fab
-    from flows.terminal import console, run_in_terminal
+    from flows.terminal import console, print_problems, run_in_terminal
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -55,4 +56,7 @@ def run_demo(out: str | Path, lots: int = DEMO_LOTS, seed: int = DEMO_SEED) -> i
                 highlight=False,
             )
     print(f"report: {summary.report_html}")
+    if done.degraded:
+        print_problems("demo", summary.problems)
+        return EXIT_DEGRADED
     return 0

@@ -24,6 +24,14 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+# Exit code of `yieldrank run`, `report` and `demo` when the run finished with its report but
+# something the engineer must know broke on the way: a chart that could not be drawn (a note
+# in its place), a layer whose fit failed with an error (its row says why). Not 1 (the run
+# failed: no report, or drops rejected) nor 2 (bad arguments), so a scheduler can tell them
+# apart. A layer with too little data or a model that did not converge is a result about the
+# data, reported as such, not a degraded run.
+EXIT_DEGRADED = 3
+
 OFFLINE_DEFAULTS: dict[str, str] = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "GX_ANALYTICS_ENABLED": "false",

@@ -36,9 +36,10 @@ _STATUS_STYLE = {
 
 @dataclass
 class TerminalRun:
-    ok: bool
+    ok: bool  # the run finished with its report (degraded or not)
     message: str
     summary: Any  # flows.orchestration.prefect_flows.RunSummary when the flow got far enough to return one
+    degraded: bool = False  # ... but with problems the engineer must know (summary.problems)
 
 
 class _ProgressView:
@@ -76,6 +77,8 @@ class _ProgressView:
             self._bar("report", "build report", 1)
         elif event == "report":
             self.progress.advance(self.bars["report"])
+            for problem in info.get("problems") or []:
+                self._line("report", "chart", "not drawn", problem)
 
 
 def run_in_terminal(
@@ -120,4 +123,21 @@ def run_in_terminal(
     summary = state.result(raise_on_failure=False)
     if isinstance(summary, BaseException):
         return TerminalRun(ok=False, message=state.message or str(summary), summary=None)
-    return TerminalRun(ok=state.is_completed(), message=state.message or "", summary=summary)
+    return TerminalRun(
+        ok=state.is_completed(),
+        message=state.message or "",
+        summary=summary,
+        degraded=state.is_completed() and bool(getattr(summary, "problems", None)),
+    )
+
+
+def print_problems(what: str, problems: list[str]) -> None:
+    """A degraded run's problems, one line each, on the terminal (stderr)."""
+    console.print(
+        f"[yellow]{escape(what)} degraded[/yellow] ({len(problems)} problem(s); "
+        "the report was written, with a note where something is missing):",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for problem in problems:
+        console.print(f"  - {escape(problem)}", highlight=False, soft_wrap=True)

@@ -50,6 +50,7 @@ from flows.orchestration.tasks import (
     fit_layer_task,
     ingest_drop_task,
     new_run_id,
+    problems_markdown,
     ranking_rows,
     read_frames_task,
     render_report_task,
@@ -145,7 +146,8 @@ def analyse_flow(
             except Exception as err:  # whatever broke one fit is that layer's, not the run's
                 reason = f"the fit failed: {type(err).__name__}: {err}"
                 fits[layer] = LayerFit(layer=layer, status="failed", reason=reason)
-                logger.error("layer %s: %s", layer, reason)
+            if fits[layer].status == "failed":
+                logger.error("layer %s failed: %s", layer, fits[layer].reason)
             label = "all layers (chained model)" if layer == CHAINED_LAYER else layer
             emit_progress("fit", layer=label, status=fits[layer].status, reason=fits[layer].reason)
 
@@ -180,24 +182,29 @@ def analyse_flow(
 @flow(name="build-report", log_prints=True)
 def report_flow(
     result: AnalysisResult, out: str, db: str, lock_wait: float | None = None
-) -> tuple[str, str]:
+) -> tuple[str, str, list[str]]:
     """Render the run's HTML and PDF report, refresh the index, link the report.
 
     The report reads the database read-only, so it holds the file read-only: a run
-    that wants to write waits until the report is built.
+    that wants to write waits until the report is built. Returns the two paths and the
+    charts that could not be drawn (each a note in the report and a warning here).
     """
+    logger = get_run_logger()
     run_dir = Path(out) / result.run_id
     emit_progress("report-start")
     with hold_database(db, lock_wait, read_only=True):
-        html_path, pdf_path = render_report_task(result, str(run_dir), db)
+        html_path, pdf_path, problems = render_report_task(result, str(run_dir), db)
+    for problem in problems:
+        logger.warning("report incomplete: %s", problem)
+    incomplete = f"; INCOMPLETE, {len(problems)} chart(s) not drawn" if problems else ""
     create_link_artifact(
         key="yield-report",
         link=Path(html_path).resolve().as_uri(),
         link_text=f"Yield report {result.run_id}",
-        description=f"HTML report (PDF beside it: {Path(pdf_path).name})",
+        description=f"HTML report (PDF beside it: {Path(pdf_path).name}){incomplete}",
     )
-    emit_progress("report", html=html_path, pdf=pdf_path)
-    return html_path, pdf_path
+    emit_progress("report", html=html_path, pdf=pdf_path, problems=problems)
+    return html_path, pdf_path, problems
 
 
 def new_drops_in(landing: str | Path, db: str | Path) -> list[str]:
@@ -273,7 +280,9 @@ def yield_run(
             fit.layer: fit.reason or "" for fit in result.layers if fit.status == "failed"
         }
     # after the write hold ends: the report reads the database read-only
-    summary.report_html, summary.report_pdf = report_flow(result, out, db, lock_wait)
+    summary.report_html, summary.report_pdf, summary.report_problems = report_flow(
+        result, out, db, lock_wait
+    )
 
     logger.info("report: %s", summary.report_html)
     if summary.rejected:
@@ -282,7 +291,20 @@ def yield_run(
         )
         return Failed(message=summary.message, data=summary)
     summary.message = f"run {summary.run_id}: report at {summary.report_html}"
+    if summary.problems:
+        # Completed, with its report, under a name of its own: neither a clean run nor a failure.
+        summary.message += f"; DEGRADED: {'; '.join(summary.problems)}"
+        logger.warning("run degraded: %s", "; ".join(summary.problems))
+        create_markdown_artifact(
+            key="yield-run-problems",
+            markdown=problems_markdown(summary),
+            description=f"What went wrong in run {summary.run_id} (its report was written)",
+        )
+        return Completed(name=DEGRADED, message=summary.message, data=summary)
     return Completed(message=summary.message, data=summary)
+
+
+DEGRADED = "Degraded"  # the state name of a run that finished with problems (`RunSummary.problems`)
 
 
 def _rejected_message(summary: RunSummary) -> str:

@@ -50,11 +50,18 @@ class RunSummary:
     report_pdf: str | None = None
     ranking: list[dict[str, Any]] = field(default_factory=list)
     failed_layers: dict[str, str] = field(default_factory=dict)
+    report_problems: list[str] = field(default_factory=list)  # charts drawn as notes instead
     message: str = ""
 
     @property
     def rejected(self) -> list[DropOutcome]:
         return [d for d in self.drops if not d.usable]
+
+    @property
+    def problems(self) -> list[str]:
+        """What the engineer must know although the run finished with its report (degraded)."""
+        layers = [f"layer {layer} failed: {why}" for layer, why in self.failed_layers.items()]
+        return layers + [f"report, {problem}" for problem in self.report_problems]
 
 
 def new_run_id() -> str:
@@ -155,13 +162,13 @@ def write_results_task(db: str, result: AnalysisResult, out: str) -> None:
 
 
 @task(name="render-report", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_if_transient)
-def render_report_task(result: AnalysisResult, out: str, db: str) -> tuple[str, str]:
+def render_report_task(result: AnalysisResult, out: str, db: str) -> tuple[str, str, list[str]]:
     from flows.report.build import build_report
     from flows.report.index import build_index
 
     paths = build_report(result, Path(out), db_path=Path(db))
     build_index(Path(out).parent)
-    return str(paths.html), str(paths.pdf)
+    return str(paths.html), str(paths.pdf), paths.problems
 
 
 # --------------------------------------------------------------------------------------
@@ -192,6 +199,14 @@ def ranking_rows(result: AnalysisResult) -> list[dict[str, Any]]:
         }
         for r in result.ranking
     ]
+
+
+def problems_markdown(summary: RunSummary) -> str:
+    """The `yield-run-problems` artifact of a degraded run."""
+    lines = [f"# Run {_md(summary.run_id)} finished degraded", ""]
+    lines += [f"- {_md(problem)}" for problem in summary.problems]
+    lines += ["", f"Report (with a note where each chart is missing): {_md(summary.report_html)}"]
+    return "\n".join(lines)
 
 
 def findings_markdown(result: AnalysisResult, top: int = TOP_FINDINGS) -> str:

@@ -30,10 +30,10 @@ import numpy as np
 
 from flows.analysis.results import AnalysisResult, Finding, LayerFit, LayerRanking
 from flows.report.charts import (
-    Chart,
     ImpactBar,
     caterpillar,
     diagnostics,
+    guarded_chart,
     metrology_vs_yield,
     pareto,
     variance_components,
@@ -61,6 +61,7 @@ from flows.report.model import (
     STATUS_WORDS,
     TOP_IN_SUMMARY,
     ChainedSection,
+    ChartSlot,
     LayerSection,
     ReportModel,
     Sentence,
@@ -184,7 +185,7 @@ def _ranking_table(ranked: Sequence[LayerRanking], findings: dict[str, list[Find
     )
 
 
-def _pareto(ranked: Sequence[LayerRanking]) -> Chart | Unavailable:
+def _pareto(ranked: Sequence[LayerRanking]) -> ChartSlot:
     bars = [
         ImpactBar(
             r.layer,
@@ -198,7 +199,7 @@ def _pareto(ranked: Sequence[LayerRanking]) -> Chart | Unavailable:
     ]
     if not bars:
         return Unavailable("no layer has a yield impact in this run")
-    return pareto(sorted(bars, key=lambda b: -b.impact))
+    return guarded_chart("Yield impact by layer", pareto, sorted(bars, key=lambda b: -b.impact))
 
 
 def _layer_section(
@@ -228,16 +229,16 @@ def _layer_section(
         f"{'converged' if fit.converged else 'NOT converged'} after {fit.n_iter} iterations; "
         f"cAIC {fmt_num(fit.caic, 6)}"
     )
-    charts: list[Chart | Unavailable] = []
+    charts: list[ChartSlot] = []
     charts.append(
-        variance_components(r.layer, fit.varcomp)
+        guarded_chart("Variance decomposition", variance_components, r.layer, fit.varcomp)
         if fit.varcomp
         else Unavailable("the model reported no variance components")
     )
     for kind in ("tool", "chamber"):
         effects = [e for e in fit.ranef if e.term.split(":", 1)[0].lower() == kind]
         charts.append(
-            caterpillar(r.layer, kind, effects)
+            guarded_chart(f"{kind.capitalize()} effects", caterpillar, r.layer, kind, effects)
             if effects
             else Unavailable(f"the model has no {kind} effects for this layer")
         )
@@ -248,11 +249,17 @@ def _layer_section(
         metrology = db.metrology_yields(r.layer, preferred=params)
     else:
         tools = metrology = db
-    charts.append(tools if isinstance(tools, Unavailable) else yield_by_tool(r.layer, tools))
     charts.append(
-        metrology if isinstance(metrology, Unavailable) else metrology_vs_yield(r.layer, metrology)
+        tools
+        if isinstance(tools, Unavailable)
+        else guarded_chart("Yield by tool", yield_by_tool, r.layer, tools)
     )
-    charts.append(_diagnostics_chart(r.layer, fit))
+    charts.append(
+        metrology
+        if isinstance(metrology, Unavailable)
+        else guarded_chart("Metrology vs yield", metrology_vs_yield, r.layer, metrology)
+    )
+    charts.append(guarded_chart("Model diagnostics", _diagnostics_chart, r.layer, fit))
     return LayerSection(
         anchor=anchors[r.layer],
         name=r.layer,
@@ -273,7 +280,7 @@ def _layer_section(
     )
 
 
-def _diagnostics_chart(layer: str, fit: LayerFit) -> Chart | Unavailable:
+def _diagnostics_chart(layer: str, fit: LayerFit) -> ChartSlot:
     fitted = np.asarray(fit.diagnostics.get("fitted", []), dtype=float)
     resid = np.asarray(fit.diagnostics.get("residuals", []), dtype=float)
     if len(fitted) < 3 or len(fitted) != len(resid):

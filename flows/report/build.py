@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from flows.analysis.results import AnalysisResult
 from flows.report.assemble import assemble
 from flows.report.html import render_charts, render_html, write_atomically
-from flows.report.model import ReportPaths
+from flows.report.model import ReportPaths, chart_problems
+
+log = logging.getLogger(__name__)
 
 
 def build_report(
@@ -20,6 +23,9 @@ def build_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     model = assemble(result, out_dir, db_path)
     rendered = render_charts(model.charts())
+    problems = chart_problems(model, rendered)
+    for problem in problems:
+        log.warning("report of run %s: %s", result.run_id, problem)
     html_path = out_dir / "report.html"
     # "replace": a lone surrogate in some id must not cost the whole report
     write_atomically(html_path, render_html(model, rendered).encode("utf-8", "replace"))
@@ -27,4 +33,4 @@ def build_report(
     tmp = pdf_path.with_suffix(".pdf.tmp")
     write_pdf(model, rendered, tmp)
     tmp.replace(pdf_path)
-    return ReportPaths(html=html_path, pdf=pdf_path)
+    return ReportPaths(html=html_path, pdf=pdf_path, problems=problems)

@@ -14,10 +14,14 @@ from __future__ import annotations
 import base64
 import io
 import math
+import os
+import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
 
 import matplotlib
 import numpy as np
@@ -72,6 +76,7 @@ STYLE = {
 }
 
 Draw = Callable[[Sequence[Axes]], None]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,48 @@ def render_png(chart: Chart, width: float = WIDTH_IN, dpi: int = DPI) -> Rendere
     png = buf.getvalue()
     w, h = _png_size(png)
     return RenderedChart(chart.key, chart.title, chart.alt or chart.title, png, w, h, dpi)
+
+
+@dataclass(frozen=True)
+class ChartFailure:
+    """A chart that raised while it was drawn: the report prints `note` in its place."""
+
+    key: str
+    title: str
+    error: str  # the exception and where the report's code raised it
+
+    @property
+    def note(self) -> str:
+        return f"chart not drawn: {self.title} ({self.error})"
+
+    @classmethod
+    def of(cls, key: str, title: str, exc: Exception) -> ChartFailure:
+        """The failure `exc`, with the line of the report's code that raised it."""
+        frames = traceback.extract_tb(exc.__traceback__)
+        ours = [f for f in frames if f"{os.sep}flows{os.sep}" in f.filename] or frames
+        where = f" at {Path(ours[-1].filename).name} line {ours[-1].lineno}" if ours else ""
+        return cls(key, title, f"{type(exc).__name__}: {exc}{where}")
+
+
+def guarded_chart(title: str, make: Callable[..., T], *args: Any) -> T | ChartFailure:
+    """`make(*args)`, or the note of its failure: preparing one chart must not cost the report."""
+    try:
+        return make(*args)
+    except Exception as exc:
+        return ChartFailure.of(getattr(make, "__name__", "chart"), title, exc)
+
+
+def render_or_note(chart: Chart) -> RenderedChart | ChartFailure:
+    """`render_png`, or a `ChartFailure` saying why: no chart may cost the whole report.
+
+    A chart draws data no test has seen (a year of one fab, a tool with one wafer); whatever
+    it raises is that chart's problem, recorded with the line of the report's code it came
+    from, so that the run can say which chart failed and the report can show the rest.
+    """
+    try:
+        return render_png(chart)
+    except Exception as exc:
+        return ChartFailure.of(chart.key, chart.title, exc)
 
 
 def _png_size(png: bytes) -> tuple[int, int]:

@@ -14,11 +14,11 @@ from markupsafe import Markup, escape
 
 from flows.report.charts import (
     Chart,
-    RenderedChart,
-    render_png,
+    ChartFailure,
+    render_or_note,
 )
 from flows.report.data import Unavailable
-from flows.report.model import ReportModel, Table
+from flows.report.model import ChartSlot, Rendered, ReportModel, Table, chart_problems, shown
 from flows.resources import reports_dir
 
 # ---- HTML ---------------------------------------------------------------------------------
@@ -35,6 +35,7 @@ def template_environment() -> jinja2.Environment:
     )
     env.filters["bold_markdown"] = bold_markdown
     env.tests["unavailable"] = lambda x: isinstance(x, Unavailable)
+    env.tests["chart_failure"] = lambda x: isinstance(x, ChartFailure)
     env.tests["table"] = lambda x: isinstance(x, Table)
     return env
 
@@ -50,14 +51,20 @@ def inline_css() -> Markup:
     return Markup((reports_dir() / "static" / "report.css").read_text(encoding="utf-8"))
 
 
-def render_charts(charts: Iterable[Chart | Unavailable]) -> dict[int, RenderedChart]:
-    """Each chart rendered once (keyed by id: the model keeps the charts alive meanwhile)."""
-    return {id(c): render_png(c) for c in charts if isinstance(c, Chart)}
+def render_charts(charts: Iterable[ChartSlot]) -> Rendered:
+    """Each chart rendered once (keyed by id: the model keeps the charts alive meanwhile); a
+    chart that raises is kept as its `ChartFailure`, which both outputs print in its place."""
+    return {id(c): render_or_note(c) for c in charts if isinstance(c, Chart)}
 
 
-def render_html(model: ReportModel, rendered: dict[int, RenderedChart]) -> str:
+def render_html(model: ReportModel, rendered: Rendered) -> str:
     template = template_environment().get_template("report.html.j2")
-    return template.render(m=model, css=inline_css(), png=lambda c: rendered[id(c)])
+    return template.render(
+        m=model,
+        css=inline_css(),
+        png=shown(rendered),
+        missing_charts=chart_problems(model, rendered),
+    )
 
 
 def write_atomically(path: Path, data: bytes) -> None:

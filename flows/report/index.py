@@ -4,6 +4,7 @@ impact across runs.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,14 +13,26 @@ from pathlib import Path
 from flows.analysis.results import AnalysisResult
 from flows.report.assemble import top_finding
 from flows.report.charts import (
-    Chart,
+    ChartFailure,
     TrendSeries,
+    guarded_chart,
     trend,
 )
 from flows.report.data import Unavailable
 from flows.report.data_sections import data_facts, package_version
 from flows.report.html import inline_css, render_charts, template_environment, write_atomically
-from flows.report.model import STATUS_WORDS, TOP_IN_SUMMARY, Table, fmt_p, fmt_pp, where
+from flows.report.model import (
+    STATUS_WORDS,
+    TOP_IN_SUMMARY,
+    ChartSlot,
+    Table,
+    fmt_p,
+    fmt_pp,
+    shown,
+    where,
+)
+
+log = logging.getLogger(__name__)
 
 # ---- the index over runs ------------------------------------------------------------------
 
@@ -46,7 +59,7 @@ class IndexModel:
     root: str
     runs: list[RunEntry]
     skipped: list[tuple[str, str]]  # folder, why
-    trend: Chart | Unavailable
+    trend: ChartSlot
     top_table: Table | Unavailable
     version: str
 
@@ -74,7 +87,9 @@ def build_index(runs_root: str | Path) -> Path:
     )
     rendered = render_charts([model.trend])
     template = template_environment().get_template("index.html.j2")
-    html = template.render(m=model, css=inline_css(), png=lambda c: rendered[id(c)])
+    html = template.render(m=model, css=inline_css(), png=shown(rendered))
+    if isinstance(trend_shown := shown(rendered)(model.trend), ChartFailure):
+        log.warning("index of %s: %s", root, trend_shown.note)
     out = root / "index.html"
     write_atomically(out, html.encode("utf-8", "replace"))
     return out
@@ -120,7 +135,7 @@ def _top_layers(results: Sequence[AnalysisResult]) -> list[str]:
     return sorted(best, key=lambda layer: best[layer])[:TREND_LAYERS]
 
 
-def _trend(results: Sequence[AnalysisResult]) -> Chart | Unavailable:
+def _trend(results: Sequence[AnalysisResult]) -> ChartSlot:
     if not results:
         return Unavailable("no run found")
     results = results[-TREND_RUNS:]
@@ -141,7 +156,7 @@ def _trend(results: Sequence[AnalysisResult]) -> Chart | Unavailable:
                 [r.ci_high if r else None for r in rows],
             )
         )
-    return trend([res.run_id for res in results], series)
+    return guarded_chart("Top layers across runs", trend, [res.run_id for res in results], series)
 
 
 def _trend_table(results: Sequence[AnalysisResult]) -> Table | Unavailable:

@@ -5,7 +5,7 @@ sections, and the number formatting they share, so both show the same text.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,8 +14,16 @@ from flows.analysis.ranking import sort_findings
 from flows.analysis.results import Finding
 from flows.report.charts import (
     Chart,
+    ChartFailure,
+    RenderedChart,
 )
 from flows.report.data import Unavailable
+
+# What stands where a chart belongs: the chart, why the run has no data for it, or the note of
+# a chart that failed (`assemble.guarded_chart`, `html.render_charts`).
+ChartSlot = Chart | Unavailable | ChartFailure
+# Each chart of a model rendered once, keyed by id (`html.render_charts`).
+Rendered = dict[int, RenderedChart | ChartFailure]
 
 SECTIONS = {
     "summary": "Summary",
@@ -45,6 +53,9 @@ STATUS_WORDS = {
 class ReportPaths:
     html: Path
     pdf: Path
+    # what the report could not show although it should have (a chart that failed), one
+    # sentence each: the run logs them and ends "degraded"
+    problems: list[str] = field(default_factory=list)
 
 
 # ---- formatting, shared by HTML and PDF ------------------------------------------------------
@@ -150,7 +161,7 @@ class LayerSection:
     rank: int | None
     headline: str
     facts: list[tuple[str, str]]
-    charts: list[Chart | Unavailable]  # in reading order
+    charts: list[ChartSlot]  # in reading order
     findings: Table | Unavailable
     dispersion: Table | Unavailable
     fixed_effects: Table | Unavailable
@@ -176,7 +187,7 @@ class ReportModel:
     data_facts: list[tuple[str, str]]
     quality_outcome: str
     ranking: Table
-    pareto: Chart | Unavailable
+    pareto: ChartSlot
     layers: list[LayerSection]
     unranked: Table | None
     chained: ChainedSection | None
@@ -190,8 +201,29 @@ class ReportModel:
     versions: Table
     sections: dict[str, str] = field(default_factory=lambda: dict(SECTIONS))
 
-    def charts(self) -> list[Chart | Unavailable]:
-        return [self.pareto, *(c for layer in self.layers for c in layer.charts)]
+    def charts(self) -> list[ChartSlot]:
+        return [chart for _, chart in self.located_charts()]
+
+    def located_charts(self) -> list[tuple[str, ChartSlot]]:
+        """Each chart with where the report shows it ("summary" or the layer's name)."""
+        return [
+            ("summary", self.pareto),
+            *((layer.name, c) for layer in self.layers for c in layer.charts),
+        ]
+
+
+def shown(rendered: Rendered) -> Callable[[ChartSlot], RenderedChart | ChartFailure | Unavailable]:
+    """What each output shows in a chart's place: its picture, or the note of its failure."""
+    return lambda c: c if not isinstance(c, Chart) else rendered[id(c)]
+
+
+def chart_problems(model: ReportModel, rendered: Rendered) -> list[str]:
+    """One sentence per chart that could not be drawn, saying where it belonged."""
+    return [
+        f"{where}: {r.note}"
+        for where, c in model.located_charts()
+        if isinstance(r := shown(rendered)(c), ChartFailure)
+    ]
 
 
 def records_table(records: Sequence[dict[str, Any]], empty: str) -> Table | Unavailable:

@@ -23,15 +23,16 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from flows.report.charts import INK, MUTED, RenderedChart, printable, report_style
+from flows.report.charts import INK, MUTED, ChartFailure, RenderedChart, printable, report_style
 from flows.report.data import Unavailable
-from flows.report.model import ReportModel, Table
+from flows.report.model import Rendered, ReportModel, Table, chart_problems, shown
 
 PAGE_W, PAGE_H = 8.27, 11.69  # A4, inches
 LEFT, RIGHT, TOP, BOTTOM = 0.55, 0.55, 0.6, 0.65
 TEXT_W = PAGE_W - LEFT - RIGHT
 CELL_PAD = 0.1  # inches of space between table columns
 FLAG = "#fbeeec"
+FAILED = "#8c2a20"  # the HTML report's --flag-ink
 BAND = "#f3f5f7"
 RULE = "#d5dbe0"
 BODY = 7.5
@@ -157,6 +158,11 @@ def paragraph(text: str, size: float = BODY, indent: float = 0.0, **style: str) 
 
 def not_available(x: Unavailable) -> Paragraph:
     return paragraph(f"not available: {x.why}", colour=MUTED, style="italic")
+
+
+def failed(text: str) -> Paragraph:
+    """A chart that could not be drawn, or the report's list of them: not to be overlooked."""
+    return paragraph(text, colour=FAILED)
 
 
 @dataclass
@@ -341,10 +347,18 @@ def _hline(fig: Figure, y: float, colour: str, width: float) -> None:
 # ---- the document ---------------------------------------------------------------------------
 
 
-def _story(model: ReportModel, rendered: dict[int, RenderedChart]) -> Iterator[Block | TableBlocks]:
+def _story(model: ReportModel, rendered: Rendered) -> Iterator[Block | TableBlocks]:
     s = model.sections
     yield Paragraph(height=0.3, lines=[f"Yield report, run {model.run_id}"], size=15, weight="bold")
     yield paragraph(f"created {model.created_at} · yieldrank {model.version}", colour=MUTED)
+    problems = chart_problems(model, rendered)
+    if problems:
+        yield failed(
+            f"This report is incomplete: {len(problems)} chart(s) could not be drawn. "
+            "The analysis and every table are complete."
+        )
+        for problem in problems:
+            yield failed(f"- {problem}")
     yield Spacer(0.1)
 
     yield heading(s["summary"], 1)
@@ -436,11 +450,14 @@ def _story(model: ReportModel, rendered: dict[int, RenderedChart]) -> Iterator[B
     yield table(model.versions)
 
 
-def _chart(chart: object, rendered: dict[int, RenderedChart]) -> Iterator[Block]:
-    if isinstance(chart, Unavailable):
-        yield not_available(chart)
+def _chart(chart: object, rendered: Rendered) -> Iterator[Block]:
+    shows = shown(rendered)(chart)  # type: ignore[arg-type]
+    if isinstance(shows, Unavailable):
+        yield not_available(shows)
+    elif isinstance(shows, ChartFailure):
+        yield failed(shows.note)
     else:
-        yield picture(rendered[id(chart)])
+        yield picture(shows)
 
 
 def _table_or_na(t: Table | Unavailable) -> Iterator[Block | TableBlocks]:
@@ -494,7 +511,7 @@ def paginate(story: Sequence[Block | TableBlocks]) -> list[list[tuple[float, Blo
     return pages
 
 
-def write_pdf(model: ReportModel, rendered: dict[int, RenderedChart], path: str | Path) -> Path:
+def write_pdf(model: ReportModel, rendered: Rendered, path: str | Path) -> Path:
     path = Path(path)
     with report_style():  # text widths are measured with the glyphs of the report's font
         pages = paginate(list(_story(model, rendered)))

@@ -173,7 +173,9 @@ def test_draws_on_a_wafer_sample_give_the_interval_of_every_wafer(monkeypatch):
     assert np.allclose(sampled.layer_interval(), full.layer_interval(), atol=0.03 * width)
     for (_, _, p_full, d_full), (_, _, p_s, d_s) in zip(full.items, sampled.items, strict=True):
         assert p_s == p_full
-        assert np.allclose(impact_interval(p_s, d_s), impact_interval(p_full, d_full), atol=0.03 * width)
+        assert np.allclose(
+            impact_interval(p_s, d_s), impact_interval(p_full, d_full), atol=0.03 * width
+        )
 
 
 def test_joint_draws_keep_a_shared_shift_shared():

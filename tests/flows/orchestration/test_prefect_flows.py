@@ -8,6 +8,7 @@ stops only that drop and the run's state says so.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -113,11 +114,13 @@ def test_a_failing_layer_fit_fails_its_task_not_the_run(fab, monkeypatch):
         ),
     )
     state = yield_run(db=str(fab["db"]), out=str(fab["out"]), return_state=True)
-    assert state.is_completed(), state.message
+    # the run finishes with its report, "degraded": which layer failed and why
+    assert state.is_completed() and state.name == "Degraded", (state.name, state.message)
     summary = state.result()
-    assert summary.failed_layers == {
-        broken: f"the fit failed: FloatingPointError: injected failure in {broken}"
-    }
+    reason = f"the fit failed: FloatingPointError: injected failure in {broken}"
+    assert summary.failed_layers == {broken: reason}
+    assert summary.problems == [f"layer {broken} failed: {reason}"]
+    assert f"DEGRADED: layer {broken} failed: {reason}" in state.message
     row = next(r for r in summary.ranking if r["layer"] == broken)
     assert row["rank"] is None and row["status"] == "failed"
     assert all(r["rank"] is not None for r in summary.ranking if r["layer"] != broken)
@@ -125,6 +128,62 @@ def test_a_failing_layer_fit_fails_its_task_not_the_run(fab, monkeypatch):
     assert sorted(states.values()) == ["Cached"] * len(fab["truth"].layers) + ["Failed"], states
     report = Path(summary.report_html).read_text()
     assert broken in report and "injected failure" in report
+    # none of the other layers' results is lost: the first run's rows, in the database too
+    first = {r["layer"]: r for r in fab["state"].result().ranking}
+    assert {
+        r["layer"]: (r["yield_impact_pp"], r["ci_low"], r["ci_high"])
+        for r in summary.ranking
+        if r["layer"] != broken
+    } == {
+        layer: (r["yield_impact_pp"], r["ci_low"], r["ci_high"])
+        for layer, r in first.items()
+        if layer != broken
+    }
+    stored = rows(
+        fab["db"],
+        "SELECT layer, rank, status, reason FROM subprocess_ranking WHERE run_id = ?",
+        [summary.run_id],
+    )
+    assert {(layer, status) for layer, rank, status, _ in stored if rank is not None} == {
+        (layer, "ranked") for layer in first if layer != broken
+    }
+    assert (broken, None, "failed", reason) in stored
+    findings = rows(
+        fab["db"], "SELECT DISTINCT layer FROM findings WHERE run_id = ?", [summary.run_id]
+    )
+    assert {layer for (layer,) in findings} == {layer for layer in first if layer != broken}
+    from prefect.artifacts import Artifact
+
+    assert f"layer {broken} failed" in Artifact.get("yield-run-problems").data
+
+
+def test_a_chart_that_fails_degrades_the_run_and_its_exit_code(fab, monkeypatch):
+    # `yieldrank run` in this process (the session's Prefect server), one chart function broken:
+    # the report is written with a note in the chart's place, the run says which chart and why,
+    # and the command exits "degraded", not 0 and not 1.
+    from prefect.artifacts import Artifact
+    from typer.testing import CliRunner
+
+    import flows.report.assemble as report
+    from flows.cli import app
+    from flows.settings import EXIT_DEGRADED
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected chart failure")
+
+    monkeypatch.setattr(report, "variance_components", broken)
+    done = CliRunner().invoke(
+        app, ["run", *fab["drops"], "--db", str(fab["db"]), "--out", str(fab["out"])]
+    )
+    assert done.exit_code == EXIT_DEGRADED, done.output
+    assert "yield run degraded" in done.output
+    assert "chart not drawn: Variance decomposition (RuntimeError: injected chart" in done.output
+    html = Path(re.search(r"report: (\S+report\.html)", done.output)[1])
+    assert html.is_file() and html.with_suffix(".pdf").is_file()
+    assert "chart not drawn: Variance decomposition" in html.read_text()
+    problems = Artifact.get("yield-run-problems").data
+    assert "report, " in problems and "injected chart failure" in problems
+    assert "INCOMPLETE" in Artifact.get("yield-report").description
 
 
 def test_a_rejected_drop_stops_that_drop_only_and_fails_the_run_saying_so(fab, tmp_path):

@@ -11,6 +11,7 @@ import math
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -406,3 +407,53 @@ def test_an_established_finding_leads_its_layer_as_in_the_analysis():
     assert _findings_table(findings).rows[0][1] == "chamber CH3 of tool T7 at OP"
     # without an established finding the largest impact leads
     assert top_finding([tool, *others]) is tool
+
+
+def test_a_chart_that_fails_becomes_a_note_in_the_html_and_the_pdf(run, fab, tmp_path, monkeypatch):
+    # Two faults: a chart whose preparation raises (monkeypatched) and one that raises while it
+    # is drawn (the year's run: a ranking interval that missed its point made errorbar refuse).
+    from typer.testing import CliRunner
+
+    import flows.report.assemble as report
+    from flows.cli import app
+    from flows.settings import EXIT_DEGRADED
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected chart failure")
+
+    monkeypatch.setattr(report, "yield_by_tool", broken)
+    result = trimmed(run[0], keep=1)
+    top = ranked(result)[0]
+    missed = replace(top, ci_low=top.yield_impact + 0.1)  # an interval missing its point, as once
+    result.ranking = [missed if r is top else r for r in result.ranking]
+    paths = build_report(result, tmp_path / "broken", db_path=fab[1])
+    pareto_failed, tools_failed = paths.problems
+    assert re.fullmatch(
+        r"summary: chart not drawn: Yield impact by layer \(ValueError: 'yerr' must not "
+        r"contain negative values at charts\.py line \d+\)",
+        pareto_failed,
+    )
+    assert re.fullmatch(
+        rf"{top.layer}: chart not drawn: Yield by tool \(RuntimeError: injected chart failure "
+        r"at test_report\.py line \d+\)",
+        tools_failed,
+    )
+    html = paths.html.read_text()
+    page = Page(html)
+    summary = page.text("summary")
+    assert "This report is incomplete: 2 charts could not be drawn." in summary
+    for problem in paths.problems:
+        assert problem.split(": ", 1)[1] in page.text("pareto") + page.text("layers")
+    assert html.count("<img") >= 3  # the other charts are there
+    pdf = re.sub(r"\s+", " ", " ".join(p.extract_text() for p in PdfReader(paths.pdf).pages))
+    assert "This report is incomplete: 2 chart(s) could not be drawn." in pdf
+    assert "chart not drawn: Yield by tool (RuntimeError: injected chart failure" in pdf
+    assert "chart not drawn: Yield impact by layer (ValueError:" in pdf
+    # `yieldrank report` writes the report, names the problems and exits "degraded"
+    run_dir = tmp_path / "cli-broken" / result.run_id
+    run_dir.mkdir(parents=True)
+    result.to_json(run_dir / "analysis.json")
+    done = CliRunner().invoke(app, ["report", str(run_dir), "--db", str(fab[1])])
+    assert done.exit_code == EXIT_DEGRADED, done.output
+    assert (run_dir / "report.html").is_file() and (run_dir / "report.pdf").is_file()
+    assert "report degraded" in done.output and "injected chart failure" in done.output
