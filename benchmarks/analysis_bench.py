@@ -1,7 +1,7 @@
 """End-to-end analysis time: simulate, ingest and analyse a fab of N lots.
 
     .venv/bin/python benchmarks/analysis_bench.py --lots 300            # goal: < 2 minutes
-    .venv/bin/python benchmarks/analysis_bench.py --lots 12000          # a year: goal < 15 minutes
+    .venv/bin/python benchmarks/analysis_bench.py --lots 12000          # a year: goal < 10 minutes
     .venv/bin/python benchmarks/analysis_bench.py --lots 12000 --route full --flow
 
 Times each stage (simulate_fab, ingest_drop without GX, layer_frames, fit_layer per layer,
@@ -14,8 +14,12 @@ told apart from a busy machine. Writes benchmarks/results/analysis_<lots>_lots.j
 `--flow` times what an engineer runs instead: `yieldrank run` on the simulated drop, in a child
 process (the Prefect flow: ingestion with Great Expectations, the layer fits side by side on the
 thread runner, the chained model, the ranking, the report), with its peak resident memory;
-writes analysis_<lots>_lots_flow.json. `--route full` simulates the 12-layer route (a year of it
-is 15 M step rows) instead of the default 8 layers.
+writes analysis_<lots>_lots_flow_seed<seed>.json with the exit code, whether the HTML and PDF
+report were written, and the top of the ranking beside the planted truth. The child is
+`python -m flows.cli` of this interpreter with this checkout first on PYTHONPATH, so that it
+runs this checkout's code (the `yieldrank` console script runs whatever was installed). The
+benchmark exits non-zero unless the run exited 0 with its report. `--route full` simulates the
+12-layer route (a year of it is 15 M step rows) instead of the default 8 layers.
 """
 
 from __future__ import annotations
@@ -160,43 +164,75 @@ def _time_flow(args: argparse.Namespace, work: Path, layers: tuple[str, ...]) ->
     import resource
     import subprocess
 
+    from flows.analysis.results import AnalysisResult
     from flows.fabsim.config import FabConfig
     from flows.fabsim.simulation import simulate_fab
 
     truth = simulate_fab(work / "drops", FabConfig(lots=args.lots, layers=layers), seed=args.seed)
-    cli = Path(sys.executable).with_name("yieldrank")
-    command = [str(cli)] if cli.exists() else [sys.executable, "-m", "flows.cli"]
-    command += ["run", *map(str, truth.drop_dirs), "--db", str(work / "fab.duckdb")]
-    command += ["--out", str(work / "runs"), "--seed", str(args.seed)]
-    load_before = os.getloadavg()[0]
+    command = [sys.executable, "-m", "flows.cli", "run", *map(str, truth.drop_dirs)]
+    command += ["--db", str(work / "fab.duckdb"), "--out", str(work / "runs")]
+    command += ["--seed", str(args.seed)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
-    done = subprocess.run(command, cwd=work, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    load = os.getloadavg()[0]
-    if done.returncode != 0:
-        print(done.stdout[-3000:], done.stderr[-3000:], sep="\n")
-        raise SystemExit(f"yieldrank run failed with exit code {done.returncode}")
+    load = os.getloadavg()
+    runs = sorted((work / "runs").glob("*/analysis.json"))
+    run_dir = runs[-1].parent if runs else None
+    ranking = []
+    if run_dir is not None:
+        result = AnalysisResult.from_json(run_dir / "analysis.json")
+        ranking = [
+            f"{r.rank}:{r.layer} {r.yield_impact:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
+            if r.rank is not None
+            else f"-:{r.layer} {r.status}: {r.reason}"
+            for r in result.ranking
+        ]
+    report_written = run_dir is not None and all(
+        (run_dir / name).is_file() for name in ("report.html", "report.pdf")
+    )
     report = {
         "lots": args.lots,
+        "seed": args.seed,
         "wafers": truth.wafers,
         "layers": len(layers),
         "command": " ".join(command),
+        "exit_code": done.returncode,
+        "report_written": report_written,
         "wall_seconds": wall,
         "cpu_seconds": usage.ru_utime + usage.ru_stime,
         "peak_rss_gb": usage.ru_maxrss / 1e6,  # Linux reports KiB
-        **_run_context(load_before, load),
+        "planted": [
+            " ".join(
+                x for x in (e.effect, e.layer, e.operation, e.tool_id, e.chamber_id, e.param) if x
+            )
+            + f": {e.yield_impact:.2f}"
+            for e in truth.planted
+        ],
+        "ranking": ranking,
+        **_run_context(load_before[0], load[0]),
+        "load_avg_1_5_15_before": load_before,
+        "load_avg_1_5_15_after": load,
         "output_tail": done.stdout[-2000:],
+        "stderr_tail": done.stderr[-3000:] if done.returncode else "",
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"analysis_{args.lots}_lots_flow.json"
+    path = args.out / f"analysis_{args.lots}_lots_flow_seed{args.seed}.json"
     path.write_text(json.dumps(report, indent=1))
     print(
-        f"yieldrank run, {args.lots} lots, {truth.wafers} wafers, {len(layers)} layers: "
-        f"{wall:.0f} s wall, {report['cpu_seconds']:.0f} CPU s, peak {report['peak_rss_gb']:.1f} GB "
-        f"(load avg before {load_before:.1f}, after {load:.1f}; goals: 120 s at 300 lots, 900 s at 12,000)"
+        f"yieldrank run, {args.lots} lots, seed {args.seed}, {truth.wafers} wafers, "
+        f"{len(layers)} layers: exit {done.returncode}, {wall:.0f} s wall, "
+        f"{report['cpu_seconds']:.0f} CPU s, peak {report['peak_rss_gb']:.1f} GB (load avg "
+        f"before {load_before[0]:.1f}, after {load[0]:.1f}; goals: 120 s at 300 lots, "
+        "600 s at 12,000)"
     )
     print(f"written {path}")
+    if done.returncode != 0 or not report_written:
+        print(done.stdout[-3000:], done.stderr[-3000:], sep="\n")
+        return 1
     return 0
 
 
