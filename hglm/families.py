@@ -332,7 +332,18 @@ def quasi_family(family: ResponseFamily) -> ResponseFamily:
 
 
 def negative_binomial_family(theta: float) -> ResponseFamily:
-    """NB2 (log link) with theta known: a fit keeps it instead of estimating it."""
+    """NB2 (log link) with theta known: a fit keeps it instead of estimating it.
+
+    Parameters
+    ----------
+    theta : float
+        The NB2 shape (variance mu + mu^2 / theta); must be positive.
+
+    Returns
+    -------
+    ResponseFamily
+        The negative binomial family with theta fixed, for ``hglm.fit(..., family=...)``.
+    """
     if not theta > 0:
         raise ValueError(f"theta must be positive, got {theta}")
     return ResponseFamily("negative_binomial", Link("log"), float(theta), theta_fixed=True)

@@ -30,7 +30,9 @@ come from a finite-difference Hessian at the optimum, profile intervals from
 ``StructuredResult.profile_ci``.
 
 The terms (``hglm.structured_terms``) and the equations (``hglm.structured_mme``) live in
-their own modules; this one holds the model, its criteria and their search.
+their own modules; this one holds the model, its criteria and their search. Why it is longer
+than 600 lines: the criteria and their analytic gradients share the inner mode, the factor
+and the selected inverse of one evaluation; split apart they would pass that state around.
 
 May import: ``hglm.covariance``, ``hglm.design``, ``hglm.glm``, ``hglm.likelihood``,
 ``hglm.linalg``, ``hglm.model`` (the starting GLM), ``hglm.structured_terms``,
