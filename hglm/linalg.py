@@ -721,6 +721,36 @@ class SparseCholesky:
         return 0.5 * (block + block.T)
 
 
+def fixed_effects_block(S: np.ndarray) -> tuple[float, np.ndarray]:
+    """log det and inverse of the p x p Schur complement of the mixed-model equations.
+
+    Parameters
+    ----------
+    S : numpy.ndarray
+        The fixed-effects block after eliminating the random effects (symmetric, p x p).
+
+    Returns
+    -------
+    (float, numpy.ndarray)
+        log det S and S^-1 (= Var(beta-hat)); 0 and a 0 x 0 matrix when p = 0.
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        If S is not positive definite (the fixed effects are not identified).
+    """
+    p = S.shape[0]
+    if p == 0:
+        return 0.0, np.zeros((0, 0))
+    try:
+        cf = scipy.linalg.cho_factor(S, lower=True)
+    except np.linalg.LinAlgError as err:
+        raise np.linalg.LinAlgError(
+            "the fixed-effects block of the mixed-model equations is singular"
+        ) from err
+    return 2.0 * float(np.sum(np.log(np.diag(cf[0])))), scipy.linalg.cho_solve(cf, np.eye(p))
+
+
 def row_quadratic_forms(T: sp.spmatrix | sp.sparray, S: sp.spmatrix | sp.sparray) -> np.ndarray:
     """diag(T S T') for a sparse (n x m) T (CSR) and a selected inverse S (m x m) whose pattern
     contains every pair of columns that share a row of T; vectorised, O(sum over rows of nnz(row)^2),

@@ -45,7 +45,7 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from hglm.design import RandomTermDesign
-from hglm.linalg import NotPositiveDefiniteError, SparseCholesky
+from hglm.linalg import NotPositiveDefiniteError, SparseCholesky, fixed_effects_block
 
 # The factored terms' matrix goes to dense LAPACK when it is small and its pattern nearly full
 # (a fab's tools and chambers all meet in some lot): CHOLMOD's factor would be one dense
@@ -622,18 +622,7 @@ class MixedModelEquations:
             hbv = np.zeros(0)
             logdet_H = 0.0
         schur = XtAX - ZtAX.T @ M
-        if self.p:
-            try:
-                cf = scipy.linalg.cho_factor(schur, lower=True)
-            except np.linalg.LinAlgError as err:
-                raise np.linalg.LinAlgError(
-                    "the fixed-effects block of the mixed-model equations is singular"
-                ) from err
-            logdet_S = 2.0 * float(np.sum(np.log(np.diag(cf[0]))))
-            cov_beta = scipy.linalg.cho_solve(cf, np.eye(self.p))
-        else:
-            logdet_S = 0.0
-            cov_beta = np.zeros((0, 0))
+        logdet_S, cov_beta = fixed_effects_block(schur)
         if beta_fixed is None:
             beta = cov_beta @ (X.T @ ar - M.T @ bv) if self.p else np.zeros(0)
         else:

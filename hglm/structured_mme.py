@@ -15,10 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
 import scipy.sparse as sp
 
-from hglm.linalg import NotPositiveDefiniteError, SparseCholesky
+from hglm.linalg import NotPositiveDefiniteError, SparseCholesky, fixed_effects_block
 
 # H made of equal diagonal blocks of at most this order (one slope term and nothing crossed)
 # is factored as a stack of dense blocks, and H made of tridiagonal blocks (an AR(1) term alone)
@@ -279,17 +278,7 @@ class SparseMME:
         ar = a * r
         bz = np.asarray(Z.T @ ar).ravel()
         hb = chol.solve(bz)
-        if self.p:
-            try:
-                cf = scipy.linalg.cho_factor(S, lower=True)
-            except np.linalg.LinAlgError as err:
-                raise np.linalg.LinAlgError(
-                    "the fixed-effects block of the mixed-model equations is singular"
-                ) from err
-            logdet_S = 2.0 * float(np.sum(np.log(np.diag(cf[0]))))
-            cov_beta = scipy.linalg.cho_solve(cf, np.eye(self.p))
-        else:
-            logdet_S, cov_beta = 0.0, np.zeros((0, 0))
+        logdet_S, cov_beta = fixed_effects_block(S)
         if beta_fixed is None:
             beta = cov_beta @ (X.T @ ar - M.T @ bz) if self.p else np.zeros(0)
         else:

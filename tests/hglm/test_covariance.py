@@ -9,19 +9,7 @@ import scipy.sparse as sp
 
 from hglm.covariance import AR1, CAR, SAR, Precision, Unstructured
 from tests.hglm.conftest import DATA
-
-
-def _lattice(n: int) -> np.ndarray:
-    """Rook neighbours on an n x n grid."""
-    W = np.zeros((n * n, n * n))
-    for i in range(n):
-        for j in range(n):
-            k = i * n + j
-            if i + 1 < n:
-                W[k, k + n] = W[k + n, k] = 1
-            if j + 1 < n:
-                W[k, k + 1] = W[k + 1, k] = 1
-    return W
+from tests.hglm.lattices import rook_neighbours
 
 
 def _check_derivatives(s, theta: np.ndarray) -> None:
@@ -81,7 +69,7 @@ def test_ar1_matches_the_dense_covariance() -> None:
 
 @pytest.mark.parametrize("kind", [CAR, SAR])
 def test_car_and_sar_match_dense_formulas(kind) -> None:
-    W = _lattice(4)
+    W = rook_neighbours(4)
     levels = np.arange(16)
     s = kind(W).bind(levels, "area")
     tau, rho = 0.4, 0.2
@@ -100,7 +88,7 @@ def test_car_and_sar_match_dense_formulas(kind) -> None:
 
 
 def test_neighbour_dataframe_is_reordered_to_the_levels() -> None:
-    W = _lattice(3)
+    W = rook_neighbours(3)
     names = [f"a{i}" for i in range(9)]
     order = np.random.default_rng(1).permutation(9)
     frame = pd.DataFrame(W[order][:, order], index=[names[i] for i in order])
@@ -130,11 +118,11 @@ def test_bad_neighbour_matrices_are_rejected(W, message) -> None:
 
 def test_wrong_number_of_levels_is_rejected() -> None:
     with pytest.raises(ValueError, match="has 9 rows, the term area has 4 levels"):
-        CAR(_lattice(3)).bind(np.arange(4), "area")
+        CAR(rook_neighbours(3)).bind(np.arange(4), "area")
 
 
 def test_precision_scales_a_given_matrix() -> None:
-    W = _lattice(3)
+    W = rook_neighbours(3)
     Q0 = sp.csc_matrix(np.eye(9) * 4 - W)
     s = Precision(Q0).bind(np.arange(9), "site")
     theta = np.array([np.log(0.5)])

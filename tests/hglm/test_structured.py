@@ -12,6 +12,7 @@ import scipy.sparse as sp
 
 import hglm
 from tests.hglm.conftest import DATA
+from tests.hglm.lattices import rook_neighbours
 
 
 def _refs() -> dict:
@@ -298,14 +299,7 @@ def test_slopes_without_intercept_and_the_uncorrelated_split(sleepstudy) -> None
 def test_sar_criteria_equal_a_dense_computation() -> None:
     rng = np.random.default_rng(7)
     n = 5
-    W = np.zeros((n * n, n * n))
-    for i in range(n):
-        for j in range(n):
-            k = i * n + j
-            if i + 1 < n:
-                W[k, k + n] = W[k + n, k] = 1
-            if j + 1 < n:
-                W[k, k + 1] = W[k + 1, k] = 1
+    W = rook_neighbours(n)
     area = np.repeat(np.arange(n * n), 4)
     y = rng.normal(size=len(area)) + rng.normal(size=n * n)[area]
     df = pd.DataFrame({"y": y, "area": area})

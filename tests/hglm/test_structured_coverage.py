@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 import hglm
+from tests.hglm.lattices import rook_neighbours
 
 pytestmark = pytest.mark.slow
 
@@ -55,22 +56,10 @@ def test_slope_variance_and_correlation_intervals_cover(record_property) -> None
         assert 0.85 <= _covered(h) <= 0.99, (key, _covered(h))
 
 
-def _lattice(n: int) -> np.ndarray:
-    W = np.zeros((n * n, n * n))
-    for i in range(n):
-        for j in range(n):
-            k = i * n + j
-            if i + 1 < n:
-                W[k, k + n] = W[k + n, k] = 1
-            if j + 1 < n:
-                W[k, k + 1] = W[k + 1, k] = 1
-    return W
-
-
 def test_car_rho_profile_intervals_cover(record_property) -> None:
     rng = np.random.default_rng(20261207)
     n, per, tau, rho = 8, 3, 1.0, 0.2
-    W = _lattice(n)
+    W = rook_neighbours(n)
     q = n * n
     L = np.linalg.cholesky(np.linalg.inv((np.eye(q) - rho * W) / tau))
     area = np.repeat(np.arange(q), per)
