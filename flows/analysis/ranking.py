@@ -249,7 +249,7 @@ class ImpactDraws:
     items: list[tuple[str, int, float, np.ndarray]]  # (term name, level index, point, draws)
 
     def layer_interval(self, level: float = 0.95) -> tuple[float, float]:
-        """The 95 % interval of the layer's impact (see `impact_interval`)."""
+        """The interval of the layer's impact at `level` (see `impact_interval`)."""
         return impact_interval(self.layer, self.layer_draws, level)
 
 
