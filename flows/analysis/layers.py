@@ -24,7 +24,6 @@ them.
 from __future__ import annotations
 
 import math
-import re
 import time
 import warnings
 from contextlib import AbstractContextManager
@@ -39,6 +38,8 @@ from threadpoolctl import threadpool_limits
 
 import hglm
 from flows.analysis.frames import CHAMBER, MEAS, SITES, TOOL, FrameLayout, layer_operations
+from flows.analysis.process import PROCESS_METHOD as PROCESS_METHOD  # re-exported for run.py
+from flows.analysis.process import process_models
 from flows.analysis.ranking import (
     N_DRAWS,
     ImpactDraws,
@@ -62,7 +63,6 @@ from flows.analysis.results import Finding, LayerFit, LayerStatus, RandomEffect
 # not p_beta,v(h)), and `hglm.lrt` refers the statistic to its chi-bar-square mixture.
 YIELD_METHOD = "EQL"
 TEST_METHOD = "HL(1,1)"
-PROCESS_METHOD = "EQL"
 LAYER_TEST = (
     "likelihood-ratio test of all the layer's terms together (tool and chamber variance "
     "components, metrology coefficients): the yield model with and without them, both fitted "
@@ -74,7 +74,6 @@ LAYER_TEST = (
 MIN_WAFERS = 50
 MIN_LOTS = 10
 MIN_MEASURED_WAFERS = 30  # a metrology summary enters the yield model only from this coverage
-MIN_PROCESS_WAFERS = 20
 
 
 class TooLittleData(Exception):
@@ -522,145 +521,6 @@ def _diagnostics(res: hglm.HGLMResult, seed: int, n: int = 200) -> dict[str, lis
         "fitted": fitted[pick].tolist(),
         "residuals": np.asarray(res.deviance_residuals)[pick].tolist(),
     }
-
-
-# --------------------------------------------------------------------------- process models
-
-
-def _site_frame(df: pl.DataFrame, op: str, param: str) -> pl.DataFrame:
-    col = f"{SITES}{op}::{param}"
-    return (
-        df.select(
-            "wafer_id",
-            "lot_id",
-            pl.col(TOOL + op).alias("tool"),
-            pl.col(CHAMBER + op).alias("chamber"),
-            pl.col(col).alias("value"),
-        )
-        .filter(pl.col("value").is_not_null() & pl.col("tool").is_not_null())
-        .explode("value")
-        .filter(pl.col("value").is_not_null())
-    )
-
-
-def _fit_process(formula: str, data: object, family: str, disp: str | None) -> hglm.HGLMResult:
-    return hglm.fit(
-        formula,
-        data,
-        family=family,
-        link="log" if family == "gamma" else None,
-        disp=disp,
-        method=PROCESS_METHOD,
-    )
-
-
-def process_models(layer: str, frame: pa.Table) -> tuple[list[dict], list[Finding]]:
-    """Each inline parameter of the layer: gaussian or gamma by cAIC, phi modelled by chamber.
-
-    Returns the models' summaries and the dispersion findings (the noisiest chamber of each
-    parameter, tested against a constant phi by a likelihood ratio on p_v(h)).
-    """
-    df = pl.from_arrow(frame)
-    assert isinstance(df, pl.DataFrame)
-    layout = FrameLayout.of(df.columns)
-    summaries: list[dict] = []
-    findings: list[Finding] = []
-    for op, param in layout.params:
-        if f"{SITES}{op}::{param}" not in df.columns or TOOL + op not in df.columns:
-            continue
-        sites = _site_frame(df, op, param)
-        n_wafers = sites.get_column("wafer_id").n_unique()
-        summary: dict = {"operation": op, "param": param, "n_wafers": n_wafers}
-        if n_wafers < MIN_PROCESS_WAFERS:
-            summary["status"] = "too_little_data"
-            summary["reason"] = f"{n_wafers} measured wafers (needs {MIN_PROCESS_WAFERS})"
-            summaries.append(summary)
-            continue
-        try:
-            summary.update(_process_model(layer, op, param, sites, findings))
-        except Exception as exc:
-            summary["status"] = "failed"
-            summary["reason"] = str(exc)
-        summaries.append(summary)
-    return summaries, findings
-
-
-def _process_model(
-    layer: str, op: str, param: str, sites: pl.DataFrame, findings: list[Finding]
-) -> dict:
-    data = sites.to_pandas()
-    values = data["value"].to_numpy()
-    terms = ["(1|lot_id)", "(1|wafer_id)"]
-    if data["tool"].nunique() > 1:
-        terms.append("(1|tool)")
-    multi_chamber = data["chamber"].nunique() > data["tool"].nunique()
-    if multi_chamber:
-        terms.append("(1|chamber)")
-    formula = "value ~ 1 + " + " + ".join(terms)
-    disp_col = "chamber" if multi_chamber else "tool" if data["tool"].nunique() > 1 else None
-    disp = f"~ {disp_col}" if disp_col else None
-    families = ["gaussian"] + (["gamma"] if np.all(values > 0) else [])
-    fits = {fam: _fit_process(formula, data, fam, disp) for fam in families}
-    fits = {fam: r for fam, r in fits.items() if r.converged}
-    if not fits:
-        return {"status": "not_converged", "reason": "no process model family converged"}
-    # The stated rule: of the converged families, the one with the smaller cAIC.
-    caic = {fam: float(r.likelihood["caic"]) for fam, r in fits.items()}
-    family = min(caic, key=caic.__getitem__)
-    res = fits[family]
-    out: dict = {
-        "status": "fitted",
-        "family": family,
-        "caic": caic,
-        "formula": formula,
-        "disp": disp,
-        "varcomp": {str(k): float(v) for k, v in res.lambdas.items()},
-    }
-    coef = res.disp_coef
-    if disp_col is None or coef is None or len(coef) < 2:
-        return out
-    log_phi = _level_log_phi(coef, data[disp_col])
-    levels = list(log_phi)
-    worst = max(levels, key=log_phi.__getitem__)
-    typical = float(np.median(list(log_phi.values())))
-    ratio = log_phi[worst] - typical
-    # Wald test of the noisiest level against the reference level, Bonferroni over the
-    # levels (the worst was picked after looking): a plain, conservative screen.
-    se = coef["se"].to_numpy(dtype=float)
-    z = ratio / float(np.nanmax(se[1:])) if np.isfinite(se[1:]).any() else float("nan")
-    p = min(1.0, float(2 * stats.norm.sf(abs(z))) * (len(levels) - 1)) if math.isfinite(z) else None
-    out["dispersion"] = {"by": disp_col, "worst": worst, "log_phi_ratio": ratio, "p_value": p}
-    tool, _, chamber = worst.partition(":")
-    findings.append(
-        Finding(
-            layer=layer,
-            effect="dispersion",
-            estimate=float(ratio),  # log of (its phi / the median level's phi)
-            yield_impact=float("nan"),  # noisier, not shifted: no yield impact of its own here
-            ci_low=float("nan"),
-            ci_high=float("nan"),
-            p_value=p,
-            operation=op,
-            tool_id=tool,
-            chamber_id=(chamber or None) if disp_col == "chamber" else None,
-            param=param,
-        )
-    )
-    return out
-
-
-def _level_log_phi(coef: pd.DataFrame, levels: pd.Series) -> dict[str, float]:
-    """log phi per level from treatment-coded coefficients (intercept = first level)."""
-    names = list(coef.index)
-    est = coef["estimate"].to_numpy(dtype=float)
-    out = {}
-    for lv in sorted({str(x) for x in levels}):
-        val = est[0]
-        for n, e in zip(names[1:], est[1:], strict=True):
-            if re.search(rf"\[(T\.)?{re.escape(lv)}\]$", n):
-                val += e
-        out[lv] = float(val)
-    return out
 
 
 # --------------------------------------------------------------------------- chained model
