@@ -4,33 +4,37 @@ tool moves it.
 Process model (`process_models`). Every inline parameter of the layer is fitted on its site
 values,
 
-    value ~ 1 + (1|lot) + (1|wafer) + (1|tool) + (1|tool:chamber),   log phi ~ chamber
+    value ~ site + (1|lot) + (1|wafer) + (1|tool) + (1|tool:chamber),   log phi ~ chamber
 
 (phi by tool when no tool has more than one chamber), gaussian or gamma (log link) by cAIC,
-by HL(1,1) with REML dispersions (for the gaussian model the exact REML fit). phi is the
-site-to-site variance inside a wafer, so a chamber with a larger phi is a noisy chamber.
+by HL(1,1) with REML dispersions (for the gaussian model the exact REML fit). The site
+pattern (a bowl, an edge ring) is the same on every wafer, so it is a fixed effect and phi is
+the site-to-site noise alone (site = position in the wafer's ordered list, used when every
+wafer has the same number of sites; else the intercept alone). A chamber with a larger phi is
+a noisy chamber.
 
-Dispersion test. Two steps, both on the adjusted profile likelihood p_beta,v(h) the fits
-maximise:
+Dispersion test, on the adjusted profile likelihood p_beta,v(h) the fits maximise:
 
-1. the likelihood-ratio test of log phi ~ chamber against a constant phi (same mean model,
-   `hglm.lrt`, chi2 with one degree of freedom per extra level): "do the chambers differ in
-   noise at all";
-2. per level k, the contrast of its log phi against the pooled others' (the inverse-variance
-   weighted mean of the other levels' log phi), with its own SE, two-sided z test; Holm over
-   the levels. The SE of a level's log phi is that of the gamma GLM the HL fits use for the
-   dispersions (deviance components with prior weights (1 - q) / 2): Var = 2 / sum (1 - q_i)
-   over the level's rows, q the leverages; the levels' estimates are taken as independent
-   (they are estimated from disjoint rows; the engine's Hessian SEs of the treatment-coded
-   coefficients agree to about 1 %, see the tests).
+1. the parameter: the likelihood-ratio test of log phi ~ chamber against a constant phi
+   (same mean model, `hglm.lrt`, chi2 with one degree of freedom per extra level), "do the
+   chambers differ in noise at all", recorded in the model's summary;
+2. each level k: the contrast of its log phi against the pooled others' (the inverse-variance
+   weighted mean of the other levels' log phi) with its own SE, a one-sided z test of "k is
+   noisier than the others" (a quieter chamber is never a finding); Holm over the levels.
+   The SE of a level's log phi is that of the gamma GLM the HL fits use for the dispersions
+   (deviance components with prior weights (1 - q) / 2): Var = 2 / sum (1 - q_i) over the
+   level's rows, q the leverages; the levels' estimates are taken as independent (they come
+   from disjoint rows; the engine's Hessian SE agrees within 5 %, see the tests).
 
-A level's p-value is max(LRT p, its Holm-adjusted contrast p): closed testing inside the
-parameter (the LRT gates, Holm controls the family-wise error over its levels). Per parameter
-one dispersion finding is emitted, for the noisier-than-pooled level with the smallest
-p-value, plus any other noisier level with p < 0.05. The run's multiplicity across parameters
-and findings (`Finding.p_adjusted`) is the attribution step's. The finding's estimate is the
-level's log phi minus the typical level's (the median level; of two, the quieter one):
-log(its phi / the typical phi), so log 4 = 1.39 for an SD twice the typical one.
+A level's p-value is its Holm-adjusted p: the family-wise error over the parameter's levels
+is controlled by Holm alone, and gating it by the LRT (an omnibus test over 5-15 levels)
+would only lose power on the one noisy chamber the test is for. Per parameter one dispersion
+finding is emitted, for the noisier-than-pooled level with the smallest p-value, plus any
+other noisier level with p < 0.05; as the parameter's p-value is its smallest level's, Holm
+or Bonferroni over the run's findings (`Finding.p_adjusted`, the attribution step's) keeps
+the family-wise error across parameters. The finding's estimate is the level's log phi minus
+the typical level's (the median level; of two, the quieter one): log(its phi / the typical
+phi), so log 4 = 1.39 for an SD twice the typical one.
 
 Metrology chain (`metrology_chains`). For each measured parameter, the wafer means (the values
 the yield model uses) are fitted by a gaussian LMM `value ~ tool + (1|lot)` (REML), tools as
@@ -112,7 +116,10 @@ def _site_frame(df: pl.DataFrame, op: str, param: str) -> pl.DataFrame:
             pl.col(col).alias("value"),
         )
         .filter(pl.col("value").is_not_null() & pl.col("tool").is_not_null())
+        .with_columns(pl.col("value").list.len().alias("n_sites"))
         .explode("value")
+        # a site is its position in the wafer's list (the mart orders the values by site)
+        .with_columns(("s" + pl.int_range(pl.len()).over("wafer_id").cast(pl.String)).alias("site"))
         .filter(pl.col("value").is_not_null())
     )
 
@@ -185,7 +192,11 @@ def _process_model(op: str, sites: pl.DataFrame) -> tuple[dict, pd.DataFrame | N
     multi_chamber = data["chamber"].nunique() > n_tools
     if multi_chamber:
         terms.append("(1|chamber)")
-    formula = "value ~ 1 + " + " + ".join(terms)
+    # The site pattern (a bowl, an edge ring) is the same on every wafer: as fixed site effects
+    # it stays out of phi, which is then the noise alone. Only when every wafer has the same
+    # sites, so that a list position is a site.
+    fixed = "site" if data["n_sites"].nunique() == 1 and data["site"].nunique() > 1 else "1"
+    formula = f"value ~ {fixed} + " + " + ".join(terms)
     disp_col = "chamber" if multi_chamber else "tool" if n_tools > 1 else None
     disp = f"~ {disp_col}" if disp_col else None
     families = ["gaussian"] + (["gamma"] if np.all(values > 0) else [])
@@ -217,7 +228,6 @@ def _process_model(op: str, sites: pl.DataFrame) -> tuple[dict, pd.DataFrame | N
     table = dispersion_levels(
         _level_values(coef, data[disp_col]),
         _level_df(res.leverages, data[disp_col].to_numpy()),
-        float(lrt.pvalue),
     )
     worst = table["p_value"].idxmin() if table["tested"].any() else None
     out["dispersion"] = {
@@ -233,9 +243,7 @@ def _process_model(op: str, sites: pl.DataFrame) -> tuple[dict, pd.DataFrame | N
     return out, table
 
 
-def dispersion_levels(
-    log_phi: dict[str, float], level_df: dict[str, float], lrt_pvalue: float
-) -> pd.DataFrame:
+def dispersion_levels(log_phi: dict[str, float], level_df: dict[str, float]) -> pd.DataFrame:
     """Each level's noise against the others': the per-level step of the dispersion test.
 
     Parameters
@@ -243,14 +251,13 @@ def dispersion_levels(
     log_phi : level -> its estimated log phi
     level_df : level -> residual degrees of freedom of its rows (sum of 1 - leverage);
         Var(log phi) = 2 / df
-    lrt_pvalue : p-value of the likelihood-ratio test of phi by level against a constant phi
 
     Returns
     -------
     One row per level (index: the level): log_phi, log_phi_ratio (vs the typical level: the
     median, of two the quieter), contrast (vs the pooled others) and its se, z, p_raw, tested
-    (enough degrees of freedom), p_holm (Holm over the tested levels), p_value (the larger of
-    p_holm and the LRT's p; NaN when not tested).
+    (enough degrees of freedom), p_raw (one-sided: noisier than the others), p_holm (Holm
+    over the tested levels) and p_value (= p_holm, the level's p-value; NaN when not tested).
     """
     levels = sorted(log_phi)
     lp = np.array([log_phi[lv] for lv in levels])
@@ -270,7 +277,7 @@ def dispersion_levels(
         contrast[k] = lp[k] - pooled
         se[k] = math.sqrt(var[k] + 1.0 / others.sum())
     z = contrast / se
-    p_raw = 2.0 * stats.norm.sf(np.abs(z))
+    p_raw = stats.norm.sf(z)  # one-sided: noisier than the others
     p_holm = np.full(len(levels), np.nan)
     if tested.any():
         p_holm[tested] = holm_adjust(p_raw[tested].tolist())
@@ -285,7 +292,7 @@ def dispersion_levels(
             "p_raw": p_raw,
             "tested": tested,
             "p_holm": p_holm,
-            "p_value": np.where(tested, np.maximum(p_holm, lrt_pvalue), np.nan),
+            "p_value": p_holm,
         },
         index=pd.Index(levels, name="level"),
     )
