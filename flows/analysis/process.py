@@ -80,6 +80,7 @@ MIN_LEVEL_DF = 2.0
 # as the yield model's MIN_MEASURED_WAFERS: a chain is estimated from the same coverage at which
 # the parameter enters the yield model
 MIN_CHAIN_WAFERS = 30
+MIN_LEVEL_LOTS = 3  # a tool (chamber) is compared in a chain from this many measured lots
 SIGNIFICANCE = 0.05
 PROCESS_MODEL = "process model"
 
@@ -517,7 +518,9 @@ def estimate_chain(
 
     Returns
     -------
-    The fitted chain, or None (too few measured wafers, one level only, no convergence).
+    The fitted chain, or None (too few measured wafers, fewer than two levels measured on
+    MIN_LEVEL_LOTS lots, no convergence). Levels measured on fewer lots stay in the fit but
+    are neither the shifting nor the typical level.
     """
     col = f"{MEAS}{op}::{param}"
     if col not in df.columns or TOOL + op not in df.columns:
@@ -548,7 +551,15 @@ def estimate_chain(
     means = rows_of @ fx["estimate"].to_numpy(dtype=float)
     cov = rows_of @ np.asarray(res.outcome.cov_beta, dtype=float) @ rows_of.T
     counts = data["level"].value_counts().reindex(names).to_numpy()
-    worst, weights = _worst_and_typical(means, counts, sign)
+    lots = data.groupby("level")["lot_id"].nunique().reindex(names).to_numpy()
+    # a tool measured on one or two lots is no yardstick, and its own mean is mostly its lots'
+    able = np.flatnonzero(lots >= MIN_LEVEL_LOTS)
+    if len(able) < 2:
+        return None
+    worst_of_able, weights_of_able = _worst_and_typical(means[able], counts[able], sign)
+    worst = int(able[worst_of_able])
+    weights = np.zeros(len(names))
+    weights[able] = weights_of_able
     c = -weights
     c[worst] += 1.0
     n_lots = int(data["lot_id"].nunique())
