@@ -85,10 +85,9 @@ SIGNIFICANCE = 0.05
 PROCESS_MODEL = "process model"
 
 DISPERSION_TEST = (
-    "likelihood-ratio test of log phi by chamber against a constant phi (HL(1,1), REML, "
-    "p_beta,v(h), chi2), then each chamber's log phi against the pooled other chambers' "
-    "(z test, SE from the dispersion GLM's information), Holm over the chambers; a chamber's "
-    "p-value is the larger of the two"
+    "each chamber's log phi (site-to-site variance, site pattern removed) against the pooled "
+    "other chambers' of the same parameter: one-sided z test (noisier), SE from the "
+    "dispersion GLM's information 2 / sum(1 - leverage), Holm over the chambers"
 )
 CHAIN_METHOD = (
     "gaussian LMM of the wafer means on tool (fixed) with lot random effects (REML); shift = "
