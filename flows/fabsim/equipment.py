@@ -60,15 +60,17 @@ class EquipmentOffsets:
 
     def to_json(self, route: Route) -> dict[str, dict[str, float]]:
         """`{"tool": {tool_id: offset}, "chamber": {"TOOL:CHk": offset}}`, multi-chamber tools'
-        chambers only, rounded to 1e-6 logit."""
+        chambers only, rounded to 1e-6 logit (+ 0.0: no "-0.0" in the exact null)."""
         chambers = {}
         for t, name in enumerate(route.tool_name):
             n = int(route.tool_chambers[t])
             if n > 1:
                 chambers |= {
-                    f"{name}:CH{c + 1}": round(float(self.chamber[t, c]), 6) for c in range(n)
+                    f"{name}:CH{c + 1}": round(float(self.chamber[t, c]), 6) + 0.0 for c in range(n)
                 }
-        tools = {name: round(float(self.tool[t]), 6) for t, name in enumerate(route.tool_name)}
+        tools = {
+            name: round(float(self.tool[t]), 6) + 0.0 for t, name in enumerate(route.tool_name)
+        }
         return {"tool": tools, "chamber": chambers}
 
 
