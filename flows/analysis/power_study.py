@@ -475,11 +475,11 @@ def criteria_table(outcomes: list[SeedOutcome], sizes: tuple[int, ...] = SIZES) 
     rows.append(("seconds per fab, median / max", secs, "", ""))
 
     width = max(len(r[0]) for r in rows) + 2
-    head = f"{'criterion':<{width}}" + "".join(f"{f'{s} lots':>13}" for s in sizes)
+    head = f"{'criterion':<{width}}" + "".join(f"{f'{s} lots':>15}" for s in sizes)
     lines = [head + f"  {'needed':<18}result"]
     for name, cells, need, result in rows:
         lines.append(
-            f"{name:<{width}}" + "".join(f"{x:>13}" for x in cells) + f"  {need:<18}{result}"
+            f"{name:<{width}}" + "".join(f"{x:>15}" for x in cells) + f"  {need:<18}{result}"
         )
     lines.append(
         "n/a: this analysis has no such field yet; a fraction counts the fabs whose analysis "
