@@ -1,6 +1,6 @@
 """The statistical validation of the analysis on simulated fabs (`make validate`, issue 14).
 
-(About 640 lines: running the fabs, scoring them and the criteria table are one harness that is
+(About 660 lines: running the fabs, scoring them and the criteria table are one harness that is
 read and changed together.)
 
 For each fab a seed is simulated (`flows.fabsim.simulation.simulate_fab`), ingested into a fresh
@@ -91,6 +91,7 @@ class SeedOutcome:
     any_layer_rejected: bool | None = None  # null fabs: some layer at adjusted p < ALPHA
     finding_p_values: list[float] = field(default_factory=list)  # exact-null fabs
     source_first: bool | None = None  # correlated dispatch: source listed before its shadow
+    failed: bool = False  # the fab could not be simulated or analysed (`detail` says why)
     detail: str = ""
 
     @property
@@ -370,6 +371,8 @@ def _ks(p_values: list[float]) -> tuple[float, int] | None:
 
 def criteria_table(outcomes: list[SeedOutcome], sizes: tuple[int, ...] = SIZES) -> str:
     """The issue's criteria per fab size, with what is needed and whether it holds."""
+    failed = [o for o in outcomes if o.failed]
+    outcomes = [o for o in outcomes if not o.failed]
     sizes = tuple(sorted(set(sizes) | {o.lots for o in outcomes}))
     big = REQUIRED_AT if REQUIRED_AT in sizes else None  # the issue's size for the rates
 
@@ -485,6 +488,11 @@ def criteria_table(outcomes: list[SeedOutcome], sizes: tuple[int, ...] = SIZES) 
         "n/a: this analysis has no such field yet; a fraction counts the fabs whose analysis "
         "reports the field"
     )
+    if failed:
+        lines.append(
+            f"FAILED to run, not scored: {len(failed)} fabs: "
+            + ", ".join(f"{o.kind} {o.lots} lots seed {o.seed}" for o in failed)
+        )
     return "\n".join(lines)
 
 
@@ -549,8 +557,11 @@ def run_jobs(
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for job in finished:
-                running.pop(job)
-                o = job.result()
+                kind, seed, lots = running.pop(job)
+                try:
+                    o = job.result()
+                except Exception as exc:  # one fab's crash is reported, not the run's end
+                    o = SeedOutcome(kind, seed, lots, float("nan"), failed=True, detail=repr(exc))
                 outcomes.append(o)
                 say(_line(o))
     return outcomes
@@ -558,6 +569,8 @@ def run_jobs(
 
 def _line(o: SeedOutcome) -> str:
     text = f"{o.kind:<7} {o.lots:>4} lots seed {o.seed:>4} {o.seconds:5.0f}s  {o.detail}"
+    if o.failed:
+        return "FAILED " + text
     if not o.null:
         oracle = "n/a" if o.oracle_tool_p is None else f"{o.oracle_tool_p:.2g}"
         text += (

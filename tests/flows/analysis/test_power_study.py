@@ -19,6 +19,7 @@ from flows.analysis.power_study import (
     criteria_table,
     fab_config,
     plan_jobs,
+    run_jobs,
     score,
 )
 from flows.analysis.results import AnalysisResult, Finding, LayerRanking
@@ -169,7 +170,9 @@ def test_the_table_counts_judges_and_says_na():
         SeedOutcome("exact", 1, 48, 5.0, finding_p_values=list(rng.uniform(size=400) ** 2)),
     ]
     outcomes += [SeedOutcome("corr", i, 300, 5.0, source_first=i > 0) for i in range(20)]
-    rows = {line[:50].strip(): line for line in criteria_table(outcomes, (48, 300)).splitlines()}
+    outcomes.append(SeedOutcome("null", 99, 300, 1.0, any_material=True, failed=True))
+    table = criteria_table(outcomes, (48, 300))
+    rows = {line[:50].strip(): line for line in table.splitlines()}
     tool = rows["planted tool found (adj. p < 0.05)"]
     assert "19/20" in tool and tool.endswith("PASS")
     assert rows["planted chamber found (adj. p < 0.05)"].endswith("n/a")
@@ -183,6 +186,15 @@ def test_the_table_counts_judges_and_says_na():
     ks = rows["exact null: finding p-values uniform (KS p)"]
     assert ks.endswith("FAIL") and "n=400" in ks  # the squared uniforms are not uniform
     assert rows["correlated dispatch (80%): source before shadow"].endswith("PASS")
+    # a fab that failed to run is named, not scored
+    assert table.endswith("FAILED to run, not scored: 1 fabs: null 300 lots seed 99")
+
+
+def test_a_fab_that_cannot_run_is_reported_and_the_run_goes_on(tmp_path):
+    said: list[str] = []
+    (o,) = run_jobs([("planted", 1, 0)], tmp_path, n_jobs=1, say=said.append)
+    assert o.failed and "lots must be at least 1" in o.detail
+    assert said[0].startswith("FAILED planted")
 
 
 def test_oracle_tool_p_is_the_f_test_statsmodels_computes(tmp_path):
