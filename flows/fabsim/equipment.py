@@ -80,7 +80,18 @@ def draw_equipment(
     """Draw every tool's and chamber's offset, N(0, sd[0]^2) and N(0, sd[1]^2).
 
     The same numbers are drawn whatever the SDs (scaled standard normals), so a seed's offsets
-    only scale with `sd`."""
+    only scale with `sd`.
+
+    Parameters
+    ----------
+    rng : the simulation's "equipment" stream
+    route : the fab's route (tools and their chamber counts)
+    sd : (tool SD, chamber SD) on the yield logit
+
+    Returns
+    -------
+    EquipmentOffsets : every tool's and chamber's true offset
+    """
     n_tools = len(route.tool_name)
     tool = rng.standard_normal(n_tools) * sd[0]
     chamber = rng.standard_normal((n_tools, 4)) * sd[1]
@@ -137,7 +148,19 @@ def plan_dispatch(
     rng: np.random.Generator, fab: Fab, sites: list[Site], probability: float
 ) -> Dispatch:
     """Choose the shadow: a random tool of a random operation with at least three tools (two
-    if none has three) in a layer without a planted yield effect."""
+    if none has three) in a layer without a planted yield effect.
+
+    Parameters
+    ----------
+    rng : a stream of its own (the draws of which lots move are made here too)
+    fab : the fab as first drawn, whose planted sites are `sites`
+    sites : the planted sites; the bad tool's is the source
+    probability : the share of the source's lots routed to the shadow
+
+    Returns
+    -------
+    Dispatch : to pass as `draw_fab(..., reroute=dispatch.reroute)`
+    """
     source = next((s for s in sites if s.kind == "tool"), None)
     if source is None:
         raise ValueError("correlated_dispatch needs a planted bad tool (planted.bad_tool_logit)")
@@ -181,7 +204,17 @@ def true_losses(
     sizes: PlantedSizes,
     offsets: EquipmentOffsets,
 ) -> list[TrueLoss | None]:
-    """Per site, the true loss as the design defines a finding's loss (None: no yield term)."""
+    """Per site, the true loss as the design defines a finding's loss (module docstring).
+
+    Parameters
+    ----------
+    fab, truth, sites, sizes : the simulated fab, its wafers, its planted sites and their sizes
+    offsets : the fab's equipment offsets
+
+    Returns
+    -------
+    list : per site a `TrueLoss`, or None for a site without a yield term (the noisy chamber)
+    """
     r = fab.route
     wafers = np.arange(len(fab.wafer_lot))
     out: list[TrueLoss | None] = []
