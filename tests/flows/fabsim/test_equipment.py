@@ -268,3 +268,20 @@ def test_the_metrology_shift_against_the_typical_tool_is_seen_in_the_measurement
     assert seen == pytest.approx(e.param_shift_vs_typical, abs=0.35 * e.param_unit_sd)
     assert e.param_shift_vs_typical != pytest.approx(e.param_shift, abs=1e-6)
     assert e.loss > 0
+
+
+def test_the_simulate_command_takes_both_options(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    args = ["simulate", str(tmp_path / "s"), "--lots", "40", "--seed", "2"]
+    args += ["--equipment-sd", "0", "0", "--correlated-dispatch", "0.8"]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    truth = SimulationTruth.load(tmp_path / "s")
+    assert truth.equipment_sd == [0.0, 0.0] and truth.shadow["probability"] == 0.8
+    assert f"shadow: {truth.shadow['operation']} {truth.shadow['tool_id']}" in done.output
+    null = ["simulate", str(tmp_path / "n"), "--lots", "20", "--null"]
+    done = CliRunner().invoke(app, [*null, "--correlated-dispatch", "0.5"])
+    assert done.exit_code == 2 and "needs a planted bad tool" in done.output
