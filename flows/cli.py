@@ -174,6 +174,20 @@ def simulate_command(
             "(ingest them with --stdf-wafer-id '{lot}-{wafer:02d}').",
         ),
     ] = False,
+    equipment_sd: Annotated[
+        tuple[float, float],
+        typer.Option(
+            help="True yield-logit offset SDs of every tool and every chamber (small real "
+            "differences, also in --null fabs); 0 0 gives the exact null."
+        ),
+    ] = (0.02, 0.015),  # FabConfig().equipment_sd (a test keeps them equal)
+    correlated_dispatch: Annotated[
+        float,
+        typer.Option(
+            help="Probability that a lot of the bad tool is routed to one tool of an operation "
+            "in another layer (the shadow, named in truth.json); 0 is off."
+        ),
+    ] = 0.0,
 ) -> None:
     """Simulate a fab with planted effects; writes contract drops and truth.json to OUT."""
     from flows.fabsim.config import DEFAULT_PLANTED, FabConfig
@@ -189,6 +203,8 @@ def simulate_command(
                 fmt=fmt,
                 wafers_per_lot=wafers_per_lot,
                 stdf=stdf,
+                equipment_sd=equipment_sd,
+                correlated_dispatch=correlated_dispatch,
             ),
             seed=seed,
         )
@@ -199,6 +215,12 @@ def simulate_command(
     for e in truth.planted:
         where = " ".join(x for x in (e.operation, e.tool_id, e.chamber_id, e.param) if x)
         typer.echo(f"planted {e.effect} in {e.layer} ({where}): {e.yield_impact:.2f} yield points")
+    if truth.shadow:
+        sh = truth.shadow
+        typer.echo(
+            f"shadow: {sh['operation']} {sh['tool_id']} ({sh['layer']}) shares "
+            f"{sh['shared_lots']} of the bad tool's {sh['source_lots']} lots"
+        )
     for d in truth.drop_dirs:
         typer.echo(f"drop: {d}")
 

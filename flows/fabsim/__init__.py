@@ -4,6 +4,7 @@ config.py      `FabConfig`: every option of a simulated fab in one object
 catalogue.py   equipment classes, layers, inline parameters, products
 route.py       the route drawn from the catalogue
 fab.py         lots, wafers, planted sites, true yield logits
+equipment.py   small real tool/chamber differences, correlated dispatch, planted true losses
 tables.py      the contract tables as Arrow rows
 drops.py       writing them as drops, split by when data become known
 stdf_writer.py sort_die as STDF V4 files, as testers write them (`FabConfig(stdf=True)`)

@@ -54,7 +54,11 @@ DEFAULT_START = datetime(2026, 1, 5, 6, 0)
 class FabConfig:
     """A simulated fab's options (the seed aside); checked when made (`ValueError`).
 
-    `planted=None` is the null fab: nothing planted, yield varies by product, lot and wafer only.
+    `planted=None` is the null fab: nothing planted, yield varies by product, lot and wafer, and
+    by the small real equipment differences (`equipment_sd`, on by default in planted and null
+    fabs: tool offsets SD 0.02 logit, chamber offsets SD 0.015, about 0.2 yield points; `(0, 0)`
+    is the exact null). `correlated_dispatch=p` routes the planted bad tool's lots with
+    probability p to one tool of an operation in another layer (the shadow, in truth.json).
     `n_drops` splits the data by when they become known; `fmt` is the drops' file format;
     `chunk_lots` is how many lots are generated and written at a time (memory), and is part of
     the random streams, so it must stay fixed for identical drops. `equipment_events` and
@@ -83,6 +87,11 @@ class FabConfig:
     # die-level sort results as the testers' STDF V4 files in each drop's sort/ folder
     # (wafer ids `{lot}-{wafer:02d}`), instead of sort_die Parquet/CSV; same dies either way
     stdf: bool = False
+    # true yield-logit offsets of every tool and every chamber, SD (tool, chamber); (0, 0) is the
+    # exact null; own random stream (flows/fabsim/equipment.py)
+    equipment_sd: tuple[float, float] = (0.02, 0.015)
+    # probability that a lot of the planted bad tool is routed to the shadow tool (0: off)
+    correlated_dispatch: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -101,6 +110,17 @@ class FabConfig:
         ]:
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {value}")
+        _check_equipment(self)
+
+
+def _check_equipment(c: FabConfig) -> None:
+    object.__setattr__(c, "equipment_sd", tuple(float(x) for x in c.equipment_sd))
+    if len(c.equipment_sd) != 2 or min(c.equipment_sd) < 0:
+        raise ValueError(f"equipment_sd must be two SDs >= 0 (tool, chamber), got {c.equipment_sd}")
+    if not 0.0 <= c.correlated_dispatch <= 1.0:
+        raise ValueError(f"correlated_dispatch must lie in [0, 1], got {c.correlated_dispatch}")
+    if c.correlated_dispatch and (c.planted is None or c.planted.bad_tool_logit == 0):
+        raise ValueError("correlated_dispatch needs a planted bad tool (planted.bad_tool_logit)")
 
 
 DEFAULT_FAB = FabConfig()

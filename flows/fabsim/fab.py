@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -77,7 +78,10 @@ def draw_fab(
     start: datetime,
     lots_per_day: float,
     rework_rate: float,
+    reroute: Callable[[np.ndarray], None] | None = None,
 ) -> Fab:
+    """`reroute(tool)` may change the (lot, op) tool assignment in place before the lot timeline
+    is drawn (correlated dispatch, `flows.fabsim.equipment.Dispatch`)."""
     lo, hi = (wafers_per_lot, wafers_per_lot) if isinstance(wafers_per_lot, int) else wafers_per_lot
     if not 1 <= lo <= hi <= 25:
         raise ValueError(f"wafers_per_lot must lie in 1..25, got {wafers_per_lot}")
@@ -106,6 +110,8 @@ def draw_fab(
     for j in range(J):
         share = rng.dirichlet(np.full(route.n_tools[j], 4.0))
         tool[:, j] = route.tool_start[j] + rng.choice(route.n_tools[j], size=lots, p=share)
+    if reroute is not None:
+        reroute(tool)
     wafer_order = _processing_order(rng, wafer_lot, wafer_start, J)
 
     # The lot timeline: queue, then the lot occupies the tool, then (rarely) a litho rework pass.
@@ -279,6 +285,8 @@ class WaferTruth:
     # per site: what removing its planted effect takes off each wafer's logit (None: no yield term)
     planted_terms: list[np.ndarray | None]
     affected: list[np.ndarray]  # per site: wafers it touches
+    param_tool_eff: np.ndarray | None = None  # (param, tool): the parameter's tool effects
+    param_chamber_eff: np.ndarray | None = None  # (param, tool, chamber)
 
 
 def _on(fab: Fab, site: Site, wafers: np.ndarray) -> np.ndarray:
@@ -294,7 +302,9 @@ def draw_wafers(
     sites: list[Site],
     sizes: PlantedSizes,
     model: YieldModel,
+    equipment: np.ndarray | None = None,
 ) -> WaferTruth:
+    """`equipment`: each wafer's true equipment offset on the logit (`EquipmentOffsets`)."""
     r = fab.route
     W, P = len(fab.wafer_lot), len(r.params)
     wafers = np.arange(W)
@@ -324,6 +334,8 @@ def draw_wafers(
     lot_re = rng.normal(0, model.lot_sd_logit, size=fab.n_lots)
     wafer_re = rng.normal(0, model.wafer_sd_logit, size=W)
     eta = product_logit[fab.lot_product[fab.wafer_lot]] + lot_re[fab.wafer_lot] + wafer_re
+    if equipment is not None:
+        eta = eta + equipment
     planted_terms: list[np.ndarray | None] = []
     affected: list[np.ndarray] = []
     for s in sites:
@@ -348,8 +360,9 @@ def draw_wafers(
             eta = eta + term
     dies_good = rng.binomial(dies_total[fab.lot_product[fab.wafer_lot]], expit(eta))
     return WaferTruth(
-        z, ratio, bowl, product_logit, dies_total, eta, dies_good, planted_terms, affected
-    )
+        z, ratio, bowl, product_logit, dies_total, eta, dies_good, planted_terms, affected,
+        tool_eff, chamber_eff,
+    )  # fmt: skip
 
 
 def expit(x: np.ndarray) -> np.ndarray:

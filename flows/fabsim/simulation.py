@@ -15,7 +15,10 @@ variation plus the planted effects:
 - a noisy chamber (larger variance of an inline parameter, no mean shift, no yield effect),
 
 the first three in three different layers. Under the null nothing is planted: yield varies only
-by product, lot and wafer.
+by product, lot and wafer, and by the small real differences every tool and chamber carries in
+planted and null fabs alike (`FabConfig.equipment_sd`, default SD 0.02 and 0.015 logit; (0, 0)
+is the exact null). `FabConfig.correlated_dispatch` routes the bad tool's lots preferentially to
+a shadow tool in another layer (`flows/fabsim/equipment.py`).
 
 `truth.json` records what was planted and, per layer, the true yield impact in yield percentage
 points: the mean over wafers of (yield probability with the layer's planted effects removed minus
@@ -30,6 +33,7 @@ and written in chunks of lots, so memory stays bounded whatever the number of lo
 from __future__ import annotations
 
 import shutil
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +41,7 @@ import numpy as np
 from flows.fabsim.catalogue import PRODUCTS
 from flows.fabsim.config import DEFAULT_FAB, FabConfig, PlantedSizes
 from flows.fabsim.drops import DropWriter
+from flows.fabsim.equipment import draw_equipment, plan_dispatch, true_losses
 from flows.fabsim.fab import (
     Fab,
     Site,
@@ -69,7 +74,7 @@ from flows.fabsim.truth import (
 # ---------------------------------------------------------------------------------------------
 
 # a new stream goes at the end: a stream's index is part of its seed
-STREAMS = ("route", "fab", "plant", "wafers", "sort", "retest", "die", "events")
+STREAMS = ("route", "fab", "plant", "wafers", "sort", "retest", "die", "events", "equipment")
 
 
 def _stream(seed: int, name: str, *extra: int) -> np.random.Generator:
@@ -85,7 +90,8 @@ def simulate_fab(
 ) -> SimulationTruth:
     """Simulate a fab and write it as contract drops `out_dir/drop_001, ...` plus `truth.json`.
 
-    `config.planted=None` is the null fab: no planted effect, yield varies by product, lot and wafer only.
+    `config.planted=None` is the null fab: no planted effect; yield varies by product, lot, wafer
+    and the small equipment differences (`config.equipment_sd=(0, 0)`: the exact null).
     With `n_drops > 1` the data are split by when they become known: lots and wafers when they
     start, step history and metrology as steps complete, sort results when tested, so early drops
     carry history without sort results and later drops carry the later lots and the sort results.
@@ -108,11 +114,17 @@ def simulate_fab(
     sizes = planted or PlantedSizes(0.0, 0.0, 0.0, 0.0, 1.0)
 
     route = build_route(_stream(seed, "route"), c.layers, c.ops_per_layer)
-    fab = draw_fab(
-        _stream(seed, "fab"), route, lots, c.wafers_per_lot, c.start, c.lots_per_day, c.rework_rate
-    )
+    fab_args = (route, lots, c.wafers_per_lot, c.start, c.lots_per_day, c.rework_rate)
+    fab = draw_fab(_stream(seed, "fab"), *fab_args)
     sites = choose_sites(_stream(seed, "plant"), fab, sizes)
-    truth = draw_wafers(_stream(seed, "wafers"), fab, sites, sizes, yield_model)
+    dispatch = None
+    if c.correlated_dispatch:  # the same fab again, the bad tool's lots routed to the shadow
+        dispatch = plan_dispatch(_stream(seed, "equipment", 1), fab, sites, c.correlated_dispatch)
+        fab = draw_fab(_stream(seed, "fab"), *fab_args, reroute=dispatch.reroute)
+    offsets = draw_equipment(_stream(seed, "equipment"), route, c.equipment_sd)
+    truth = draw_wafers(
+        _stream(seed, "wafers"), fab, sites, sizes, yield_model, offsets.wafer_logit(fab)
+    )
 
     # Deliveries cut the timeline at quantiles of lot starts and sort tests together, so with
     # three or more drops some lots first appear in a later drop.
@@ -154,6 +166,11 @@ def simulate_fab(
         writer.write(equipment_event_rows(fab, _stream(seed, "events")))
     drops = writer.finish()
 
+    losses = true_losses(fab, truth, sites, sizes, offsets)
+    planted_effects = [
+        e if x is None else replace(e, **asdict(x))
+        for e, x in zip(_planted_effects(fab, truth, sites, sizes), losses, strict=True)
+    ]
     result = SimulationTruth(
         schema=TRUTH_SCHEMA,
         seed=seed,
@@ -190,9 +207,16 @@ def simulate_fab(
             "product_sd_logit": yield_model.product_sd_logit,
             "mean_yield_pct": float(100 * expit(truth.eta).mean()),
         },
-        planted=_planted_effects(fab, truth, sites, sizes),
+        planted=planted_effects,
         layer_yield_impact=_layer_impacts(fab, truth, sites, sizes),
         drops=drops,
+        equipment_sd=list(c.equipment_sd),
+        equipment_offsets=offsets.to_json(route),
+        shadow=None if dispatch is None else dispatch.to_json(fab),
+        layer_loss={
+            layer: sum((e.loss or 0.0 for e in planted_effects if e.layer == layer), 0.0)
+            for layer in route.layers
+        },
         out_dir=out_dir,
     )
     result.write(out_dir / "truth.json")

@@ -28,6 +28,11 @@ class PlantedEffect:
     param_unit_sd: float | None = None
     param_shift: float | None = None  # metrology: shift of the tool's wafers, in param units
     sd_ratio: float | None = None  # dispersion: sd ratio of the noisy chamber
+    # the design's finding loss at the true effects (flows/fabsim/equipment.py): points of fab
+    # yield gained if the level performed like its operation's typical level; on its own wafers
+    loss: float | None = None
+    loss_on_wafers: float | None = None
+    param_shift_vs_typical: float | None = None  # metrology: tool level - typical, param units
 
 
 @dataclass(frozen=True)
@@ -47,8 +52,12 @@ class SimulationTruth:
     unit_sd, sites), `products` (product, route, dies_total, base_logit), `yield_model`,
     `planted` (the PlantedEffect fields), `layer_yield_impact` (every layer -> yield points:
     the ranking's impact definition at the true effects, see `_layer_impacts`; 0.0 where nothing
-    is planted) and `drops` (name, path relative to the folder, rows per
-    table). Timestamps in the drops are UTC without an offset.
+    is planted), `drops` (name, path relative to the folder, rows per table), `equipment_sd`
+    and `equipment_offsets` (every tool's and multi-chamber tool's chamber's true logit
+    offset), `shadow` (the correlated-dispatch shadow tool and its lot overlap with the bad
+    tool, or None) and `layer_loss` (every layer -> the sum of its planted findings' true
+    `loss`, the design's layer loss at the true effects). Timestamps in the drops are UTC
+    without an offset.
     """
 
     schema: str
@@ -66,6 +75,11 @@ class SimulationTruth:
     planted: list[PlantedEffect]
     layer_yield_impact: dict[str, float]
     drops: list[DropInfo]
+    # (tool, chamber) SDs; {"tool": {tool_id: logit}, "chamber": {"TOOL:CHk": logit}}
+    equipment_sd: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    equipment_offsets: dict[str, dict[str, float]] = field(default_factory=dict)
+    shadow: dict[str, Any] | None = None  # correlated dispatch (`Dispatch.to_json`), else None
+    layer_loss: dict[str, float] = field(default_factory=dict)  # layer -> sum of planted losses
     out_dir: Path = field(default=Path("."), compare=False)
 
     @property

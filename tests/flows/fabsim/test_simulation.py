@@ -29,6 +29,7 @@ from flows.fabsim.config import (
     FabConfig,
     PlantedSizes,
 )
+from flows.fabsim.equipment import draw_equipment
 from flows.fabsim.fab import WaferTruth, choose_sites, draw_fab, draw_wafers
 from flows.fabsim.route import build_route
 from flows.fabsim.simulation import _stream, simulate_fab
@@ -325,6 +326,7 @@ def test_truth_json_holds_every_planted_effect_in_three_different_layers(fab):
     assert set(raw) == {
         "schema", "seed", "null", "lots", "wafers", "step_rows", "format", "layers", "route",
         "params", "products", "yield_model", "planted", "layer_yield_impact", "drops",
+        "equipment_sd", "equipment_offsets", "shadow", "layer_loss",
     }  # fmt: skip
     kinds = {e["effect"]: e for e in raw["planted"]}
     assert set(kinds) == {"tool", "chamber", "metrology", "dispersion"}
@@ -420,7 +422,9 @@ def test_the_metrology_truth_removes_only_the_tools_shift(fab):
     assert (route.tool_name[site.tool], route.params[site.param].param) == (e.tool_id, e.param)
 
     def wafers(sizes: PlantedSizes) -> WaferTruth:
-        return draw_wafers(_stream(11, "wafers"), drawn, sites, sizes, DEFAULT_YIELD)
+        return draw_wafers(
+            _stream(11, "wafers"), drawn, sites, sizes, DEFAULT_YIELD, equipment(route, drawn)
+        )
 
     as_simulated = wafers(DEFAULT_PLANTED)
     simulated = as_simulated.eta
@@ -441,6 +445,12 @@ def test_the_metrology_truth_removes_only_the_tools_shift(fab):
     assert abs(100 * (expit(at_target) - expit(simulated)).mean() - e.yield_impact) > 0.05
 
 
+def equipment(route, drawn) -> np.ndarray:
+    """The default small equipment differences of seed 11, per wafer (the fixture's fab)."""
+    offsets = draw_equipment(_stream(11, "equipment"), route, FabConfig().equipment_sd)
+    return offsets.wafer_logit(drawn)
+
+
 def test_the_layer_truth_is_the_impact_definition_at_the_true_effects(fab):
     """The metrology layer's truth is what the ranking estimates: every wafer's parameter at
     the typical tool's level (the median of the tools' mean true values; of two tools the one
@@ -450,7 +460,9 @@ def test_the_layer_truth_is_the_impact_definition_at_the_true_effects(fab):
     sites = choose_sites(_stream(11, "plant"), drawn, DEFAULT_PLANTED)
     site = next(s for s in sites if s.kind == "metrology")
     e = fab.effect("metrology")
-    truth = draw_wafers(_stream(11, "wafers"), drawn, sites, DEFAULT_PLANTED, DEFAULT_YIELD)
+    truth = draw_wafers(
+        _stream(11, "wafers"), drawn, sites, DEFAULT_PLANTED, DEFAULT_YIELD, equipment(route, drawn)
+    )
     z = truth.z[:, site.param]
     tools = drawn.wafer_tool(np.arange(len(z)), site.op)
     logit_at = {t: e.size_logit * z[tools == t].mean() for t in np.unique(tools)}
