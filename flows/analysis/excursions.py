@@ -262,6 +262,8 @@ class Excursion:
     onset_low: datetime
     onset_high: datetime
     end_ts: datetime | None
+    end_low: datetime | None  # the end's 95 % interval (not in the contract; for the picture)
+    end_high: datetime | None
     active: bool
     event: str | None
     onset_event: str | None
@@ -485,14 +487,15 @@ def _describe(
     # leaves that lot partly hit, and the search may date it one lot late
     # and the upper end the whole last block of the set, for the same reason
     onset_low, onset_high = _ts(f[max(low - 1, 0)]), _ts(la[high])
-    end_ts = None
+    end_ts = end_low = end_high = None
     end_event = None
     if ended is not None:
         end_ts = _mid(la[stop - 1], f[stop])
-        end_low, end_high = f[max(ended[1] - 1, 0)], la[ended[2]]
+        first_end, last_end = f[max(ended[1] - 1, 0)], la[ended[2]]
         end_event = _event_before(
-            events, s, end_low, end_high, np.datetime64(end_ts).astype("datetime64[us]")
+            events, s, first_end, last_end, np.datetime64(end_ts).astype("datetime64[us]")
         )
+        end_low, end_high = _ts(first_end), _ts(last_end)
     point = np.datetime64(onset_ts).astype("datetime64[us]")
     onset_event = _event_before(events, s, f[max(low - 1, 0)], la[high], point)
     text = "; ".join(x for x in (onset_event, end_event) if x) or None
@@ -506,6 +509,8 @@ def _describe(
         onset_low=onset_low,
         onset_high=onset_high,
         end_ts=end_ts,
+        end_low=end_low,
+        end_high=end_high,
         active=ended is None,
         event=text,
         onset_event=onset_event,
