@@ -56,12 +56,13 @@ def analysis_inputs(truth: SimulationTruth, drops: int | None = None) -> Inputs:
     steps = _read(truth, "step_history", drops)
     lots, wafers, sort = (_read(truth, t, drops) for t in ("lots", "wafers", "sort_yield"))
     assert steps is not None and lots is not None and wafers is not None and sort is not None
-    sort = sort.sort("test_ts").unique("wafer_id", keep="last")
+    sort = sort.sort("test_ts").unique("wafer_id", keep="last").sort("wafer_id")
     passes = (
         steps.sort("step_seq")
         .unique(["wafer_id", "operation"], keep="first")
         .join(wafers.select("wafer_id", "lot_id"), on="wafer_id")
         .select("wafer_id", "lot_id", "layer", "operation", "tool_id", "chamber_id", "track_in_ts")
+        .sort("operation", "wafer_id")  # one row order: the model's fit does not depend on it
     )
     wide = passes.with_columns(
         pl.concat_str("tool_id", pl.lit(":"), pl.col("chamber_id").fill_null("-")).alias("ch")
@@ -71,6 +72,7 @@ def analysis_inputs(truth: SimulationTruth, drops: int | None = None) -> Inputs:
         .join(wafers.select("wafer_id", "lot_id"), on="wafer_id")
         .join(lots.select("lot_id", "product"), on="lot_id")
         .join(sort.select("wafer_id", "dies_good", "dies_total"), on="wafer_id")
+        .sort("wafer_id")
     )
     ops = passes.get_column("operation").unique().sort().to_list()
     frame = frame.rename(
@@ -81,7 +83,7 @@ def analysis_inputs(truth: SimulationTruth, drops: int | None = None) -> Inputs:
         passes=passes,
         wafers=model.offsets.join(
             sort.select("wafer_id", "dies_good", "dies_total"), on="wafer_id"
-        ),
+        ).sort("wafer_id"),
         sort_yield=sort,
         events=_read(truth, "equipment_events", drops),
         lot_variance=model.lot_variance,

@@ -549,8 +549,12 @@ def _wafer_variance(
 def _series(passes: pl.DataFrame, wafers: pl.DataFrame) -> list[_Series]:
     """Every tool and every chamber of a multi-chamber tool, per operation."""
     index = wafers.select("wafer_id").with_row_index("w")
-    p = passes.join(index, on="wafer_id", how="inner").with_columns(
-        pl.col("track_in_ts").cast(pl.Datetime("us"))
+    # sorted, so that the series and the permutations drawn for them do not depend on the
+    # input's row order (the same data give the same p-values)
+    p = (
+        passes.join(index, on="wafer_id", how="inner")
+        .with_columns(pl.col("track_in_ts").cast(pl.Datetime("us")))
+        .sort("layer", "operation", "tool_id", "track_in_ts", "wafer_id")
     )
     out: list[_Series] = []
     for (layer, op, tool), g in p.group_by(["layer", "operation", "tool_id"], maintain_order=True):
