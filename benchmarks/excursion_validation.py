@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from flows.analysis.at_risk import at_risk_wafers
 from flows.analysis.excursions import (
     Excursion,
-    at_risk_wafers,
     find_excursions,
     time_free_offsets,
 )

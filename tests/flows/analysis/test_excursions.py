@@ -19,12 +19,12 @@ from benchmarks.excursion_validation import (
     matches,
     search,
 )
+from flows.analysis.at_risk import at_risk_wafers
 from flows.analysis.excursions import (
     ONSET_LR_95,
     _split_lr,
     _window_lr,
     _windows,
-    at_risk_wafers,
     find_excursions,
 )
 from flows.fabsim.config import FabConfig
