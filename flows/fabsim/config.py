@@ -92,9 +92,23 @@ class FabConfig:
     equipment_sd: tuple[float, float] = (0.02, 0.015)
     # probability that a lot of the planted bad tool is routed to the shadow tool (0: off)
     correlated_dispatch: float = 0.0
+    # excursions planted in time (flows.fabsim.excursions), any of "step" (stays active),
+    # "pm_ended" (a PM, written to equipment_events, ends it) and "drift" (linear, one chamber);
+    # size on the yield logit. About 60 days of processing: lots=300, lots_per_day=5.
+    excursions: tuple[str, ...] = ()
+    excursion_logit: float = -0.6
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
+        object.__setattr__(self, "excursions", tuple(self.excursions))
+        unknown = sorted(set(self.excursions) - {"step", "pm_ended", "drift"})
+        if unknown or len(set(self.excursions)) != len(self.excursions):
+            raise ValueError(
+                "excursions must name each of 'step', 'pm_ended', 'drift' at most once, "
+                f"got {self.excursions}"
+            )
+        if self.lots_per_day <= 0:
+            raise ValueError(f"lots_per_day must be positive, got {self.lots_per_day}")
         if self.lots < 1:
             raise ValueError(f"lots must be at least 1, got {self.lots}")
         if self.n_drops < 1:

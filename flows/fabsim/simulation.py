@@ -42,6 +42,7 @@ from flows.fabsim.catalogue import PRODUCTS
 from flows.fabsim.config import DEFAULT_FAB, FabConfig, PlantedSizes
 from flows.fabsim.drops import DropWriter
 from flows.fabsim.equipment import draw_equipment, plan_dispatch, true_losses
+from flows.fabsim.excursions import plant_excursions
 from flows.fabsim.fab import (
     Fab,
     Site,
@@ -74,7 +75,18 @@ from flows.fabsim.truth import (
 # ---------------------------------------------------------------------------------------------
 
 # a new stream goes at the end: a stream's index is part of its seed
-STREAMS = ("route", "fab", "plant", "wafers", "sort", "retest", "die", "events", "equipment")
+STREAMS = (
+    "route",
+    "fab",
+    "plant",
+    "wafers",
+    "sort",
+    "retest",
+    "die",
+    "events",
+    "equipment",
+    "excursions",
+)
 
 
 def _stream(seed: int, name: str, *extra: int) -> np.random.Generator:
@@ -125,6 +137,11 @@ def simulate_fab(
     truth = draw_wafers(
         _stream(seed, "wafers"), fab, sites, sizes, yield_model, offsets.wafer_logit(fab)
     )
+    exc = None
+    if c.excursions:
+        rng = _stream(seed, "excursions")
+        exc = plant_excursions(rng, fab, c.excursions, c.excursion_logit, sites)
+        exc.apply(fab, truth, rng)
 
     # Deliveries cut the timeline at quantiles of lot starts and sort tests together, so with
     # three or more drops some lots first appear in a later drop.
@@ -164,6 +181,8 @@ def simulate_fab(
         writer.write(bin_def_rows(sort_times(fab)[die_wafers].min()))
     if c.equipment_events:
         writer.write(equipment_event_rows(fab, _stream(seed, "events")))
+    if exc is not None and exc.events:
+        writer.write(exc.event_rows())
     drops = writer.finish()
 
     losses = true_losses(fab, truth, sites, sizes, offsets)
@@ -218,6 +237,7 @@ def simulate_fab(
             for layer in route.layers
         },
         out_dir=out_dir,
+        excursions=[] if exc is None else exc.truth(truth.eta),
     )
     result.write(out_dir / "truth.json")
     return result

@@ -81,6 +81,9 @@ class SimulationTruth:
     shadow: dict[str, Any] | None = None  # correlated dispatch (`Dispatch.to_json`), else None
     layer_loss: dict[str, float] = field(default_factory=dict)  # layer -> sum of planted losses
     out_dir: Path = field(default=Path("."), compare=False)
+    # the planted excursions (`flows.fabsim.excursions.PlantedExcursion` fields); the key is
+    # written only when some were planted, so other simulations' truth.json stay as they were
+    excursions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def drop_dirs(self) -> list[Path]:
@@ -93,6 +96,8 @@ class SimulationTruth:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("out_dir")
+        if not d["excursions"]:
+            d.pop("excursions")
         return d
 
     def write(self, path: Path) -> None:
