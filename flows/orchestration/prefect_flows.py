@@ -13,7 +13,8 @@ Where the work runs:
   the report reads it. DuckDB allows one writing process per file; a second run waits
   for the hold up to a configurable time (YIELDRANK_DB_LOCK_WAIT, --lock-wait), then
   fails naming the database and the process that holds it.
-- Per-layer fits are submitted to the flow's task runner: threads by default, or an
+- The chained model, then one test task per operation (conditional on it), and the
+  layers' process models are submitted to the flow's task runner: threads by default, or an
   existing Dask cluster (`task_runner="tcp://host:8786"`). They receive the layer's
   model frame as an Arrow table and return a `LayerFit`; they never see the database.
 """
@@ -38,7 +39,7 @@ from prefect.states import Completed, Failed
 
 from flows.analysis.results import AnalysisResult, LayerFit
 from flows.analysis.run import method_record
-from flows.orchestration.caching import CHAINED_LAYER, model_code_version
+from flows.orchestration.caching import model_code_version
 from flows.orchestration.locking import hold_database
 from flows.orchestration.progress import emit_progress
 from flows.orchestration.task_runners import make_task_runner
@@ -54,9 +55,10 @@ from flows.orchestration.tasks import (
     ranking_rows,
     read_frames_task,
     render_report_task,
+    test_operation_task,
     write_results_task,
 )
-from flows.settings import DEFAULT_DB, DEFAULT_OUT
+from flows.settings import DEFAULT_DB, DEFAULT_MATERIALITY, DEFAULT_OUT
 
 # --------------------------------------------------------------------------------------
 # Flows
@@ -112,34 +114,46 @@ def analyse_flow(
     seed: int = 0,
     drops: list[DropOutcome] | None = None,
     lock_wait: float | None = None,
+    materiality: float | None = None,
 ) -> AnalysisResult:
-    """Fit every layer concurrently, rank, and write the ranking to the database and CSV.
+    """The chained model, then every operation's tests fanned out, rank, write the results.
 
-    A layer whose fit raises is kept as `failed` with the reason; the run goes on.
-    `drops` are this run's ingestion outcomes, for the report's data summary.
+    The layers' process models run beside the chained model. A layer whose fit raises is
+    kept as `failed` with the reason; an operation whose test raises is left out with a
+    note; the run goes on. `drops` are this run's ingestion outcomes, for the report's data
+    summary; `materiality` in points of fab yield (default flows.settings).
     """
+    from flows.analysis.attribution import operation_inputs
     from flows.analysis.frames import chained_frame
-    from flows.analysis.ranking import rank_layers
+    from flows.analysis.run import finish_attribution
 
     logger = get_run_logger()
     run_id = run_id or new_run_id()
     run_dir = Path(out) / run_id
+    materiality = DEFAULT_MATERIALITY if materiality is None else float(materiality)
     with hold_database(db, lock_wait):
         frames = read_frames_task(db)
         frame_all = chained_frame(frames)
         logger.info("model frames: %s", {k: v.num_rows for k, v in frames.items()})
         emit_progress("fits", total=len(frames) + 1)
 
-        # The chained model is the longest fit: submitted first, it runs beside the layers
-        # instead of alone at the end on one of the cores.
-        futures = {CHAINED_LAYER: fit_chained_task.submit(frame_all, seed)}
-        futures |= {
+        # The chained model first: the operation tests need it. The layers' process models
+        # run beside it.
+        chained_future = fit_chained_task.submit(frame_all, seed)
+        layer_futures = {
             layer: fit_layer_task.submit(layer, frame, seed) for layer, frame in frames.items()
         }
+        chained, pieces = _chained_result(chained_future)
+        logger.info("chained model: %s %s", chained.status, chained.reason or "")
+        emit_progress(
+            "fit", layer="all layers (chained model)", status=chained.status, reason=chained.reason
+        )
+        inputs = operation_inputs(pieces) if pieces is not None else []
+        op_futures = [test_operation_task.submit(inp, seed) for inp in inputs]
 
-        layer_of = {future.task_run_id: layer for layer, future in futures.items()}
         fits: dict[str, LayerFit] = {}
-        for future in as_completed(list(futures.values())):
+        layer_of = {future.task_run_id: layer for layer, future in layer_futures.items()}
+        for future in as_completed(list(layer_futures.values())):
             layer = layer_of[future.task_run_id]
             try:
                 fits[layer] = future.result()
@@ -148,12 +162,20 @@ def analyse_flow(
                 fits[layer] = LayerFit(layer=layer, status="failed", reason=reason)
             if fits[layer].status == "failed":
                 logger.error("layer %s failed: %s", layer, fits[layer].reason)
-            label = "all layers (chained model)" if layer == CHAINED_LAYER else layer
-            emit_progress("fit", layer=label, status=fits[layer].status, reason=fits[layer].reason)
+            emit_progress("fit", layer=layer, status=fits[layer].status, reason=fits[layer].reason)
 
-        chained = fits.pop(CHAINED_LAYER)
-        layer_fits = [fits[layer] for layer in frames]
-        ranking, findings = rank_layers(layer_fits, chained)
+        outcomes, notes = [], []
+        for inp, future in zip(inputs, op_futures, strict=True):
+            try:
+                outcomes.append(future.result())
+            except Exception as err:
+                notes.append(f"{inp.operation}: the test failed: {type(err).__name__}: {err}")
+                logger.error("operation %s: the test failed: %s", inp.operation, err)
+        logger.info("%d operation tests done", len(outcomes))
+
+        layer_fits, ranking, findings, tests, att_notes = finish_attribution(
+            [fits[layer] for layer in frames], chained, pieces, outcomes, materiality
+        )
         result = AnalysisResult(
             run_id=run_id,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -161,7 +183,13 @@ def analyse_flow(
             findings=findings,
             layers=[*layer_fits, chained],
             data_summary=data_summary(frames, drops or []),
-            method={**method_record(seed), "model_code": model_code_version()},
+            method={
+                **method_record(seed, materiality),
+                "model_code": model_code_version(),
+                "notes": notes + att_notes,
+            },
+            operation_tests=tests,
+            materiality=materiality,
         )
         run_dir.mkdir(parents=True, exist_ok=True)
         write_results_task(db, result, str(run_dir))
@@ -177,6 +205,15 @@ def analyse_flow(
         description=f"Top findings of run {run_id}",
     )
     return result
+
+
+def _chained_result(future: Any) -> tuple[LayerFit, Any]:
+    """The chained task's (record, pieces); a task that raised becomes a failed record."""
+    try:
+        return future.result()
+    except Exception as err:
+        reason = f"the fit failed: {type(err).__name__}: {err}"
+        return LayerFit(layer="(chained)", status="failed", reason=reason), None
 
 
 @flow(name="build-report", log_prints=True)
@@ -246,6 +283,7 @@ def yield_run(
     task_runner: str = "threads",
     seed: int = 0,
     lock_wait: float | None = None,
+    materiality: float | None = None,
 ) -> RunSummary:
     """Ingest drops (given, or what is new in `landing`), analyse the database, report.
 
@@ -272,7 +310,13 @@ def yield_run(
             return Failed(message=summary.message, data=summary)
 
         result = analyse_flow.with_options(task_runner=make_task_runner(task_runner))(
-            db, out, run_id=run_id, seed=seed, drops=summary.drops, lock_wait=lock_wait
+            db,
+            out,
+            run_id=run_id,
+            seed=seed,
+            drops=summary.drops,
+            lock_wait=lock_wait,
+            materiality=materiality,
         )
         summary.run_id = result.run_id
         summary.ranking = ranking_rows(result)

@@ -14,6 +14,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from flows.analysis.results import AnalysisResult, LayerFit
 from flows.orchestration.caching import fit_chained_cache_key, fit_layer_cache_key
@@ -148,10 +149,35 @@ def fit_layer_task(layer: str, frame: pa.Table, seed: int = 0) -> LayerFit:
 
 
 @task(name="fit-chained", cache_key_fn=fit_chained_cache_key, cache_expiration=timedelta(days=90))
-def fit_chained_task(frame: pa.Table, seed: int = 0) -> LayerFit:
-    from flows.analysis.layers import fit_chained
+def fit_chained_task(frame: pa.Table, seed: int = 0) -> tuple[LayerFit, Any]:
+    """The chained model's record and its per-wafer pieces (None when it could not be fitted)."""
+    from flows.analysis.layers import chained_model
 
-    return fit_chained(frame, seed=seed)
+    return chained_model(frame, seed=seed)
+
+
+# Not cached: its input is derived from the chained fit (cached itself), and hashing a
+# frame of every wafer for a key would cost about what the test does.
+@task(
+    name="test-operation",
+    task_run_name="test-operation-{inp.operation}",
+    cache_policy=NO_CACHE,
+)
+def test_operation_task(inp: Any, seed: int = 0) -> Any:
+    """One operation's tests and contrasts given the chained model (pure: a Dask worker can
+    run it); returns its `OperationOutcome`."""
+    from flows.analysis.attribution import test_operation
+
+    outcome = test_operation(inp, seed=seed)
+    get_run_logger().info(
+        "%s/%s: %d test(s), %d level(s) in %.1f s",
+        inp.layer,
+        inp.operation,
+        len(outcome.tests),
+        len(outcome.levels),
+        outcome.seconds,
+    )
+    return outcome
 
 
 @task(name="write-results", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_if_transient)

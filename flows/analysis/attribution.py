@@ -1,0 +1,559 @@
+"""Per-operation tests and losses, each conditional on the chained model (issue 14).
+
+The chained model (`flows.analysis.layers.fit_chained`: final yield on every layer's tool,
+chamber and metrology terms at once) is the one model of a run. Its per-wafer pieces
+(`ChainedPieces`) give, for every operation `o`, an offset: the chained linear predictor
+without lot and wafer effects and without operation o's own terms, that is X beta-hat plus
+every OTHER operation's predicted tool and chamber effects plus the metrology parts. Given
+that offset, three fits per operation, all of final yield with (1|lot) + beta (1|wafer):
+
+- the equipment test: base = offset only, full = base + (1|tool) + (1|tool:chamber), both
+  HL(1,1) with ML dispersions, `hglm.lrt` with its chi-bar-square null distribution;
+- per metrology parameter measured at `o`: base = offset without that parameter's part,
+  full = base + the standardised parameter as a fixed coefficient, chi2(1);
+- the contrasts: the operation's tool:chamber cells as FIXED effects (EQL), unshrunk, with
+  their Wald covariance: per-level contrasts and p-values, losses and their draws.
+
+A tool is judged given all the others held at their chained estimates. Everything here is
+pure (no database, no Prefect): `test_operation` runs on a thread or a Dask worker.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import special, stats
+
+import hglm
+from flows.analysis.ranking import (
+    DRAW_WAFERS,
+    N_DRAWS,
+    LayerEffects,
+    MetrologyTerm,
+    _typical_rows,
+    simulate_impacts,
+)
+from flows.analysis.results import OperationTest
+
+TEST_METHOD = "HL(1,1)"
+CONTRAST_METHOD = "EQL"
+NOT_RUN = "(not run)"  # the level of wafers that skipped an operation (`layers.yield_design`)
+
+warnings.filterwarnings("ignore", category=hglm.ConvergenceWarning, module=__name__)
+
+
+# --------------------------------------------------------------------------- chained pieces
+
+
+@dataclass
+class ChainedPieces:
+    """The chained model's fit, wafer by wafer, as the per-operation fits need it.
+
+    `data` has dies_good, dies_total, lot_id, wafer_id, one categorical column per random
+    term of the chained design (names as `groups`) and the standardised metrology columns
+    (names as `metrology`). `fixed` is X beta-hat without the metrology coefficients' parts
+    (intercept and product). Picklable and small: levels, not per-wafer effects, are stored.
+    """
+
+    data: pd.DataFrame
+    fixed: np.ndarray
+    groups: dict[str, tuple[str, str]]  # column -> (kind, operation)
+    metrology: dict[str, tuple[str, str]]  # column -> (operation, param)
+    ranef: dict[str, dict[str, float]]  # column -> level -> v-hat
+    beta: dict[str, float]  # metrology column -> coefficient
+    layer_ops: dict[str, list[str]]  # layer -> its operations in the chained design
+    eta_variance: float = 0.0  # variance over wafers of the chained linear predictor (all terms)
+
+    def part(self, name: str) -> np.ndarray:
+        """One term's contribution to each wafer's linear predictor."""
+        if name in self.metrology:
+            return self.beta.get(name, 0.0) * self.data[name].to_numpy(dtype=float)
+        col = self.data[name]
+        lookup = self.ranef[name]
+        values = np.array([lookup.get(str(c), 0.0) for c in col.cat.categories])
+        return values[col.cat.codes.to_numpy()]
+
+    def offset(self, without: set[str]) -> np.ndarray:
+        """X beta-hat plus every term's part except those named in `without`."""
+        off = self.fixed.copy()
+        for name in [*self.groups, *self.metrology]:
+            if name not in without:
+                off += self.part(name)
+        return off
+
+
+def chained_pieces(
+    res: hglm.HGLMResult,
+    data: pd.DataFrame,
+    groups: dict[str, tuple[str, str]],
+    metrology: dict[str, tuple[str, str]],
+    ops_of: dict[str, list[str]],
+) -> ChainedPieces:
+    """Collect the chained fit's pieces (see `ChainedPieces`) from its result and frame."""
+    fx = res.fixef["estimate"]
+    beta_full = fx.to_numpy(dtype=float)
+    xb = np.asarray(res.design.X @ beta_full, dtype=float).ravel()
+    beta = {m: float(fx[m]) for m in metrology if m in fx.index}
+    for m, b in beta.items():
+        xb = xb - b * data[m].to_numpy(dtype=float)
+    keep = ["dies_good", "dies_total", "lot_id", "wafer_id"]
+    frame = data[keep + list(groups) + list(beta)].copy()
+    for name in ["lot_id", *groups]:
+        frame[name] = frame[name].astype(str).astype("category")
+    ranef = {name: {str(k): float(v) for k, v in res.ranef[name]["v"].items()} for name in groups}
+    in_design = {op for _, op in groups.values()} | {op for op, _ in metrology.values()}
+    layer_ops = {
+        layer: [op for op in ops if op in in_design] for layer, ops in sorted(ops_of.items())
+    }
+    return ChainedPieces(
+        frame,
+        xb,
+        dict(groups),
+        {m: metrology[m] for m in beta},
+        ranef,
+        beta,
+        layer_ops,
+        float(np.var(np.asarray(res.predict(type="link"), dtype=float))),
+    )
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class OperationInput:
+    """What the fits of one operation need: wafers, offsets, its equipment and parameters."""
+
+    layer: str
+    operation: str
+    data: pd.DataFrame  # dies_good, dies_total, lot_id, wafer_id, off, tool, cell, z_k, off_k
+    params: list[tuple[str, str]]  # (z column in data, param name)
+    has_tool_term: bool
+    has_chamber_term: bool
+
+
+def operation_inputs(pieces: ChainedPieces) -> list[OperationInput]:
+    """One input per operation of the chained design, in layer and route order."""
+    out = []
+    base = pieces.data[["dies_good", "dies_total", "lot_id", "wafer_id"]]
+    for layer, ops in pieces.layer_ops.items():
+        for op in ops:
+            tool_col = next(
+                (g for g, (k, o) in pieces.groups.items() if o == op and k == "tool"), None
+            )
+            cham_col = next(
+                (g for g, (k, o) in pieces.groups.items() if o == op and k == "chamber"), None
+            )
+            mets = [(m, p) for m, (o, p) in pieces.metrology.items() if o == op]
+            if tool_col is None and cham_col is None and not mets:
+                continue
+            data = base.copy()
+            own = {g for g in (tool_col, cham_col) if g is not None}
+            data["off"] = pieces.offset(own)
+            if cham_col is not None:
+                data["cell"] = pieces.data[cham_col].astype(str)
+                data["tool"] = data["cell"].str.split(":", n=1).str[0]
+            elif tool_col is not None:
+                data["tool"] = pieces.data[tool_col].astype(str)
+                data["cell"] = data["tool"]
+            params = []
+            for k, (m, param) in enumerate(mets):
+                data[f"z_{k}"] = pieces.data[m].to_numpy(dtype=float)
+                data[f"off_{k}"] = pieces.offset({m})
+                params.append((f"z_{k}", param))
+            out.append(
+                OperationInput(layer, op, data, params, tool_col is not None, cham_col is not None)
+            )
+    return out
+
+
+# --------------------------------------------------------------------------- outcome
+
+
+@dataclass
+class LevelResult:
+    """One tool, chamber or metrology parameter of an operation, from its conditional fit."""
+
+    kind: str  # "tool", "chamber", "metrology"
+    tool_id: str | None
+    chamber_id: str | None
+    param: str | None
+    estimate: float  # logit contrast (tool, chamber) or logit per SD (metrology)
+    se: float
+    p_value: float | None
+    loss: float  # points of fab yield gained if it performed like the typical level
+    loss_on_wafers: float  # the same in points on its own wafers
+    draws: np.ndarray  # the loss recomputed on draws of the fit's estimates
+    n_wafers: int
+    lots: list[str]
+
+
+@dataclass
+class OperationOutcome:
+    """The tests, levels and detectability of one operation (see `test_operation`)."""
+
+    layer: str
+    operation: str
+    tests: list[OperationTest] = field(default_factory=list)
+    levels: list[LevelResult] = field(default_factory=list)
+    contrast_se: float | None = None  # median SE of the tool contrasts (chamber if one tool)
+    typical_eta: np.ndarray = field(default_factory=lambda: np.zeros(0))  # typical tool's wafers
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    base: object = field(default=None, repr=False)  # the last base fit, a warm start (dropped)
+
+
+def _fit(
+    formula: str, data: pd.DataFrame, offset: str, method: str, start: object = None
+) -> hglm.HGLMResult:
+    """Final yield given the offset column `offset`; `start`: a fit of the same formula (the
+    base fits of one operation differ only in their offsets, and start from each other)."""
+    return hglm.fit(
+        formula,
+        data,
+        family="binomial",
+        rand_family={"wafer_id": "beta"},
+        method=method,
+        reml=False,  # ML dispersions: p_v(h) is maximised by both fits of a test
+        trials="dies_total",
+        offset=offset,
+        start=start,
+    )
+
+
+BASE = "dies_good ~ 1 + (1|lot_id) + (1|wafer_id)"
+
+
+def test_operation(inp: OperationInput, *, seed: int = 0) -> OperationOutcome:
+    """Test one operation's equipment and parameters given the chained model (never raises).
+
+    Parameters
+    ----------
+    inp : the operation's wafers and offsets (`operation_inputs`)
+    seed : seed of the loss draws
+
+    Returns
+    -------
+    OperationOutcome : the raw tests (p-values not yet adjusted), every tool, chamber and
+    parameter with its contrast, loss and draws, and what the detectable shift needs.
+    """
+    from flows.analysis.layers import one_blas_thread
+
+    t0 = time.perf_counter()
+    out = OperationOutcome(inp.layer, inp.operation)
+    with one_blas_thread():
+        if inp.has_tool_term or inp.has_chamber_term:
+            _equipment(inp, out, seed)
+        for k, (zcol, param) in enumerate(inp.params):
+            _metrology(inp, out, k, zcol, param, seed)
+    out.base = None  # a fitted model stays on the worker: the outcome carries numbers only
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _lots_of(data: pd.DataFrame, mask: np.ndarray) -> list[str]:
+    return sorted({str(x) for x in data["lot_id"].to_numpy()[mask]})
+
+
+def _equipment(inp: OperationInput, out: OperationOutcome, seed: int) -> None:
+    data = inp.data
+    tools = sorted(t for t in data["tool"].unique() if t != NOT_RUN)
+    cells = sorted(c for c in data["cell"].unique() if c != NOT_RUN)
+    test = OperationTest(
+        layer=inp.layer,
+        operation=inp.operation,
+        kind="equipment",
+        n_tools=len(tools),
+        n_chambers=len(cells) if inp.has_chamber_term else None,
+        n_lots=int(data["lot_id"].nunique()),
+    )
+    terms = (["(1|tool)"] if inp.has_tool_term else []) + (
+        ["(1|cell)"] if inp.has_chamber_term else []
+    )
+    try:
+        base = _fit(BASE, data, "off", TEST_METHOD)
+        out.base = base
+        full = _fit(
+            BASE.replace("(1|wafer_id)", " + ".join([*terms, "(1|wafer_id)"])),
+            data,
+            "off",
+            TEST_METHOD,
+        )
+        lr = hglm.lrt(base, full)
+        test = _with_lrt(test, lr)
+    except Exception as exc:  # a test that cannot be computed says why; the run goes on
+        test = _replace(test, reason=f"the {TEST_METHOD} ML fits of the test failed: {exc}")
+    out.tests.append(test)
+    try:
+        _contrasts(inp, out, tools, seed)
+    except Exception as exc:
+        out.notes.append(f"{inp.operation}: the fixed-effect contrast fit failed: {exc}")
+
+
+def _with_lrt(test: OperationTest, lr: hglm.LRTResult) -> OperationTest:
+    return _replace(
+        test,
+        statistic=float(lr.statistic),
+        df=int(lr.df),
+        n_boundary=int(lr.n_boundary),
+        p_value=float(lr.pvalue),
+    )
+
+
+def _replace(test: OperationTest, **changes: object) -> OperationTest:
+    from dataclasses import replace
+
+    return replace(test, **changes)  # type: ignore[arg-type]
+
+
+@dataclass
+class CellLayout:
+    """The operation's tool:chamber cells and which tool each belongs to."""
+
+    cells: list[str]  # fixed-effect order
+    tool_of: np.ndarray  # (cells,) index into `tools`, -1 for the "(not run)" cell
+    tools: list[str]
+    n: np.ndarray  # (cells,) wafers per cell
+
+
+def contrast_matrices(layout: CellLayout) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Linear contrasts of the cell effects: one row per tool, one per chamber of a
+    multi-chamber tool.
+
+    A tool's effect is the wafer-weighted mean of its cells; its contrast is that minus the
+    wafer-weighted mean of the other tools' cells. A chamber's contrast is its cell minus the
+    wafer-weighted mean of the other cells of the same tool. The "(not run)" cell is in
+    neither. Returns (tool rows, chamber rows, the cell index of each chamber row).
+    """
+    c = len(layout.cells)
+    n = layout.n.astype(float)
+    tool_rows = np.zeros((len(layout.tools), c))
+    for k in range(len(layout.tools)):
+        own = layout.tool_of == k
+        other = (layout.tool_of >= 0) & ~own
+        tool_rows[k, own] = n[own] / n[own].sum()
+        if other.any():
+            tool_rows[k, other] = -n[other] / n[other].sum()
+    cham_rows, cham_cells = [], []
+    for j in range(c):
+        k = layout.tool_of[j]
+        if k < 0:
+            continue
+        sisters = (layout.tool_of == k) & (np.arange(c) != j)
+        if not sisters.any():
+            continue
+        row = np.zeros(c)
+        row[j] = 1.0
+        row[sisters] = -n[sisters] / n[sisters].sum()
+        cham_rows.append(row)
+        cham_cells.append(j)
+    return tool_rows, np.array(cham_rows).reshape(-1, c), cham_cells
+
+
+def level_shifts(theta: np.ndarray, layout: CellLayout) -> tuple[np.ndarray, np.ndarray]:
+    """Per draw (rows of `theta`, cells in columns): each cell's tool shift and chamber shift.
+
+    A tool's level is its typical chamber (median of its cells, of two the better); the
+    operation's typical level is the typical tool level. A wafer of cell c on tool k moves by
+    (typical - level_k) if its tool performed like the typical tool, and by
+    (level_k - theta_c) if its chamber performed like its tool's typical chamber: the two
+    add up to the move to the typical level, so that a tool's and its chamber's losses are
+    never counted twice. The "(not run)" cell does not move.
+    """
+    d = theta.shape[0]
+    level = np.zeros((d, len(layout.tools)))
+    for k in range(len(layout.tools)):
+        level[:, k] = _typical_rows(theta[:, layout.tool_of == k])
+    typical = _typical_rows(level)
+    ok = layout.tool_of >= 0
+    at = np.maximum(layout.tool_of, 0)
+    tool_shift = np.where(ok, typical[:, None] - level[:, at], 0.0)
+    cham_shift = np.where(ok, level[:, at] - theta, 0.0)
+    return tool_shift, cham_shift
+
+
+def level_losses(
+    eta: np.ndarray,
+    cell_index: np.ndarray,
+    theta_hat: np.ndarray,
+    theta: np.ndarray,
+    layout: CellLayout,
+    n_fab: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per draw: each tool's and each cell's loss in points of fab yield.
+
+    `eta` is each wafer's fitted logit at `theta_hat`; in a draw, the wafer's cell effect is
+    the drawn one and everything else stays as it is. A level's loss is the yield its wafers
+    would gain by the shift of `level_shifts`, summed over them, as points of `n_fab` wafers.
+    Returns (draws, tools) and (draws, cells) arrays.
+    """
+    tool_shift, cham_shift = level_shifts(theta, layout)
+    eta_d = eta[None, :] + (theta - theta_hat)[:, cell_index]
+    base = special.expit(eta_d)
+    onehot = np.zeros((len(eta), len(layout.cells)))
+    onehot[np.arange(len(eta)), cell_index] = 1.0
+    cell_tool = special.expit(eta_d + tool_shift[:, cell_index]) - base
+    cell_cham = special.expit(eta_d + cham_shift[:, cell_index]) - base
+    per_cell_tool = 100.0 / n_fab * (cell_tool @ onehot)
+    per_cell_cham = 100.0 / n_fab * (cell_cham @ onehot)
+    tool_losses = np.zeros((theta.shape[0], len(layout.tools)))
+    for k in range(len(layout.tools)):
+        tool_losses[:, k] = per_cell_tool[:, layout.tool_of == k].sum(axis=1)
+    return tool_losses, per_cell_cham
+
+
+def _contrasts(inp: OperationInput, out: OperationOutcome, tools: list[str], seed: int) -> None:
+    data = inp.data
+    res = _fit("dies_good ~ 0 + cell + (1|lot_id) + (1|wafer_id)", data, "off", CONTRAST_METHOD)
+    if not res.converged:
+        out.notes.append(f"{inp.operation}: the fixed-effect contrast fit did not converge")
+        return
+    cells = [_level_of(str(n), "cell") for n in res.fixef.index]
+    theta_hat = res.fixef["estimate"].to_numpy(dtype=float)
+    cov = np.asarray(res.outcome.cov_beta, dtype=float)
+    cell_pos = {c: j for j, c in enumerate(cells)}
+    cell_index = np.array([cell_pos[c] for c in data["cell"].to_numpy()])
+    tool_pos = {t: k for k, t in enumerate(tools)}
+    tool_of = np.array(
+        [tool_pos.get(c.split(":", 1)[0], -1) if c != NOT_RUN else -1 for c in cells]
+    )
+    layout = CellLayout(cells, tool_of, tools, np.bincount(cell_index, minlength=len(cells)))
+    eta = np.asarray(res.predict(type="link"), dtype=float)
+    n_fab = len(eta)
+    tool_rows, cham_rows, cham_cells = contrast_matrices(layout)
+
+    point_tool, point_cham = level_losses(
+        eta, cell_index, theta_hat, theta_hat[None, :], layout, n_fab
+    )
+    rng = np.random.default_rng([seed, len(eta), len(cells)])
+    chol = np.linalg.cholesky(cov + 1e-12 * np.eye(len(cells)))
+    theta_draws = theta_hat + rng.standard_normal((N_DRAWS, len(cells))) @ chol.T
+    keep = np.arange(n_fab)
+    if n_fab > DRAW_WAFERS:  # the draws' spread from a sample of wafers (as `simulate_impacts`)
+        keep = np.sort(rng.choice(n_fab, size=DRAW_WAFERS, replace=False))
+    draw_tool, draw_cham = level_losses(
+        eta[keep], cell_index[keep], theta_hat, theta_draws, layout, len(keep)
+    )
+    lots = data["lot_id"].to_numpy()
+    cell_of_wafer = np.asarray(cell_index)
+
+    def wald(row: np.ndarray) -> tuple[float, float, float | None]:
+        est = float(row @ theta_hat)
+        se = float(math.sqrt(max(row @ cov @ row, 0.0)))
+        p = float(2 * stats.norm.sf(abs(est) / se)) if se > 0 else None
+        return est, se, p
+
+    tool_se = []
+    if len(tools) >= 2:
+        for k, tool in enumerate(tools):
+            est, se, p = wald(tool_rows[k])
+            tool_se.append(se)
+            mask = tool_of[cell_of_wafer] == k
+            loss = float(point_tool[0, k])
+            out.levels.append(
+                LevelResult(
+                    "tool", tool, None, None, est, se, p, loss,
+                    loss * n_fab / max(int(mask.sum()), 1), draw_tool[:, k],
+                    int(mask.sum()), sorted({str(x) for x in lots[mask]}),
+                )
+            )  # fmt: skip
+    cham_se = []
+    for row, j in zip(cham_rows, cham_cells, strict=True):
+        est, se, p = wald(row)
+        cham_se.append(se)
+        mask = cell_of_wafer == j
+        tool, _, chamber = cells[j].partition(":")
+        loss = float(point_cham[0, j])
+        out.levels.append(
+            LevelResult(
+                "chamber", tool, chamber or None, None, est, se, p, loss,
+                loss * n_fab / max(int(mask.sum()), 1), draw_cham[:, j],
+                int(mask.sum()), sorted({str(x) for x in lots[mask]}),
+            )
+        )  # fmt: skip
+    ses = tool_se or cham_se
+    out.contrast_se = float(np.median(ses)) if ses else None
+    # the wafers of the typical tool (the one whose level is the median), for the
+    # detectable shift in yield points
+    levels = np.array([_typical_rows(theta_hat[None, tool_of == k])[0] for k in range(len(tools))])
+    if len(levels):
+        k_typ = int(np.argmin(np.abs(levels - _typical_rows(levels[None, :])[0])))
+        typ = np.flatnonzero(tool_of[cell_of_wafer] == k_typ)
+        out.typical_eta = eta[typ[:: max(1, len(typ) // 5000)]]
+
+
+def _level_of(name: str, column: str) -> str:
+    """The level in a fixed-effect name of `0 + column`: "cell[ETCH03:CH1]" or "cellLITHO04"."""
+    if name.endswith("]") and "[" in name:
+        return name[name.index("[") + 1 : -1].removeprefix("T.")
+    return name.removeprefix(column)
+
+
+def _metrology(
+    inp: OperationInput, out: OperationOutcome, k: int, zcol: str, param: str, seed: int
+) -> None:
+    data = inp.data
+    off = f"off_{k}"
+    test = OperationTest(
+        layer=inp.layer,
+        operation=inp.operation,
+        kind="metrology",
+        param=param,
+        n_lots=int(data["lot_id"].nunique()),
+    )
+    try:
+        base = _fit(BASE, data, off, TEST_METHOD, start=out.base)
+        out.base = base
+        full = _fit(BASE.replace("1 +", f"1 + {zcol} +"), data, off, TEST_METHOD)
+        lr = hglm.lrt(base, full)
+        test = _with_lrt(test, lr)
+    except Exception as exc:
+        out.tests.append(_replace(test, reason=f"the {TEST_METHOD} ML fits failed: {exc}"))
+        return
+    out.tests.append(test)
+    fx = full.fixef
+    b = float(fx.loc[zcol, "estimate"])
+    z = data[zcol].to_numpy(dtype=float)
+    tool_index = None
+    if "tool" in data:
+        codes, _ = pd.factorize(data["tool"])
+        tool_index = np.where(data["tool"].to_numpy() == NOT_RUN, -1, codes)
+    eff = LayerEffects(
+        eta_other=np.asarray(full.predict(type="link"), dtype=float) - b * z,
+        metrology=[MetrologyTerm(zcol, param, inp.operation, z, tool_index)],
+        beta_all=fx["estimate"].to_numpy(dtype=float),
+        beta_cov=np.asarray(full.outcome.cov_beta, dtype=float),
+        beta_index=[list(fx.index).index(zcol)],
+    )
+    draws = simulate_impacts(eff, n_draws=N_DRAWS, seed=seed)
+    _, _, point, d = draws.items[0]
+    n_fab = len(z)
+    out.levels.append(
+        LevelResult(
+            "metrology", None, None, param, b, float(fx.loc[zcol, "se"]), test.p_value,
+            float(point), float(point), d, n_fab, [],
+        )
+    )  # fmt: skip
+
+
+def detectable_shift(
+    contrast_se: float | None, typical_eta: np.ndarray, n_tests: int, alpha: float = 0.05
+) -> tuple[float | None, float | None]:
+    """The smallest tool shift the family's test detects with 80 % power.
+
+    (z_{1 - a/2} + z_{0.8}) x the median SE of the operation's tool contrasts, a = alpha /
+    n_tests (Bonferroni over the run's family: the Holm level of a single true effect), on
+    the logit; in yield points, the mean drop of the typical tool's wafers shifted by it.
+    Returns (points, logit), or (None, None) when the operation has no contrast.
+    """
+    if contrast_se is None or not math.isfinite(contrast_se) or len(typical_eta) == 0:
+        return None, None
+    a = alpha / max(n_tests, 1)
+    logit = float((stats.norm.isf(a / 2) + stats.norm.ppf(0.8)) * contrast_se)
+    points = float(100.0 * np.mean(special.expit(typical_eta) - special.expit(typical_eta - logit)))
+    return points, logit
