@@ -30,8 +30,8 @@ import pandas as pd
 from scipy import special, stats
 
 import hglm
+from flows.analysis import ranking
 from flows.analysis.ranking import (
-    DRAW_WAFERS,
     N_DRAWS,
     LayerEffects,
     MetrologyTerm,
@@ -434,8 +434,8 @@ def _contrasts(inp: OperationInput, out: OperationOutcome, tools: list[str], see
     chol = np.linalg.cholesky(cov + 1e-12 * np.eye(len(cells)))
     theta_draws = theta_hat + rng.standard_normal((N_DRAWS, len(cells))) @ chol.T
     keep = np.arange(n_fab)
-    if n_fab > DRAW_WAFERS:  # the draws' spread from a sample of wafers (as `simulate_impacts`)
-        keep = np.sort(rng.choice(n_fab, size=DRAW_WAFERS, replace=False))
+    if n_fab > ranking.DRAW_WAFERS:  # the draws' spread from a sample (as `simulate_impacts`)
+        keep = np.sort(rng.choice(n_fab, size=ranking.DRAW_WAFERS, replace=False))
     draw_tool, draw_cham = level_losses(
         eta[keep], cell_index[keep], theta_hat, theta_draws, layout, len(keep)
     )
