@@ -219,6 +219,8 @@ def ranking_rows(result: AnalysisResult) -> list[dict[str, Any]]:
             "ci_low": None if r.ci_low is None else round(r.ci_low, 3),
             "ci_high": None if r.ci_high is None else round(r.ci_high, 3),
             "p_value_adj": None if r.p_value is None else float(f"{r.p_value:.3g}"),
+            "significant": r.significant,
+            "material": r.material,
             "variance_share": None if r.variance_share is None else round(r.variance_share, 3),
             "status": r.status,
             "reason": r.reason or "",
@@ -238,26 +240,31 @@ def problems_markdown(summary: RunSummary) -> str:
 def findings_markdown(result: AnalysisResult, top: int = TOP_FINDINGS) -> str:
     lines = [f"# Top findings of run {_md(result.run_id)}", ""]
     ranked = [r for r in result.ranking if r.rank is not None]
-    if ranked:
-        best = min(ranked, key=lambda r: r.rank)
+    if ranked and ranked[0].significant:
+        best = ranked[0]
         lines += [
-            f"Sub-process that matters most: **{_md(best.layer)}**, "
-            f"{_num(best.yield_impact)} yield points "
+            f"Sub-process that loses the most: **{_md(best.layer)}**, "
+            f"{_num(best.yield_impact)} points of fab yield "
             f"(95 % CI {_num(best.ci_low)} to {_num(best.ci_high)}).",
             "",
         ]
-    findings = sorted(result.findings, key=lambda f: abs(f.yield_impact), reverse=True)[:top]
+    elif ranked:
+        lines += ["No sub-process has a significant yield loss.", ""]
+    # the findings in the ranking's order: significant losses first, by loss
+    findings = [f for f in result.findings if f.effect != "dispersion"][:top]
     if findings:
         lines += [
-            "| layer | effect | operation | tool | chamber | param | yield impact (pp) | 95 % CI | p |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| layer | effect | operation | tool | chamber | param | loss (pp of fab yield) "
+            "| 95 % CI | adjusted p | material |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for f in findings:
+            p = f.p_adjusted if f.p_adjusted is not None else f.p_value
             lines.append(
                 f"| {_md(f.layer)} | {_md(f.effect)} | {_md(f.operation or '')} | "
                 f"{_md(f.tool_id or '')} | {_md(f.chamber_id or '')} | {_md(f.param or '')} | "
                 f"{_num(f.yield_impact)} | {_num(f.ci_low)} to {_num(f.ci_high)} | "
-                f"{_num(f.p_value, '.3g')} |"
+                f"{_num(p, '.3g')} | {'yes' if f.material else ''} |"
             )
     else:
         lines.append("No localised findings.")

@@ -106,7 +106,9 @@ def test_aliases_are_strong_overlaps_beyond_chance_at_other_operations():
     assert a["overlap"] >= ALIAS_OVERLAP
     assert a["yield_impact"] == 0.05 and a["estimate"] == pytest.approx(0.1)
     # BUSY holds all 10 (overlap 1.0), but 36 of the 40 lots at all: chance, not an alias
-    assert overlap(set(bad), {lot for lot, t in zip(lots, op3) if t == "BUSY"})[0] == 1.0
+    assert (
+        overlap(set(bad), {lot for lot, t in zip(lots, op3, strict=True) if t == "BUSY"})[0] == 1.0
+    )
 
 
 def attribution_levels(pieces):
@@ -222,9 +224,7 @@ def _analyse(tmp_path, truth_config, seed, edit=None):
         outcomes = [
             attribution.test_operation(i, seed=seed) for i in attribution.operation_inputs(pieces)
         ]
-    _, ranking, findings, tests, _notes = finish_attribution(
-        fits, chained, pieces, outcomes, 0.25
-    )
+    _, ranking, findings, tests, _notes = finish_attribution(fits, chained, pieces, outcomes, 0.25)
     return truth, ranking, findings, tests
 
 
