@@ -218,15 +218,19 @@ def _chained_result(future: Any) -> tuple[LayerFit, Any]:
 
 @flow(name="build-report", log_prints=True)
 def report_flow(
-    result: AnalysisResult, out: str, db: str, lock_wait: float | None = None
+    analysis_json: str, out: str, db: str, lock_wait: float | None = None
 ) -> tuple[str, str, list[str]]:
     """Render the run's HTML and PDF report, refresh the index, link the report.
 
-    The report reads the database read-only, so it holds the file read-only: a run
-    that wants to write waits until the report is built. Returns the two paths and the
-    charts that could not be drawn (each a note in the report and a warning here).
+    The run is read from its `analysis.json` (the path, not the record, is the flow's
+    parameter: Prefect stores a flow's parameters on the server, at most 512 KB, and a
+    run's findings with their lot lists outgrow that from a few hundred lots). The report
+    reads the database read-only, so it holds the file read-only: a run that wants to write
+    waits until the report is built. Returns the two paths and the charts that could not be
+    drawn (each a note in the report and a warning here).
     """
     logger = get_run_logger()
+    result = AnalysisResult.from_json(analysis_json)
     run_dir = Path(out) / result.run_id
     emit_progress("report-start")
     with hold_database(db, lock_wait, read_only=True):
@@ -325,7 +329,7 @@ def yield_run(
         }
     # after the write hold ends: the report reads the database read-only
     summary.report_html, summary.report_pdf, summary.report_problems = report_flow(
-        result, out, db, lock_wait
+        str(Path(out) / result.run_id / "analysis.json"), out, db, lock_wait
     )
 
     logger.info("report: %s", summary.report_html)
