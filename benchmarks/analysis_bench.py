@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flow", action="store_true", help="time `yieldrank run` instead")
     args = ap.parse_args(argv)
 
-    from flows.analysis.attribution import operation_inputs, test_operation
+    from flows.analysis.attribution import test_operations
     from flows.analysis.frames import chained_frame, layer_frames
     from flows.analysis.layers import chained_model, fit_layer
     from flows.analysis.ranking import write_results
@@ -100,15 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         }
     with stage("chained"):
         chained, pieces = chained_model(chained_frame(frames), seed=args.seed)
-    outcomes, per_operation = [], {}
     with stage("operation tests"):
-        for inp in operation_inputs(pieces) if pieces is not None else []:
-            c0 = time.process_time()
-            outcomes.append(test_operation(inp, seed=args.seed))
-            per_operation[inp.operation] = {
-                "seconds": outcomes[-1].seconds,
-                "cpu_seconds": time.process_time() - c0,
-            }
+        outcomes = test_operations(pieces, seed=args.seed) if pieces is not None else []
+    per_operation = {o.operation: {"seconds_final_stage": o.seconds} for o in outcomes}
     t0, c0 = time.perf_counter(), time.process_time()
     fits, ranking, findings, tests, _ = finish_attribution(
         fits, chained, pieces, outcomes, DEFAULT_MATERIALITY

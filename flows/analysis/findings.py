@@ -69,6 +69,19 @@ def adjust_tests(tests: list[OperationTest]) -> list[OperationTest]:
     return out
 
 
+def screened_operations(
+    outcomes: list[OperationOutcome],
+) -> tuple[set[str], dict[str, OperationTest]]:
+    """The operations whose screening test is significant after Holm over all screening tests,
+    and every screening test by operation."""
+    tests = adjust_tests([t for o in outcomes for t in o.tests])
+    chosen = {
+        t.operation for t in tests if t.p_adjusted is not None and t.p_adjusted < SIGNIFICANCE
+    }
+    raw = {t.operation: t for o in outcomes for t in o.tests}
+    return chosen, raw
+
+
 def overlap(a: set[str], b: set[str]) -> tuple[float, int]:
     """Overlap coefficient |a & b| / min(|a|, |b|) and the number of shared lots."""
     shared = len(a & b)

@@ -138,7 +138,7 @@ def run_analysis(
     -------
     AnalysisResult : the ranking, the findings and every layer's fit, as written.
     """
-    from flows.analysis.attribution import operation_inputs, test_operation
+    from flows.analysis.attribution import test_operations
     from flows.analysis.frames import chained_frame, layer_frames
     from flows.analysis.layers import chained_model, fit_layer
     from flows.analysis.ranking import write_results
@@ -148,9 +148,7 @@ def run_analysis(
     frames = layer_frames(db_path)
     fits = [fit_layer(layer, frame, seed=seed) for layer, frame in frames.items()]
     chained, pieces = chained_model(chained_frame(frames), seed=seed)
-    outcomes = (
-        [test_operation(inp, seed=seed) for inp in operation_inputs(pieces)] if pieces else []
-    )
+    outcomes = test_operations(pieces, seed=seed) if pieces is not None else []
     fits, ranking, findings, tests, notes = finish_attribution(
         fits, chained, pieces, outcomes, materiality
     )

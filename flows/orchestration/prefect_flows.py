@@ -124,6 +124,7 @@ def analyse_flow(
     summary; `materiality` in points of fab yield (default flows.settings).
     """
     from flows.analysis.attribution import operation_inputs
+    from flows.analysis.findings import screened_operations
     from flows.analysis.frames import chained_frame
     from flows.analysis.run import finish_attribution
 
@@ -148,7 +149,15 @@ def analyse_flow(
         emit_progress(
             "fit", layer="all layers (chained model)", status=chained.status, reason=chained.reason
         )
-        inputs = operation_inputs(pieces) if pieces is not None else []
+        # Two fan-outs: every operation screened given the fixed part only, then every
+        # operation tested given the operations the screening found (flows.analysis.attribution)
+        screen_inputs = operation_inputs(pieces, "screen") if pieces is not None else []
+        screening = _collect(
+            screen_inputs, [test_operation_task.submit(i, seed) for i in screen_inputs], [], logger
+        )
+        chosen, screened = screened_operations(screening)
+        logger.info("screening: %d operations, significant: %s", len(screening), sorted(chosen))
+        inputs = operation_inputs(pieces, "final", chosen, screened) if pieces is not None else []
         op_futures = [test_operation_task.submit(inp, seed) for inp in inputs]
 
         fits: dict[str, LayerFit] = {}
@@ -164,13 +173,8 @@ def analyse_flow(
                 logger.error("layer %s failed: %s", layer, fits[layer].reason)
             emit_progress("fit", layer=layer, status=fits[layer].status, reason=fits[layer].reason)
 
-        outcomes, notes = [], []
-        for inp, future in zip(inputs, op_futures, strict=True):
-            try:
-                outcomes.append(future.result())
-            except Exception as err:
-                notes.append(f"{inp.operation}: the test failed: {type(err).__name__}: {err}")
-                logger.error("operation %s: the test failed: %s", inp.operation, err)
+        notes: list[str] = []
+        outcomes = _collect(inputs, op_futures, notes, logger)
         logger.info("%d operation tests done", len(outcomes))
 
         layer_fits, ranking, findings, tests, att_notes = finish_attribution(
@@ -205,6 +209,18 @@ def analyse_flow(
         description=f"Top findings of run {run_id}",
     )
     return result
+
+
+def _collect(inputs: list[Any], futures: list[Any], notes: list[str], logger: Any) -> list[Any]:
+    """The operations' outcomes; an operation whose test raised is left out with a note."""
+    outcomes = []
+    for inp, future in zip(inputs, futures, strict=True):
+        try:
+            outcomes.append(future.result())
+        except Exception as err:
+            notes.append(f"{inp.operation}: the test failed: {type(err).__name__}: {err}")
+            logger.error("operation %s: the test failed: %s", inp.operation, err)
+    return outcomes
 
 
 def _chained_result(future: Any) -> tuple[LayerFit, Any]:

@@ -221,9 +221,7 @@ def _analyse(tmp_path, truth_config, seed, edit=None):
         fits = [fit_layer(layer, frame, seed=seed) for layer, frame in frames.items()]
         chained, pieces = chained_model(chained_frame(frames), seed=seed)
         assert pieces is not None, chained.reason
-        outcomes = [
-            attribution.test_operation(i, seed=seed) for i in attribution.operation_inputs(pieces)
-        ]
+        outcomes = attribution.test_operations(pieces, seed=seed)
     _, ranking, findings, tests, _notes = finish_attribution(fits, chained, pieces, outcomes, 0.25)
     return truth, ranking, findings, tests
 
