@@ -45,9 +45,10 @@ def method_record(seed: int, materiality: float = DEFAULT_MATERIALITY) -> dict[s
             "`model` says which)"
         ),
         "operation_test": (
-            "per operation, given the chained model (every other operation's equipment, the "
-            "metrology and the product held at their chained estimates as an offset; lot and "
-            f"wafer effects refitted): {TEST_METHOD} ML fits with and without the operation's "
+            "per operation, given the chained model (the product, the metrology and the "
+            "equipment of the operations a first screening stage found held at their chained "
+            "estimates as an offset; lot and wafer effects refitted; see layer_test): "
+            f"{TEST_METHOD} ML fits with and without the operation's "
             "(1|tool) + (1|tool:chamber), likelihood ratio on p_v(h), chi-bar-square null "
             "distribution (hglm.lrt); per metrology parameter the same with and without its "
             f"coefficient, chi2(1). Contrasts, losses and intervals: the operation's "
