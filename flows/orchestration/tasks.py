@@ -160,7 +160,7 @@ def fit_chained_task(frame: pa.Table, seed: int = 0) -> tuple[LayerFit, Any]:
 # frame of every wafer for a key would cost about what the test does.
 @task(
     name="test-operation",
-    task_run_name="test-operation-{inp.operation}",
+    task_run_name="test-operation-{inp.stage}-{inp.operation}",
     cache_policy=NO_CACHE,
 )
 def test_operation_task(inp: Any, seed: int = 0) -> Any:
