@@ -579,26 +579,67 @@ def _metrology(
     fx = full.fixef
     b = float(fx.loc[zcol, "estimate"])
     z = data[zcol].to_numpy(dtype=float)
-    tool_index = None
-    if "tool" in data:
-        codes, _ = pd.factorize(data["tool"])
-        tool_index = np.where(data["tool"].to_numpy() == NOT_RUN, -1, codes)
-    eff = LayerEffects(
-        eta_other=np.asarray(full.predict(type="link"), dtype=float) - b * z,
-        metrology=[MetrologyTerm(zcol, param, inp.operation, z, tool_index)],
-        beta_all=fx["estimate"].to_numpy(dtype=float),
-        beta_cov=np.asarray(full.outcome.cov_beta, dtype=float),
-        beta_index=[list(fx.index).index(zcol)],
-    )
-    draws = simulate_impacts(eff, n_draws=N_DRAWS, seed=seed)
-    _, _, point, d = draws.items[0]
     n_fab = len(z)
+    eta_other = np.asarray(full.predict(type="link"), dtype=float) - b * z
+    se = float(fx.loc[zcol, "se"])
+    cause = None
+    if "tool" in data and data["tool"].nunique() > 1:
+        codes, tools = pd.factorize(data["tool"])
+        codes = np.where(data["tool"].to_numpy() == NOT_RUN, -1, codes)
+        rng = np.random.default_rng([seed, n_fab, k])
+        b_draws = b + se * rng.standard_normal(N_DRAWS)
+        per_tool = metrology_tool_losses(eta_other, z, codes, np.array([b]), n_fab)[0]
+        point = float(np.clip(per_tool, 0.0, None).sum())
+        keep = np.arange(n_fab)
+        if n_fab > ranking.DRAW_WAFERS:  # the draws' spread from a sample of wafers
+            keep = np.sort(rng.choice(n_fab, size=ranking.DRAW_WAFERS, replace=False))
+        drawn = metrology_tool_losses(eta_other[keep], z[keep], codes[keep], b_draws, len(keep))
+        d = np.clip(drawn, 0.0, None).sum(axis=1)
+        worst = int(np.argmax(per_tool))
+        if per_tool[worst] > 0:
+            cause = str(tools[worst])
+    else:  # one tool: the parameter's wafers against its median wafer (ranking's rule)
+        eff = LayerEffects(
+            eta_other=eta_other,
+            metrology=[MetrologyTerm(zcol, param, inp.operation, z, None)],
+            beta_all=fx["estimate"].to_numpy(dtype=float),
+            beta_cov=np.asarray(full.outcome.cov_beta, dtype=float),
+            beta_index=[list(fx.index).index(zcol)],
+        )
+        _, _, point, d = simulate_impacts(eff, n_draws=N_DRAWS, seed=seed).items[0]
     out.levels.append(
         LevelResult(
-            "metrology", None, None, param, b, float(fx.loc[zcol, "se"]), test.p_value,
+            "metrology", cause, None, param, b, se, test.p_value,
             float(point), float(point), d, n_fab, [],
         )
     )  # fmt: skip
+
+
+def metrology_tool_losses(
+    eta_other: np.ndarray, z: np.ndarray, tool: np.ndarray, b: np.ndarray, n_fab: int
+) -> np.ndarray:
+    """Per coefficient (rows of `b`) and tool (columns): the yield its wafers would gain if the
+    tool set the parameter like the typical tool, in points of `n_fab` wafers.
+
+    A tool's level is b times its wafers' mean standardised value; the typical level is the
+    median tool level (of two, the better). Each wafer keeps its own deviation from its
+    tool's mean: only the tool's shift is undone. A tool better than typical has a negative
+    value here; the parameter's loss counts only the tools worse than typical (a thin-oxide
+    furnace does not pay for a thick-oxide one).
+    """
+    ok = tool >= 0
+    n_tools = int(tool[ok].max()) + 1 if ok.any() else 0
+    counts = np.bincount(tool[ok], minlength=n_tools)
+    z_tool = np.bincount(tool[ok], weights=z[ok], minlength=n_tools) / np.maximum(counts, 1)
+    level = b[:, None] * z_tool[None, :]
+    shift = _typical_rows(level)[:, None] - level  # (draws, tools)
+    at = np.maximum(tool, 0)
+    eta = eta_other + np.outer(b, z)
+    gain = np.where(ok, special.expit(eta + shift[:, at]) - special.expit(eta), 0.0)
+    members = sparse.csr_matrix(
+        (np.ones(int(ok.sum())), (tool[ok], np.flatnonzero(ok))), shape=(n_tools, len(z))
+    )
+    return 100.0 / n_fab * np.asarray(members @ gain.T).T
 
 
 def detectable_shift(

@@ -364,3 +364,20 @@ def test_an_operation_test_that_cannot_be_computed_says_why(monkeypatch):
     assert test.p_value is None and "cannot be tested" in test.reason
     assert {lv.tool_id for lv in out.levels} == {"T1", "T2"}  # the contrasts still stand
     assert all(math.isfinite(lv.loss) for lv in out.levels)
+
+
+def test_a_parameters_loss_counts_the_tools_that_move_it_the_wrong_way_only():
+    from flows.analysis.attribution import metrology_tool_losses
+
+    tool = np.repeat([0, 1, 2, 3], 50)
+    z = np.repeat([-1.0, 0.0, 0.1, 1.2], 50)  # tool 0 thin (better), tool 3 thick (worse)
+    eta = np.full(200, 2.0)
+    b = np.array([-0.2])
+    per_tool = metrology_tool_losses(eta - b[0] * z, z, tool, b, n_fab=200)[0]
+    typical = np.median(b[0] * np.array([-1.0, 0.0, 0.1, 1.2]))  # -0.01
+    expected_3 = 100 / 200 * 50 * (special.expit(2.0 + typical - b[0] * 1.2) - special.expit(2.0))
+    assert per_tool[3] == pytest.approx(expected_3) and per_tool[3] > 0
+    assert per_tool[0] < 0  # better than typical: negative, and never offsets tool 3's loss
+    # no tool differs: no loss
+    flat = metrology_tool_losses(eta, np.zeros(200), tool, b, n_fab=200)[0]
+    assert np.allclose(flat, 0.0)
