@@ -381,3 +381,36 @@ def test_a_parameters_loss_counts_the_tools_that_move_it_the_wrong_way_only():
     # no tool differs: no loss
     flat = metrology_tool_losses(eta, np.zeros(200), tool, b, n_fab=200)[0]
     assert np.allclose(flat, 0.0)
+
+
+def test_findings_are_tested_under_their_operations_test():
+    from flows.analysis.attribution import LevelResult, OperationOutcome
+    from flows.analysis.findings import attribute
+
+    lots = [f"L{i}" for i in range(12)]
+    pieces = _pieces(
+        {"tool_0": ["A", "B"] * 6, "tool_1": ["C", "D", "E"] * 4},
+        {"tool_0": ("tool", "OP1"), "tool_1": ("tool", "OP2")},
+        lots,
+    )
+    pieces.layer_ops = {"L": ["OP1", "OP2"]}
+    draws = np.full(200, 0.5)
+
+    def level(tool, p, kind="tool", param=None):
+        return LevelResult(kind, tool, None, param, -0.3, 0.05, p, 0.5, 2.0, draws, 10, lots[:4])
+
+    op1 = OperationOutcome("L", "OP1", [_t("L", "OP1", 1e-6)], [level("A", 1e-4)])
+    op1.tests.append(OperationTest("L", "OP1", "metrology", param="CD", p_value=1e-3))
+    op1.levels.append(level(None, 1e-3, kind="metrology", param="CD"))
+    op2 = OperationOutcome("L", "OP2", [_t("L", "OP2", 0.2)], [level("C", 1e-3)])
+    att = attribute([op1, op2], pieces, materiality=0.25)
+    by = {(f.operation, f.effect): f for f in att.findings["L"]}
+    tests = {(t.operation, t.kind): t.p_adjusted for t in att.tests}
+    # the parameter's finding is its test: its adjusted p is the test's (Holm over 3 tests)
+    assert by[("OP1", "metrology")].p_adjusted == pytest.approx(tests[("OP1", "metrology")])
+    assert tests[("OP1", "metrology")] == pytest.approx(2e-3)
+    # the tool under a significant operation: Holm over the gated family (one finding)
+    assert by[("OP1", "tool")].p_adjusted == pytest.approx(max(1e-4, 3e-6))
+    # the tool under a non-significant operation cannot be significant
+    assert by[("OP2", "tool")].p_adjusted >= 0.05
+    assert att.layer_loss["L"]["yield_impact"] == pytest.approx(1.0)  # the two significant
