@@ -54,12 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     from flows.analysis.frames import chained_frame, layer_frames
     from flows.analysis.layers import chained_model, fit_layer
     from flows.analysis.ranking import write_results
-    from flows.analysis.results import AnalysisResult
+    from flows.analysis.results import DEFAULT_MATERIALITY, AnalysisResult
     from flows.analysis.run import finish_attribution
     from flows.fabsim.catalogue import DEFAULT_LAYERS, LAYER_ORDER
     from flows.fabsim.config import FabConfig
     from flows.fabsim.simulation import simulate_fab
-    from flows.settings import DEFAULT_MATERIALITY
     from flows.warehouse.ingest import ingest_drop
 
     warnings.simplefilter("ignore")

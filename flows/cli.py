@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 
 from flows import __version__
+from flows.analysis.results import DEFAULT_MATERIALITY
 from flows.demo import DEMO_LOTS, DEMO_SEED
-from flows.settings import DEFAULT_DB, DEFAULT_MATERIALITY, DEFAULT_OUT, EXIT_DEGRADED
+from flows.settings import DEFAULT_DB, DEFAULT_OUT, EXIT_DEGRADED
 
 STDF_WAFER_ID_HELP = (
     "Template of the wafer_id of STDF wafers, from {lot}, {sublot}, {wafer}, {wafer_text} "

@@ -52,17 +52,6 @@ WORKER_ENV: dict[str, str] = {
     "DO_NOT_TRACK": "1",
 }
 
-# Materiality (issue 14): a finding or layer is "material" when its loss is significant and
-# the lower end of its 95 % interval exceeds this many points of FAB yield (a minimum-effect
-# test at one-sided 2.5 %). 0.25 points is a tool that runs a tenth of the wafers and loses
-# 2.5 points on them. Fab yield, not yield on the affected wafers (the issue's other
-# candidate, 2 points there), because that is what the fab earns: 2 points on a chamber
-# that ran 1 % of the wafers are 0.02 points of the fab. Healthy tools' real, small
-# differences (SD 0.02 logit: about 0.3 points on a tool's own wafers, a few hundredths of
-# fab yield) stay below it; the simulator's planted tools (0.9-2.4 points of fab yield) are
-# above it. `yieldrank run/analyse --materiality` overrides it.
-DEFAULT_MATERIALITY = 0.25
-
 DEFAULT_DB = "runs/yieldrank.duckdb"
 DEFAULT_OUT = "runs/reports"
 # How long a run waits for another run's hold on the DuckDB file before failing.

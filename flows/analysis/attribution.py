@@ -32,20 +32,24 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 from scipy import sparse, special, stats
+from threadpoolctl import threadpool_limits
 
 import hglm
 from flows.analysis import ranking
 from flows.analysis.ranking import (
     N_DRAWS,
+    SIGNIFICANCE,
     LayerEffects,
     MetrologyTerm,
     _typical_rows,
+    holm_adjust,
     simulate_impacts,
 )
 from flows.analysis.results import OperationTest
@@ -55,6 +59,40 @@ CONTRAST_METHOD = "EQL"
 NOT_RUN = "(not run)"  # the level of wafers that skipped an operation (`layers.yield_design`)
 
 warnings.filterwarnings("ignore", category=hglm.ConvergenceWarning, module=__name__)
+
+
+def one_blas_thread() -> AbstractContextManager[object]:
+    """BLAS limited to one thread while the models are fitted.
+
+    The dense blocks of these models are a few hundred rows wide: OpenBLAS threads cost more
+    than they gain there, and on a busy machine their spin-waiting turns a 3 s layer fit into
+    a 17 s one (measured on this 2-core machine at load 4). Layers run side by side in
+    processes or threads instead (`flows.orchestration.prefect_flows`). The limit is process-wide while active.
+    """
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def adjust_tests(tests: list[OperationTest]) -> list[OperationTest]:
+    """Holm over every test of the run that has a p-value (the family is the fab)."""
+    with_p = [i for i, t in enumerate(tests) if t.p_value is not None]
+    adjusted = holm_adjust([tests[i].p_value for i in with_p]) if with_p else []  # type: ignore[misc]
+    out = list(tests)
+    for i, p in zip(with_p, adjusted, strict=True):
+        out[i] = replace(tests[i], p_adjusted=float(p))
+    return out
+
+
+def screened_operations(
+    outcomes: list[OperationOutcome],
+) -> tuple[set[str], dict[str, OperationTest]]:
+    """The operations whose screening test is significant after Holm over all screening tests,
+    and every screening test by operation."""
+    tests = adjust_tests([t for o in outcomes for t in o.tests])
+    chosen = {
+        t.operation for t in tests if t.p_adjusted is not None and t.p_adjusted < SIGNIFICANCE
+    }
+    raw = {t.operation: t for o in outcomes for t in o.tests}
+    return chosen, raw
 
 
 # --------------------------------------------------------------------------- chained pieces
@@ -283,8 +321,6 @@ def test_operation(inp: OperationInput, *, seed: int = 0) -> OperationOutcome:
     OperationOutcome : the raw tests (p-values not yet adjusted), every tool, chamber and
     parameter with its contrast, loss and draws, and what the detectable shift needs.
     """
-    from flows.analysis.layers import one_blas_thread
-
     t0 = time.perf_counter()
     out = OperationOutcome(inp.layer, inp.operation)
     with one_blas_thread():
@@ -310,8 +346,6 @@ def test_operations(pieces: ChainedPieces, *, seed: int = 0) -> list[OperationOu
     -------
     list of OperationOutcome : the final stage's outcomes, one per operation
     """
-    from flows.analysis.findings import screened_operations
-
     screening = [test_operation(i, seed=seed) for i in operation_inputs(pieces, "screen")]
     chosen, screened = screened_operations(screening)
     final = operation_inputs(pieces, "final", chosen, screened)

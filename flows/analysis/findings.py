@@ -33,6 +33,7 @@ from flows.analysis.attribution import (
     ChainedPieces,
     LevelResult,
     OperationOutcome,
+    adjust_tests,
     detectable_shift,
 )
 from flows.analysis.ranking import SIGNIFICANCE, holm_adjust, impact_interval
@@ -63,29 +64,6 @@ def closed_layer_p(tests: list[OperationTest]) -> dict[str, float]:
         if t.p_adjusted is not None:
             out[t.layer] = min(out.get(t.layer, 1.0), t.p_adjusted)
     return out
-
-
-def adjust_tests(tests: list[OperationTest]) -> list[OperationTest]:
-    """Holm over every test of the run that has a p-value (the family is the fab)."""
-    with_p = [i for i, t in enumerate(tests) if t.p_value is not None]
-    adjusted = holm_adjust([tests[i].p_value for i in with_p]) if with_p else []  # type: ignore[misc]
-    out = list(tests)
-    for i, p in zip(with_p, adjusted, strict=True):
-        out[i] = replace(tests[i], p_adjusted=float(p))
-    return out
-
-
-def screened_operations(
-    outcomes: list[OperationOutcome],
-) -> tuple[set[str], dict[str, OperationTest]]:
-    """The operations whose screening test is significant after Holm over all screening tests,
-    and every screening test by operation."""
-    tests = adjust_tests([t for o in outcomes for t in o.tests])
-    chosen = {
-        t.operation for t in tests if t.p_adjusted is not None and t.p_adjusted < SIGNIFICANCE
-    }
-    raw = {t.operation: t for o in outcomes for t in o.tests}
-    return chosen, raw
 
 
 def overlap(a: set[str], b: set[str]) -> tuple[float, int]:

@@ -27,7 +27,6 @@ import math
 import re
 import time
 import warnings
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,10 +34,9 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 from scipy import stats
-from threadpoolctl import threadpool_limits
 
 import hglm
-from flows.analysis.attribution import ChainedPieces, chained_pieces
+from flows.analysis.attribution import ChainedPieces, chained_pieces, one_blas_thread
 from flows.analysis.frames import CHAMBER, MEAS, SITES, TOOL, FrameLayout, layer_operations
 from flows.analysis.ranking import (
     LayerEffects,
@@ -315,17 +313,6 @@ def _ranef_records(eff: LayerEffects) -> list[RandomEffect]:
 def _not_converged_reason(res: hglm.HGLMResult, what: str) -> str:
     detail = "; ".join(res.diagnostics.messages) or "no detail"
     return f"the {what} did not converge after {res.n_iter} iterations ({detail})"
-
-
-def one_blas_thread() -> AbstractContextManager[object]:
-    """BLAS limited to one thread while the models are fitted.
-
-    The dense blocks of these models are a few hundred rows wide: OpenBLAS threads cost more
-    than they gain there, and on a busy machine their spin-waiting turns a 3 s layer fit into
-    a 17 s one (measured on this 2-core machine at load 4). Layers run side by side in
-    processes or threads instead (`flows.orchestration.prefect_flows`). The limit is process-wide while active.
-    """
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 def fit_layer(layer: str, frame: pa.Table, *, seed: int = 0) -> LayerFit:

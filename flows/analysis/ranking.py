@@ -18,13 +18,13 @@ import numpy as np
 from scipy import sparse, special
 
 from flows.analysis.results import (
+    DEFAULT_MATERIALITY,
     AnalysisResult,
     Finding,
     LayerFit,
     LayerRanking,
     OperationTest,
 )
-from flows.settings import DEFAULT_MATERIALITY
 
 YIELD_IMPACT_DEFINITION = (
     "**Loss** of a finding (a tool or a chamber at one operation, or a metrology parameter) "
@@ -536,14 +536,13 @@ def sort_findings(findings: list[Finding]) -> list[Finding]:
     small conditional loss and comes after it.
     """
 
-    def key(i: int) -> tuple[int, float, str]:
+    def key(i: int) -> tuple[int, float, float]:
         f = findings[i]
+        loss = -_finite_or(f.yield_impact, -np.inf)  # ties: the larger loss first
         if _is_significant_loss(f):
-            return (0, -float(f.yield_impact), "")
-        if f.effect in ("tool", "chamber", "metrology"):
-            p = f.p_adjusted if f.p_adjusted is not None else f.p_value
-            return (1, _finite_or(p, 1.0), "")
-        return (2, _finite_or(f.p_adjusted if f.p_adjusted is not None else f.p_value, 1.0), "")
+            return (0, loss, 0.0)
+        p = _finite_or(f.p_adjusted if f.p_adjusted is not None else f.p_value, 1.0)
+        return (1 if f.effect in ("tool", "chamber", "metrology") else 2, p, loss)
 
     return [findings[i] for i in sorted(range(len(findings)), key=key)]
 

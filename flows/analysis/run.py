@@ -15,8 +15,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flows.analysis.results import AnalysisResult, Finding, LayerFit, LayerRanking, OperationTest
-from flows.settings import DEFAULT_MATERIALITY
+from flows.analysis.results import (
+    DEFAULT_MATERIALITY,
+    AnalysisResult,
+    Finding,
+    LayerFit,
+    LayerRanking,
+    OperationTest,
+)
 
 
 def method_record(seed: int, materiality: float = DEFAULT_MATERIALITY) -> dict[str, Any]:

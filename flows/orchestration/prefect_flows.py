@@ -37,7 +37,7 @@ from prefect.artifacts import (
 from prefect.futures import as_completed
 from prefect.states import Completed, Failed
 
-from flows.analysis.results import AnalysisResult, LayerFit
+from flows.analysis.results import DEFAULT_MATERIALITY, AnalysisResult, LayerFit
 from flows.analysis.run import method_record
 from flows.orchestration.caching import model_code_version
 from flows.orchestration.locking import hold_database
@@ -58,7 +58,7 @@ from flows.orchestration.tasks import (
     test_operation_task,
     write_results_task,
 )
-from flows.settings import DEFAULT_DB, DEFAULT_MATERIALITY, DEFAULT_OUT
+from flows.settings import DEFAULT_DB, DEFAULT_OUT
 
 # --------------------------------------------------------------------------------------
 # Flows
@@ -123,8 +123,7 @@ def analyse_flow(
     note; the run goes on. `drops` are this run's ingestion outcomes, for the report's data
     summary; `materiality` in points of fab yield (default flows.settings).
     """
-    from flows.analysis.attribution import operation_inputs
-    from flows.analysis.findings import screened_operations
+    from flows.analysis.attribution import operation_inputs, screened_operations
     from flows.analysis.frames import chained_frame
     from flows.analysis.run import finish_attribution
 

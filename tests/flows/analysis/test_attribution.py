@@ -23,6 +23,7 @@ from flows.analysis import attribution
 from flows.analysis.attribution import (
     CellLayout,
     ChainedPieces,
+    adjust_tests,
     contrast_matrices,
     detectable_shift,
     level_losses,
@@ -30,7 +31,6 @@ from flows.analysis.attribution import (
 )
 from flows.analysis.findings import (
     ALIAS_OVERLAP,
-    adjust_tests,
     aliases_of,
     closed_layer_p,
     layer_loss,
