@@ -34,8 +34,8 @@ from flows.analysis.attribution import (
     LevelResult,
     OperationOutcome,
     adjust_tests,
-    detectable_shift,
 )
+from flows.analysis.losses import detectable_shift
 from flows.analysis.ranking import SIGNIFICANCE, holm_adjust, impact_interval
 from flows.analysis.results import Finding, LayerFit, OperationTest
 

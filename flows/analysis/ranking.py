@@ -5,6 +5,10 @@ The quantities are defined once, here, and quoted in the README:
 YIELD_IMPACT_DEFINITION is the paragraph an engineer reads; `LayerEffects` and
 `yield_impact` are that paragraph in code. Everything in this module is plain numpy on
 numbers the fitted models hand over, so it is testable without fitting anything.
+
+A little past 600 lines: the method texts (issue 14) are quoted whole in the README and the
+report, and the impact draws still serve the metrology rule of one-tool parameters; the
+ranking and writing part moves out when the draws of `simulate_impacts` retire.
 """
 
 from __future__ import annotations

@@ -20,21 +20,20 @@ import pytest
 from scipy import special, stats
 
 from flows.analysis import attribution
-from flows.analysis.attribution import (
-    CellLayout,
-    ChainedPieces,
-    adjust_tests,
-    contrast_matrices,
-    detectable_shift,
-    level_losses,
-    level_shifts,
-)
+from flows.analysis.attribution import ChainedPieces, adjust_tests
 from flows.analysis.findings import (
     ALIAS_OVERLAP,
     aliases_of,
     closed_layer_p,
     layer_loss,
     overlap,
+)
+from flows.analysis.losses import (
+    CellLayout,
+    contrast_matrices,
+    detectable_shift,
+    level_losses,
+    level_shifts,
 )
 from flows.analysis.ranking import holm_adjust
 from flows.analysis.results import Finding, OperationTest
@@ -367,7 +366,7 @@ def test_an_operation_test_that_cannot_be_computed_says_why(monkeypatch):
 
 
 def test_a_parameters_loss_counts_the_tools_that_move_it_the_wrong_way_only():
-    from flows.analysis.attribution import metrology_tool_losses
+    from flows.analysis.losses import metrology_tool_losses
 
     tool = np.repeat([0, 1, 2, 3], 50)
     z = np.repeat([-1.0, 0.0, 0.1, 1.2], 50)  # tool 0 thin (better), tool 3 thick (worse)
