@@ -5,9 +5,9 @@
     .venv/bin/python benchmarks/analysis_bench.py --lots 12000 --route full --flow
 
 Times each stage (simulate_fab, ingest_drop without GX, layer_frames, fit_layer per layer,
-fit_chained, ranking and write_results) sequentially in this process, the way
-`flows.analysis.run.run_analysis` runs them, and the split inside each layer fit (yield model, tests,
-interval draws, process models). The machine is shared: CPU seconds of this process are recorded
+the chained model, the operation tests, ranking and write_results) sequentially, the way
+`flows.analysis.run.run_analysis` runs them, with the seconds of each layer (process models) and
+of each operation test. The machine is shared: CPU seconds of this process are recorded
 beside the wall-clock ones, with the load average before and after, so that a slow run can be
 told apart from a busy machine. Writes benchmarks/results/analysis_<lots>_lots.json.
 
@@ -50,10 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flow", action="store_true", help="time `yieldrank run` instead")
     args = ap.parse_args(argv)
 
+    from flows.analysis.attribution import test_operations
     from flows.analysis.frames import chained_frame, layer_frames
-    from flows.analysis.layers import fit_chained, fit_layer
-    from flows.analysis.ranking import rank_layers, write_results
-    from flows.analysis.results import AnalysisResult
+    from flows.analysis.layers import chained_model, fit_layer
+    from flows.analysis.ranking import write_results
+    from flows.analysis.results import DEFAULT_MATERIALITY, AnalysisResult
+    from flows.analysis.run import finish_attribution
     from flows.fabsim.catalogue import DEFAULT_LAYERS, LAYER_ORDER
     from flows.fabsim.config import FabConfig
     from flows.fabsim.simulation import simulate_fab
@@ -88,26 +90,29 @@ def main(argv: list[str] | None = None) -> int:
     fits, per_layer = [], {}
     for layer, frame in frames.items():
         t0, c0 = time.perf_counter(), time.process_time()
-        with stage("layers"):
+        with stage("layers (process models)"):
             fits.append(fit_layer(layer, frame, seed=args.seed))
         per_layer[layer] = {
             "seconds": time.perf_counter() - t0,
             "cpu_seconds": time.process_time() - c0,
-            "split_fit_test_draws_process": fits[-1].diagnostics.get(
-                "seconds_fit_test_draws_process"
-            ),
             "status": fits[-1].status,
         }
     with stage("chained"):
-        chained = fit_chained(chained_frame(frames), seed=args.seed)
+        chained, pieces = chained_model(chained_frame(frames), seed=args.seed)
+    with stage("operation tests"):
+        outcomes = test_operations(pieces, seed=args.seed) if pieces is not None else []
+    per_operation = {o.operation: {"seconds_final_stage": o.seconds} for o in outcomes}
     t0, c0 = time.perf_counter(), time.process_time()
-    ranking, findings = rank_layers(fits, chained)
+    fits, ranking, findings, tests, _ = finish_attribution(
+        fits, chained, pieces, outcomes, DEFAULT_MATERIALITY
+    )
     result = AnalysisResult(
         run_id="bench",
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         ranking=ranking,
         findings=findings,
         layers=[*fits, chained],
+        operation_tests=tests,
     )
     write_results(db, result, work / "out")
     t["rank_and_write"] = time.perf_counter() - t0
@@ -125,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         "end_to_end_cpu_seconds": sum(cpu.values()),
         "analysis_seconds": analysis,
         "per_layer": per_layer,
+        "per_operation": per_operation,
         "statuses": {r.layer: r.status for r in ranking},
         **_run_context(load_before, load),
     }

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from flows import __version__
+from flows.analysis.results import DEFAULT_MATERIALITY
 from flows.demo import DEMO_LOTS, DEMO_SEED
 from flows.settings import DEFAULT_DB, DEFAULT_OUT, EXIT_DEGRADED
 
@@ -56,6 +57,13 @@ def run_command(
         str, typer.Option(help="'threads', or a Dask scheduler address (tcp://host:8786).")
     ] = "threads",
     seed: Annotated[int, typer.Option(help="Seed of the interval simulations.")] = 0,
+    materiality: Annotated[
+        float,
+        typer.Option(
+            help="Points of fab yield a significant loss must exceed (its interval's lower "
+            "end) to be flagged material."
+        ),
+    ] = DEFAULT_MATERIALITY,
     lock_wait: Annotated[
         float | None,
         typer.Option(help="Seconds to wait for another run's hold on the database [600]."),
@@ -89,6 +97,7 @@ def run_command(
         task_runner=task_runner,
         seed=seed,
         lock_wait=lock_wait,
+        materiality=_materiality(materiality),
     )
     report = getattr(done.summary, "report_html", None)
     if report:
@@ -255,6 +264,14 @@ def ingest_command(
     )
 
 
+def _materiality(value: float) -> float:
+    if not value >= 0 or value == float("inf"):
+        raise typer.BadParameter(
+            f"--materiality must be a finite number of points >= 0, got {value}"
+        )
+    return float(value)
+
+
 @app.command("status")
 def status_command(db: Annotated[Path, typer.Option(help="The DuckDB file.")]) -> None:
     """List the drop log: every ingest attempt, its status, rows and problems."""
@@ -269,6 +286,13 @@ def analyse_command(
     out: Annotated[Path, typer.Option(help="Folder for the ranking CSVs and analysis.json.")],
     run_id: Annotated[str | None, typer.Option(help="Run id (default: time-stamped).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the interval simulation.")] = 0,
+    materiality: Annotated[
+        float,
+        typer.Option(
+            help="Points of fab yield a significant loss must exceed (its interval's lower "
+            "end) to be flagged material."
+        ),
+    ] = DEFAULT_MATERIALITY,
 ) -> None:
     """Fit every layer's HGLMs, rank the sub-processes by yield impact, write the results."""
     from flows.analysis.run import run_analysis
@@ -276,7 +300,7 @@ def analyse_command(
     if not db.exists():
         typer.echo(f"analyse: no database at {db}: ingest a drop first", err=True)
         raise typer.Exit(2)
-    result = run_analysis(db, out, run_id=run_id, seed=seed)
+    result = run_analysis(db, out, run_id=run_id, seed=seed, materiality=_materiality(materiality))
     for r in result.ranking:
         if r.rank is None:
             typer.echo(f"  -  {r.layer:<10} not ranked ({r.status}): {r.reason}")

@@ -90,6 +90,7 @@ def run_in_terminal(
     task_runner: str = "threads",
     seed: int = 0,
     lock_wait: float | None = None,
+    materiality: float | None = None,
 ) -> TerminalRun:
     """Run `yield_run` with progress on the terminal; never raises for a failed run."""
     apply_offline_defaults()
@@ -118,6 +119,7 @@ def run_in_terminal(
                 task_runner=task_runner,
                 seed=seed,
                 lock_wait=lock_wait,
+                materiality=materiality,
                 return_state=True,
             )
     summary = state.result(raise_on_failure=False)

@@ -1,24 +1,20 @@
-"""Per-layer HGLMs: the yield model, the process models and the chained model.
+"""The chained yield model, each layer's record and its process models.
 
-`fit_layer` is pure (a frame in, a `LayerFit` out: no database, no Prefect) so that it can run
-on a Dask worker. A statistical failure never raises: the layer comes back with status
-"too_little_data", "not_converged" or "failed" and the reason in plain words.
+`fit_layer` and `fit_chained` are pure (frames in, records out: no database, no Prefect) so
+that they can run on a Dask worker. A statistical failure never raises: the layer comes back
+with status "too_little_data", "not_converged" or "failed" and the reason in plain words.
 
-The yield model of a layer (binomial-beta HGLM, logit link):
+The chained model (issue 14: THE model of a run; every yield number comes from it or from a
+fit conditional on it, `flows.analysis.attribution`), a binomial-beta HGLM, logit link:
 
     dies_good of dies_total ~ product + metrology (standardised)
                               + (1|lot) + per operation (1|tool) + (1|tool:chamber)
                               + (1|wafer)   <- beta over-dispersion, eliminated in closed form
 
-Its likelihood-ratio test compares it with the same model without the layer's terms (product,
-lot and wafer only), both fitted by HL(1,1) with ML dispersions so that p_v(h) is maximised by
-both fits and the statistic has its chi-bar-square null distribution (`hglm.lrt`). The process
-models fit each inline parameter on its site values with lot, wafer, tool and chamber random
-effects and phi modelled by chamber (a noisy chamber is a dispersion finding).
-
-Longer than 600 lines for now: the yield, process and chained models of a layer share its
-design, screening and diagnostics helpers; splitting them waits for issue 19, which edits
-them.
+over every layer's operations at once. A layer's own record (`fit_layer`) holds its process
+models (`flows.analysis.process`: each inline parameter on its site values, phi modelled by
+chamber, so that a noisy chamber is a dispersion finding); its random
+effects, variance components and metrology coefficients are the chained model's.
 """
 
 from __future__ import annotations
@@ -26,50 +22,32 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import polars as pl
 import pyarrow as pa
-from scipy import stats
-from threadpoolctl import threadpool_limits
 
 import hglm
+from flows.analysis.attribution import ChainedPieces, chained_pieces, one_blas_thread
 from flows.analysis.frames import CHAMBER, MEAS, SITES, TOOL, FrameLayout, layer_operations
 from flows.analysis.process import PROCESS_METHOD as PROCESS_METHOD  # re-exported for run.py
 from flows.analysis.process import process_models
 from flows.analysis.ranking import (
-    N_DRAWS,
-    ImpactDraws,
     LayerEffects,
     MetrologyTerm,
     RandomGroup,
-    impact_interval,
-    simulate_impacts,
-    sort_findings,
-    variance_share,
 )
-from flows.analysis.results import Finding, LayerFit, LayerStatus, RandomEffect
+from flows.analysis.results import LayerFit, RandomEffect
 
-# Point estimates (lambda, v-hat, beta-hat) of the yield models come from EQL (R hglm's
+# Point estimates (lambda, v-hat, beta-hat) of the chained model come from EQL (R hglm's
 # algorithm: beta and v by h, dispersions by the gamma GLMs on deviance components, a REML-type
 # adjustment). With 500+ dies per wafer the HL(0,.) bias that HL(1,1) removes is negligible,
 # and the REML-type dispersions matter: a tool term has 2-5 levels, where ML shrinks lambda by
-# about a factor (q - 1) / q and with it every tool's predicted effect. The layer's p-value
-# needs a likelihood that both compared fits maximise: the test refits the model with and
-# without the layer's terms by HL(1,1) with ML dispersions (the fixed parts differ, so p_v(h),
-# not p_beta,v(h)), and `hglm.lrt` refers the statistic to its chi-bar-square mixture.
+# about a factor (q - 1) / q and with it every tool's predicted effect. The tests are the
+# operations' (`flows.analysis.attribution`, HL(1,1) with ML dispersions).
 YIELD_METHOD = "EQL"
-TEST_METHOD = "HL(1,1)"
-LAYER_TEST = (
-    "likelihood-ratio test of all the layer's terms together (tool and chamber variance "
-    "components, metrology coefficients): the yield model with and without them, both fitted "
-    f"by {TEST_METHOD} with ML dispersions, statistic on p_v(h), null distribution the "
-    "chi-bar-square mixture sum_j C(k, j) 2^-k chi2(m + j) for k variance components on their "
-    "boundary and m metrology coefficients (hglm.lrt)"
-)
 
 MIN_WAFERS = 50
 MIN_LOTS = 10
@@ -326,70 +304,9 @@ def _ranef_records(eff: LayerEffects) -> list[RandomEffect]:
     return out
 
 
-def _findings(
-    layer: str, eff: LayerEffects, draws: ImpactDraws, res: hglm.HGLMResult
-) -> list[Finding]:
-    """One finding per under-performing tool or chamber and per metrology parameter."""
-    by_term = {g.term: g for g in eff.groups}
-    fx = res.fixef
-    out: list[Finding] = []
-    for term, lev, point, d in draws.items:
-        lo, hi = impact_interval(point, d)
-        if term in by_term:
-            g = by_term[term]
-            if point <= 0:
-                continue  # not worse than its peers
-            est = float(g.estimate[lev])
-            se = float(g.se[lev])
-            p = float(2 * stats.norm.sf(abs(est) / se)) if se > 0 else None
-            tool, _, chamber = g.levels[lev].partition(":")
-            out.append(
-                Finding(
-                    layer=layer,
-                    effect=g.kind,  # type: ignore[arg-type]
-                    estimate=est,
-                    yield_impact=point,
-                    ci_low=lo,
-                    ci_high=hi,
-                    p_value=p,
-                    operation=g.operation,
-                    tool_id=tool,
-                    chamber_id=(chamber or None) if g.kind == "chamber" else None,
-                )
-            )
-        else:
-            m = next(t for t in eff.metrology if t.name == term)
-            row = fx.loc[term]
-            out.append(
-                Finding(
-                    layer=layer,
-                    effect="metrology",
-                    estimate=float(row["estimate"]),
-                    yield_impact=point,
-                    ci_low=lo,
-                    ci_high=hi,
-                    p_value=float(row["p"]),
-                    operation=m.operation,
-                    param=m.param,
-                )
-            )
-    return out
-
-
 def _not_converged_reason(res: hglm.HGLMResult, what: str) -> str:
     detail = "; ".join(res.diagnostics.messages) or "no detail"
     return f"the {what} did not converge after {res.n_iter} iterations ({detail})"
-
-
-def one_blas_thread() -> AbstractContextManager[object]:
-    """BLAS limited to one thread while the models are fitted.
-
-    The dense blocks of these models are a few hundred rows wide: OpenBLAS threads cost more
-    than they gain there, and on a busy machine their spin-waiting turns a 3 s layer fit into
-    a 17 s one (measured on this 2-core machine at load 4). Layers run side by side in
-    processes or threads instead (`flows.orchestration.prefect_flows`). The limit is process-wide while active.
-    """
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 def fit_layer(layer: str, frame: pa.Table, *, seed: int = 0) -> LayerFit:
@@ -399,6 +316,8 @@ def fit_layer(layer: str, frame: pa.Table, *, seed: int = 0) -> LayerFit:
 
 
 def _fit_layer(layer: str, frame: pa.Table, seed: int) -> LayerFit:
+    """The layer's record and its process models; its yield numbers come from the chained
+    model (`flows.analysis.findings.apply_to_layers`), not from a model of its own."""
     t0 = time.perf_counter()
     try:
         design = yield_design(frame)
@@ -412,95 +331,16 @@ def _fit_layer(layer: str, frame: pa.Table, seed: int) -> LayerFit:
         operations=FrameLayout.of(frame.column_names).operations,
         n_wafers=design.n_wafers,
         n_lots=design.n_lots,
-        method=f"binomial-beta HGLM ({YIELD_METHOD}), normal lot/tool/chamber effects",
+        method=f"yield: the chained binomial-beta HGLM ({YIELD_METHOD}) and its operation tests",
     )
-    try:
-        res, design, screened = _fit_with_screening(design)
-    except Exception as exc:
-        fit.status, fit.reason = "failed", f"fitting the yield model: {exc}"
-        return fit
-    if screened:
-        fit.method += (
-            f"; terms with negligible variance left out after a failed full fit: {screened}"
-        )
-    fit.converged, fit.n_iter = bool(res.converged), int(res.n_iter)
-    if not res.converged:
-        fit.status, fit.reason = "not_converged", _not_converged_reason(res, "yield model")
-        return fit
-    lik = res.likelihood
-    fit.caic = float(lik["caic"])
-    fit.varcomp = {_label(k, design): float(v) for k, v in res.lambdas.items()}
-    fit.fixef = {
-        _label(str(k), design): {"estimate": float(r["estimate"]), "se": float(r["se"])}
-        for k, r in res.fixef.iterrows()
-    }
-    t_fit = time.perf_counter()
-    try:
-        test = layer_test(design)
-    except LayerTestFailed as exc:
-        fit.status, fit.reason = exc.status, str(exc)
-        return fit
-    fit.p_value_raw = float(test.pvalue)
-    t_test = time.perf_counter()
-    eff = _effects(res, design)
-    fit.ranef = _ranef_records(eff)
-    draws = simulate_impacts(eff, n_draws=N_DRAWS, seed=seed)
-    fit.yield_impact = draws.layer
-    fit.ci_low, fit.ci_high = draws.layer_interval()
-    fit.variance_share = variance_share(eff, res.predict(type="link"))
-    findings = _findings(layer, eff, draws, res)
-    t_draws = time.perf_counter()
     procs, disp_findings = process_models(layer, frame)
     fit.process_models = procs
-    fit.findings = sort_findings(findings + disp_findings)
-    fit.diagnostics = _diagnostics(res, seed)
+    fit.findings = disp_findings
     fit.diagnostics["seconds"] = [time.perf_counter() - t0]
-    fit.diagnostics["seconds_fit_test_draws_process"] = [
-        t_fit - t0,
-        t_test - t_fit,
-        t_draws - t_test,
-        time.perf_counter() - t_draws,
-    ]
-    # statistic, df, boundary components, p-value: the record behind p_value_raw
-    fit.diagnostics["lrt"] = [float(test.statistic), test.df, test.n_boundary, float(test.pvalue)]
-    fit.method += f"; layer test: {test.method}"
     return fit
 
 
 LAMBDA_TEST_FLOOR = 1e-4  # below it a term moves no wafer by more than ~1 % of a logit
-
-
-class LayerTestFailed(Exception):
-    """The likelihood-ratio test could not be computed; the message says why."""
-
-    def __init__(self, status: LayerStatus, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def layer_test(design: _Design) -> hglm.LRTResult:
-    """The likelihood-ratio test of "none of the layer's terms affects yield" (see LAYER_TEST).
-
-    One joint test of every tool and chamber term and metrology coefficient of the layer: the
-    same terms that the yield model (after any screening) holds, compared with product, lot
-    and wafer only. Both models are refitted by HL(1,1) with ML dispersions: EQL estimates do
-    not maximise p_v(h), and a difference of p_v(h) taken at them is not a likelihood ratio
-    (it can be negative, or large under the null). Raises LayerTestFailed with the reason
-    when a fit or the test fails.
-    """
-    try:
-        full = _fit_binomial(design.formula, design.data, method=TEST_METHOD)
-        base = _fit_binomial(design.base_formula, design.data, method=TEST_METHOD)
-    except Exception as exc:
-        raise LayerTestFailed(
-            "failed", f"the {TEST_METHOD} ML fit of the layer test failed: {exc}"
-        ) from exc
-    try:
-        return hglm.lrt(base, full)
-    except ValueError as exc:  # e.g. a fit that did not converge cannot be tested
-        raise LayerTestFailed(
-            "not_converged", f"the layer's likelihood-ratio test failed: {exc}"
-        ) from exc
 
 
 def _label(name: str, design: _Design) -> str:
@@ -527,17 +367,38 @@ def _diagnostics(res: hglm.HGLMResult, seed: int, n: int = 200) -> dict[str, lis
 
 
 def fit_chained(frame_all: pa.Table, *, layers: list[str] | None = None, seed: int = 0) -> LayerFit:
-    """Final yield on every layer's tool, chamber and metrology terms together.
+    """Final yield on every layer's tool, chamber and metrology terms together (never raises).
 
-    Each layer's impact, interval and variance share are recomputed from this one model
-    (`layer_effects`), so that a tool whose lots also shared a bad tool elsewhere is not
-    blamed for it. Never raises.
+    Returns the chained model's record (`chained_model` also returns its per-wafer pieces,
+    which the operation tests need).
+    """
+    return chained_model(frame_all, layers=layers, seed=seed)[0]
+
+
+def chained_model(
+    frame_all: pa.Table, *, layers: list[str] | None = None, seed: int = 0
+) -> tuple[LayerFit, ChainedPieces | None]:
+    """The chained model's record and its pieces (`attribution.ChainedPieces`), or None
+    pieces when it could not be fitted (the record says why). Never raises.
+
+    Parameters
+    ----------
+    frame_all : the chained frame (`frames.chained_frame`)
+    layers : only these layers' operations (default: all)
+    seed : seed of the diagnostics sample
+
+    Returns
+    -------
+    (LayerFit, ChainedPieces | None)
     """
     with one_blas_thread():
         return _fit_chained(frame_all, layers, seed)
 
 
-def _fit_chained(frame_all: pa.Table, layers: list[str] | None, seed: int) -> LayerFit:
+def _fit_chained(
+    frame_all: pa.Table, layers: list[str] | None, seed: int
+) -> tuple[LayerFit, ChainedPieces | None]:
+    t0 = time.perf_counter()
     ops_of = layer_operations(frame_all)
     chosen = {k: v for k, v in ops_of.items() if layers is None or k in layers}
     df = pl.from_arrow(frame_all)
@@ -554,38 +415,33 @@ def _fit_chained(frame_all: pa.Table, layers: list[str] | None, seed: int) -> La
         design = yield_design(df)
     except TooLittleData as exc:
         fit.status, fit.reason = "too_little_data", str(exc)
-        return fit
+        return fit, None
     except Exception as exc:
         fit.status, fit.reason = "failed", f"building the chained frame: {exc}"
-        return fit
+        return fit, None
     fit.n_wafers, fit.n_lots = design.n_wafers, design.n_lots
     try:
         res, design, screened = _fit_with_screening(design)
     except Exception as exc:
         fit.status, fit.reason = "failed", f"fitting the chained model: {exc}"
-        return fit
+        return fit, None
     if screened:
         fit.method += f"; terms with negligible variance left out: {screened}"
     fit.converged, fit.n_iter = bool(res.converged), int(res.n_iter)
     if not res.converged:
         fit.status, fit.reason = "not_converged", _not_converged_reason(res, "chained model")
-        return fit
+        return fit, None
     fit.caic = float(res.likelihood["caic"])
-    eta_total = res.predict(type="link")
-    for layer, ops in chosen.items():
-        groups = {k: v for k, v in design.groups.items() if v[1] in ops}
-        mets = {k: v for k, v in design.metrology.items() if v[0] in ops}
-        sub = _Design(design.data, "", "", groups, mets)
-        eff = _effects(res, sub, groups)
-        draws = simulate_impacts(eff, n_draws=N_DRAWS, seed=seed)
-        lo, hi = draws.layer_interval()
-        fit.layer_effects[layer] = {
-            "yield_impact": draws.layer,
-            "ci_low": lo,
-            "ci_high": hi,
-            "variance_share": variance_share(eff, eta_total),
-        }
-    return fit
+    fit.varcomp = {_label(k, design): float(v) for k, v in res.lambdas.items()}
+    fit.fixef = {
+        _label(str(k), design): {"estimate": float(r["estimate"]), "se": float(r["se"])}
+        for k, r in res.fixef.iterrows()
+    }
+    fit.ranef = _ranef_records(_effects(res, design))
+    fit.diagnostics = _diagnostics(res, seed)
+    pieces = chained_pieces(res, design.data, design.groups, design.metrology, chosen)  # type: ignore[arg-type]
+    fit.diagnostics["seconds"] = [time.perf_counter() - t0]
+    return fit, pieces
 
 
 def _op_of(column: str) -> str | None:

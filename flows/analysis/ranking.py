@@ -5,6 +5,10 @@ The quantities are defined once, here, and quoted in the README:
 YIELD_IMPACT_DEFINITION is the paragraph an engineer reads; `LayerEffects` and
 `yield_impact` are that paragraph in code. Everything in this module is plain numpy on
 numbers the fitted models hand over, so it is testable without fitting anything.
+
+A little past 600 lines: the method texts (issue 14) are quoted whole in the README and the
+report, and the impact draws still serve the metrology rule of one-tool parameters; the
+ranking and writing part moves out when the draws of `simulate_impacts` retire.
 """
 
 from __future__ import annotations
@@ -17,33 +21,41 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse, special
 
-from flows.analysis.results import AnalysisResult, Finding, LayerFit, LayerRanking
+from flows.analysis.results import (
+    DEFAULT_MATERIALITY,
+    AnalysisResult,
+    Finding,
+    LayerFit,
+    LayerRanking,
+    OperationTest,
+)
 
 YIELD_IMPACT_DEFINITION = (
-    "**Yield impact** of a sub-process (layer) is how many percentage points of final yield "
-    "(good dies of all dies, averaged over the sorted wafers) the fab would have gained if "
-    "every tool and chamber of the layer had performed like the typical one of its "
-    "operation, and the layer's metrology had sat at the typical tool's level. Typical means "
-    "the median (of two, the better one): the median tool of the operation; the median "
-    "chamber of the operation, a chamber being measured against its own tool; for a "
-    "metrology parameter, the median of the tools' average values at the measuring "
-    "operation (the analysis does not know the parameter's target). Nothing else changes: "
-    "every wafer keeps its own lot, its own wafer-to-wafer variation and what the other "
-    "layers did to it. One bad tool therefore counts in full (the median is a healthy tool, "
-    "not the layer's average, which the bad tool drags down), while equipment that is "
-    "better than typical counts against the layer, so chance differences between healthy "
-    "tools cancel instead of piling up; the impact of a layer without a real effect is "
-    "close to zero (in the validation's 520 such layers: median 0.06 points, nine in ten "
-    "below 0.4) and may be negative. The 95 % interval comes from drawing the layer's "
-    "effects from their joint prediction distribution given the data, with the variances "
-    "of the tool and chamber terms held at their estimates, recomputing the impact on each "
-    "draw and setting the spread of those impacts around their median around the estimate, "
-    "so that the interval always contains it. It can exclude zero for a layer without a "
-    "real effect (14 of the validation's 180 such layers in its seeds 1-20 and 1001-1010), "
-    "so whether a layer matters at all is the p-value's question; the p-value "
-    "is the likelihood-ratio test of all the layer's terms together (the yield model with and "
-    "without them, chi-bar-square null distribution for the variance components on their "
-    "boundary), adjusted across layers by Holm's method."
+    "**Loss** of a finding (a tool or a chamber at one operation, or a metrology parameter) "
+    "is how many percentage points of final fab yield (good dies of all dies, averaged over "
+    "the sorted wafers) the fab would have gained if that tool, chamber or parameter had "
+    "performed like the typical one of its operation on its own wafers, everything else as "
+    "it was: every wafer keeps its lot, its wafer-to-wafer variation and what every other "
+    "operation did to it. Typical means the median (of two, the better one): a tool's level "
+    "is its typical chamber, the operation's typical level is the typical tool level, a "
+    "chamber is measured against its own tool's typical chamber (so a tool's and its "
+    "chamber's losses add up and are never counted twice); for a metrology parameter, each "
+    "tool of the measuring operation whose wafers' average value sits on the costly side of "
+    "the typical tool's is moved there (each wafer keeps its deviation from its tool's "
+    "average), and only those tools count: a tool that moves the parameter the good way "
+    "does not pay for one that moves it the bad way; the finding's tool_id names the tool "
+    "that carries most of that loss. The numbers come from a fit "
+    "conditional on the chained model (all layers' terms in one final-yield model): the "
+    "operation's tool:chamber cells as fixed effects, with an offset holding the product, "
+    "the metrology and the equipment of the operations the screening found (below) at their "
+    "chained-model estimates, lot and wafer effects refitted (for a parameter: its "
+    "coefficient refitted the same way). "
+    "`loss_on_wafers` is the same gain in points of yield on the finding's own wafers. "
+    "A **layer's loss** is the sum of the losses of its findings that are significant "
+    '(adjusted p < 0.05); a layer without one shows "no loss found" (0, never negative). '
+    "A finding or layer is **material** when it is significant and the lower end of its "
+    "95 % interval exceeds the materiality threshold (a minimum-effect test at one-sided "
+    "2.5 %)."
 )
 
 N_DRAWS = 200  # draws behind each interval: the 2.5 % quantile rests on about 5 of them
@@ -52,27 +64,52 @@ N_DRAWS = 200  # draws behind each interval: the 2.5 % quantile rests on about 5
 DRAW_WAFERS = 25_000
 
 INTERVAL_METHOD = (
-    "simulation from the joint prediction distribution of the layer's effects in its fitted "
-    "yield model: metrology coefficients beta* ~ N(beta-hat, cov(beta-hat)), tool and chamber "
-    "effects v* = v-hat + L (beta* - beta-hat) + e with e ~ N(0, Var(v | beta)) (L and "
-    "Var(v | beta) from the engine's ranef_given_fixef), the dispersion "
-    "parameters (lambda) held at their estimates; the yield impact is recomputed on each of "
-    f"{N_DRAWS} draws (not a parametric bootstrap: the models are not refitted) and the 2.5 % "
-    "and 97.5 % quantiles of the draws, taken as distances from the draws' median, are set "
-    "around the point impact (so the interval contains it by construction); on layers of "
-    f"more than {DRAW_WAFERS:,} wafers the draws are evaluated on a seeded random sample of "
-    "that many wafers (only their spread is used; the point impact is that of all wafers)"
+    "a finding's 95 % interval: its operation's cell effects drawn from N(theta-hat, Wald "
+    "covariance) of the conditional fixed-effect fit (a parameter's coefficient from its "
+    "conditional fit's), the loss recomputed on each of "
+    f"{N_DRAWS} draws (the typical level recomputed too), and the 2.5 % and 97.5 % quantiles "
+    "of the draws, taken as distances from the draws' median, set around the point loss (so "
+    "the interval contains it); on more than "
+    f"{DRAW_WAFERS:,} wafers the draws are evaluated on a seeded random sample of them. The "
+    "effects are unshrunk fixed effects, so the interval is a confidence interval of the "
+    "loss given the chained model's other terms (their own uncertainty is not propagated). "
+    "A layer's interval: the same draws of its significant findings summed; without a "
+    "significant finding, from 0 to the 97.5 % quantile of the largest drawn loss among its "
+    "loss-direction levels (how much one of its tools, chambers or parameters may still "
+    "lose, given the data)"
 )
 P_VALUE_ADJUSTMENT = "holm"
+P_VALUE_METHOD = (
+    "per operation, a likelihood-ratio test of its tool and chamber variance components "
+    "(HL(1,1), ML dispersions, chi-bar-square null distribution, hglm.lrt; lot and wafer "
+    "effects refitted) in two stages: screening, given the chained model's fixed part "
+    "(product, metrology) only; then, for the operations the screening found (Holm < 0.05), "
+    "again given the chained-model effects of the other operations it found, so that a "
+    "shadow is judged given its source (all other operations keep their screening test; "
+    "holding every operation's chained effects fixed instead would leak lot-to-lot noise "
+    "into the tests of small fabs). Per metrology parameter the same test of its "
+    "coefficient (chi2(1)), given the operations found. Holm's adjustment over "
+    "all these tests of the run (the family is the whole fab); a layer's adjusted p-value is "
+    "the smallest adjusted p of its tests (closed testing with Bonferroni local tests: "
+    "family-wise error 5 % across the fab, and one bad tool is not diluted by the layer's "
+    "healthy operations). A finding's p-value is the two-sided Wald test of its level against "
+    "the wafer-weighted mean of the other levels of its operation (a chamber: of the other "
+    "chambers of its tool) in the conditional fixed-effect fit. Findings are tested "
+    "hierarchically: a metrology finding is its parameter's test (its adjusted p-value is "
+    "that test's); the tool and chamber findings of the operations whose test is significant "
+    "are Holm-adjusted together, and each keeps at least its operation's adjusted p (a "
+    "finding cannot be significant when its operation is not); in a fab without any effect a "
+    "significant finding needs a significant test, so the family-wise error is 5 %. Holm "
+    "rather than a false-discovery rate "
+    "because the promise to the engineer is family-wise: in a fab without a real effect, "
+    "any significant finding at all should be rare (5 %)"
+)
 RANKING_RULE = (
-    "layers whose Holm-adjusted p-value is below 0.05 first, then the others, each group by "
-    "yield impact; a significant layer's impact and interval come from the chained model (all "
-    "layers' terms in one yield model), so that lots sharing equipment across layers are not "
-    "counted twice; other layers keep their own model's numbers; the variance share is always "
-    "the chained model's; layers that could not be modelled follow, unranked, with the reason. "
-    "Within a layer the findings follow the same rule: those whose p-value is below 0.05 after "
-    "Holm's adjustment over the layer's yield findings first, then the others, each group by "
-    "yield impact; dispersion findings (no yield impact) last"
+    "layers with a significant loss (a finding with adjusted p < 0.05 and a positive loss) "
+    "first, by loss; then the others, by adjusted p-value; layers that could not be modelled "
+    "follow, unranked, with the reason. The chart and the table use this order. Within a "
+    "layer the findings follow the same rule: significant losses first by loss, then the "
+    "other loss findings by adjusted p, dispersion findings (no yield loss of their own) last"
 )
 
 
@@ -397,49 +434,65 @@ SIGNIFICANCE = 0.05
 
 
 def rank_layers(
-    fits: list[LayerFit], chained: LayerFit | None
+    fits: list[LayerFit],
+    chained: LayerFit | None = None,
+    operation_tests: list[OperationTest] | None = None,
+    materiality: float = DEFAULT_MATERIALITY,
 ) -> tuple[list[LayerRanking], list[Finding]]:
-    """Order the layers by yield impact; unranked layers follow with their reason.
+    """Order the layers (RANKING_RULE); unranked layers follow with their reason.
 
-    Layers whose adjusted p-value is below 0.05 come first (by impact), then the others (by
-    impact).
+    Parameters
+    ----------
+    fits : the layers' records with their losses and findings filled from the chained model
+        (`flows.analysis.findings.apply_to_layers`)
+    chained : the chained model's record (unused by the order; kept for the callers' symmetry)
+    operation_tests : the run's adjusted tests; a layer's p-value is the smallest adjusted p
+        of its tests. Without them (records of older runs) the layers' `p_value_raw` are
+        Holm-adjusted across the layers instead.
+    materiality : points of fab yield a significant loss's interval must clear
 
-    p-values are the per-layer likelihood-ratio tests, Holm-adjusted across the ranked layers.
-    For a layer whose adjusted p is below 0.05 and which the chained model (all layers in one
-    model) covers, impact and interval come from the chained model, so that an effect carried
-    by lots that shared tools across layers is not counted twice; the variance share always
-    comes from the chained model when it converged (it is a share of the final-yield logit's
-    variance). Other layers keep their own model's numbers.
+    Returns
+    -------
+    (ranking, findings) : one row per layer, and every layer's findings in ranking order.
     """
-    use_chained = chained is not None and chained.status == "ranked"
-    joint = chained.layer_effects if use_chained and chained is not None else {}
     ranked = [f for f in fits if f.status == "ranked"]
     unranked = [f for f in fits if f.status != "ranked"]
-    raw = [f.p_value_raw if f.p_value_raw is not None else 1.0 for f in ranked]
-    adjusted = holm_adjust(raw) if ranked else []
+    if operation_tests is not None:
+        layer_p: dict[str, float | None] = {f.layer: None for f in ranked}
+        for t in operation_tests:
+            if t.p_adjusted is not None and t.layer in layer_p:
+                layer_p[t.layer] = min(layer_p[t.layer] or 1.0, t.p_adjusted)
+    else:
+        raw = [f.p_value_raw if f.p_value_raw is not None else 1.0 for f in ranked]
+        layer_p = dict(zip([f.layer for f in ranked], holm_adjust(raw) if raw else [], strict=True))
     rows = []
-    for fit, p_adj in zip(ranked, adjusted, strict=True):
-        impact, lo, hi, share = fit.yield_impact, fit.ci_low, fit.ci_high, fit.variance_share
-        if fit.layer in joint:
-            e = joint[fit.layer]
-            share = e["variance_share"]
-            if p_adj < SIGNIFICANCE:
-                impact, lo, hi = e["yield_impact"], e["ci_low"], e["ci_high"]
-        rows.append((fit, impact, lo, hi, share, p_adj))
-    # Layers with an established effect (adjusted p < 0.05) first, each tier by impact: a
-    # layer whose effect cannot be told from chance does not outrank one that can.
-    rows.sort(key=lambda r: (r[5] >= SIGNIFICANCE, -_finite_or(r[1], -np.inf), r[5], r[0].layer))
+    for fit in ranked:
+        significant = any(_is_significant_loss(f) for f in fit.findings)
+        loss = fit.yield_impact if significant else (0.0 if fit.yield_impact is not None else None)
+        lo = fit.ci_low
+        material = bool(significant and lo is not None and lo > materiality)
+        rows.append((fit, loss, lo, fit.ci_high, layer_p.get(fit.layer), significant, material))
+    rows.sort(
+        key=lambda r: (
+            not r[5],
+            -_finite_or(r[1], -np.inf) if r[5] else _finite_or(r[4], 1.0),
+            r[0].layer,
+        )
+    )
     ranking = [
         LayerRanking(
             layer=fit.layer,
             rank=i + 1,
-            yield_impact=impact,
+            yield_impact=loss,
             ci_low=lo,
             ci_high=hi,
-            p_value=p_adj,
-            variance_share=share,
+            p_value=p,
+            variance_share=fit.variance_share,
+            significant=significant,
+            material=material,
+            loss_label=None if significant else "no loss found",
         )
-        for i, (fit, impact, lo, hi, share, p_adj) in enumerate(rows)
+        for i, (fit, loss, lo, hi, p, significant, material) in enumerate(rows)
     ]
     for fit in sorted(unranked, key=lambda f: f.layer):
         ranking.append(
@@ -462,6 +515,17 @@ def rank_layers(
     return ranking, findings
 
 
+def _is_significant_loss(f: Finding) -> bool:
+    return (
+        f.effect in ("tool", "chamber", "metrology")
+        and f.p_adjusted is not None
+        and f.p_adjusted < SIGNIFICANCE
+        and f.yield_impact is not None
+        and math.isfinite(f.yield_impact)
+        and f.yield_impact > 0
+    )
+
+
 def _finite_or(x: float | None, default: float) -> float:
     return x if x is not None and math.isfinite(x) else default
 
@@ -469,25 +533,20 @@ def _finite_or(x: float | None, default: float) -> float:
 def sort_findings(findings: list[Finding]) -> list[Finding]:
     """One layer's findings in the order an engineer should look at them.
 
-    The rule of the layers, one level down: findings whose yield effect is established
-    (p-value below 0.05 after Holm's adjustment over the layer's yield findings) first, then
-    the others, each group by yield impact; findings without a yield impact (dispersion) last.
-    A tool spread over many wafers can carry a large point impact from a difference that
-    cannot be told from chance; it does not outrank a chamber whose effect is clear.
+    The rule of the layers, one level down: significant losses (adjusted p < 0.05) first by
+    loss, then the other findings with a yield loss by adjusted p (their raw p when not
+    adjusted), findings without a yield loss (dispersion) last. A shadow of a bad tool (a
+    tool elsewhere that ran the same lots) has, given the source in the chained model, a
+    small conditional loss and comes after it.
     """
-    with_impact = {
-        i
-        for i, f in enumerate(findings)
-        if f.yield_impact is not None and math.isfinite(f.yield_impact)
-    }
-    tested = {i: p for i in sorted(with_impact) if (p := findings[i].p_value) is not None}
-    adjusted = dict(zip(tested, holm_adjust(list(tested.values())), strict=True)) if tested else {}
 
-    def key(i: int) -> tuple[bool, bool, float]:
+    def key(i: int) -> tuple[int, float, float]:
         f = findings[i]
-        has_impact = i in with_impact
-        established = adjusted.get(i, 1.0) < SIGNIFICANCE
-        return (not has_impact, not established, -_finite_or(f.yield_impact, -np.inf))
+        loss = -_finite_or(f.yield_impact, -np.inf)  # ties: the larger loss first
+        if _is_significant_loss(f):
+            return (0, loss, 0.0)
+        p = _finite_or(f.p_adjusted if f.p_adjusted is not None else f.p_value, 1.0)
+        return (1 if f.effect in ("tool", "chamber", "metrology") else 2, p, loss)
 
     return [findings[i] for i in sorted(range(len(findings)), key=key)]
 
@@ -505,6 +564,9 @@ _RANKING_COLUMNS = [
     "variance_share",
     "status",
     "reason",
+    "significant",
+    "material",
+    "loss_label",
 ]
 _FINDING_COLUMNS = [
     "run_id",
@@ -519,6 +581,21 @@ _FINDING_COLUMNS = [
     "ci_low",
     "ci_high",
     "p_value",
+    "p_adjusted",
+    "material",
+    "loss_on_wafers",
+    "n_wafers",
+    "n_lots",
+    "aliased_with",
+    "model",
+    "onset_ts",
+    "onset_low",
+    "onset_high",
+    "end_ts",
+    "active",
+    "event",
+    "zone",
+    "bin",
 ]
 
 

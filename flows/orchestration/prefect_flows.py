@@ -13,7 +13,8 @@ Where the work runs:
   the report reads it. DuckDB allows one writing process per file; a second run waits
   for the hold up to a configurable time (YIELDRANK_DB_LOCK_WAIT, --lock-wait), then
   fails naming the database and the process that holds it.
-- Per-layer fits are submitted to the flow's task runner: threads by default, or an
+- The chained model, then one test task per operation (conditional on it), and the
+  layers' process models are submitted to the flow's task runner: threads by default, or an
   existing Dask cluster (`task_runner="tcp://host:8786"`). They receive the layer's
   model frame as an Arrow table and return a `LayerFit`; they never see the database.
 """
@@ -36,9 +37,9 @@ from prefect.artifacts import (
 from prefect.futures import as_completed
 from prefect.states import Completed, Failed
 
-from flows.analysis.results import AnalysisResult, LayerFit
+from flows.analysis.results import DEFAULT_MATERIALITY, AnalysisResult, LayerFit
 from flows.analysis.run import method_record
-from flows.orchestration.caching import CHAINED_LAYER, model_code_version
+from flows.orchestration.caching import model_code_version
 from flows.orchestration.locking import hold_database
 from flows.orchestration.progress import emit_progress
 from flows.orchestration.task_runners import make_task_runner
@@ -54,6 +55,7 @@ from flows.orchestration.tasks import (
     ranking_rows,
     read_frames_task,
     render_report_task,
+    test_operation_task,
     write_results_task,
 )
 from flows.settings import DEFAULT_DB, DEFAULT_OUT
@@ -112,34 +114,54 @@ def analyse_flow(
     seed: int = 0,
     drops: list[DropOutcome] | None = None,
     lock_wait: float | None = None,
+    materiality: float | None = None,
 ) -> AnalysisResult:
-    """Fit every layer concurrently, rank, and write the ranking to the database and CSV.
+    """The chained model, then every operation's tests fanned out, rank, write the results.
 
-    A layer whose fit raises is kept as `failed` with the reason; the run goes on.
-    `drops` are this run's ingestion outcomes, for the report's data summary.
+    The layers' process models run beside the chained model. A layer whose fit raises is
+    kept as `failed` with the reason; an operation whose test raises is left out with a
+    note; the run goes on. `drops` are this run's ingestion outcomes, for the report's data
+    summary; `materiality` in points of fab yield (default flows.settings).
     """
+    from flows.analysis.attribution import operation_inputs, screened_operations
     from flows.analysis.frames import chained_frame
-    from flows.analysis.ranking import rank_layers
+    from flows.analysis.run import finish_attribution
 
     logger = get_run_logger()
     run_id = run_id or new_run_id()
     run_dir = Path(out) / run_id
+    materiality = DEFAULT_MATERIALITY if materiality is None else float(materiality)
     with hold_database(db, lock_wait):
         frames = read_frames_task(db)
         frame_all = chained_frame(frames)
         logger.info("model frames: %s", {k: v.num_rows for k, v in frames.items()})
         emit_progress("fits", total=len(frames) + 1)
 
-        # The chained model is the longest fit: submitted first, it runs beside the layers
-        # instead of alone at the end on one of the cores.
-        futures = {CHAINED_LAYER: fit_chained_task.submit(frame_all, seed)}
-        futures |= {
+        # The chained model first: the operation tests need it. The layers' process models
+        # run beside it.
+        chained_future = fit_chained_task.submit(frame_all, seed)
+        layer_futures = {
             layer: fit_layer_task.submit(layer, frame, seed) for layer, frame in frames.items()
         }
+        chained, pieces = _chained_result(chained_future)
+        logger.info("chained model: %s %s", chained.status, chained.reason or "")
+        emit_progress(
+            "fit", layer="all layers (chained model)", status=chained.status, reason=chained.reason
+        )
+        # Two fan-outs: every operation screened given the fixed part only, then every
+        # operation tested given the operations the screening found (flows.analysis.attribution)
+        screen_inputs = operation_inputs(pieces, "screen") if pieces is not None else []
+        screening = _collect(
+            screen_inputs, [test_operation_task.submit(i, seed) for i in screen_inputs], [], logger
+        )
+        chosen, screened = screened_operations(screening)
+        logger.info("screening: %d operations, significant: %s", len(screening), sorted(chosen))
+        inputs = operation_inputs(pieces, "final", chosen, screened) if pieces is not None else []
+        op_futures = [test_operation_task.submit(inp, seed) for inp in inputs]
 
-        layer_of = {future.task_run_id: layer for layer, future in futures.items()}
         fits: dict[str, LayerFit] = {}
-        for future in as_completed(list(futures.values())):
+        layer_of = {future.task_run_id: layer for layer, future in layer_futures.items()}
+        for future in as_completed(list(layer_futures.values())):
             layer = layer_of[future.task_run_id]
             try:
                 fits[layer] = future.result()
@@ -148,12 +170,15 @@ def analyse_flow(
                 fits[layer] = LayerFit(layer=layer, status="failed", reason=reason)
             if fits[layer].status == "failed":
                 logger.error("layer %s failed: %s", layer, fits[layer].reason)
-            label = "all layers (chained model)" if layer == CHAINED_LAYER else layer
-            emit_progress("fit", layer=label, status=fits[layer].status, reason=fits[layer].reason)
+            emit_progress("fit", layer=layer, status=fits[layer].status, reason=fits[layer].reason)
 
-        chained = fits.pop(CHAINED_LAYER)
-        layer_fits = [fits[layer] for layer in frames]
-        ranking, findings = rank_layers(layer_fits, chained)
+        notes: list[str] = []
+        outcomes = _collect(inputs, op_futures, notes, logger)
+        logger.info("%d operation tests done", len(outcomes))
+
+        layer_fits, ranking, findings, tests, att_notes = finish_attribution(
+            [fits[layer] for layer in frames], chained, pieces, outcomes, materiality
+        )
         result = AnalysisResult(
             run_id=run_id,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -161,7 +186,13 @@ def analyse_flow(
             findings=findings,
             layers=[*layer_fits, chained],
             data_summary=data_summary(frames, drops or []),
-            method={**method_record(seed), "model_code": model_code_version()},
+            method={
+                **method_record(seed, materiality),
+                "model_code": model_code_version(),
+                "notes": notes + att_notes,
+            },
+            operation_tests=tests,
+            materiality=materiality,
         )
         run_dir.mkdir(parents=True, exist_ok=True)
         write_results_task(db, result, str(run_dir))
@@ -179,17 +210,42 @@ def analyse_flow(
     return result
 
 
+def _collect(inputs: list[Any], futures: list[Any], notes: list[str], logger: Any) -> list[Any]:
+    """The operations' outcomes; an operation whose test raised is left out with a note."""
+    outcomes = []
+    for inp, future in zip(inputs, futures, strict=True):
+        try:
+            outcomes.append(future.result())
+        except Exception as err:
+            notes.append(f"{inp.operation}: the test failed: {type(err).__name__}: {err}")
+            logger.error("operation %s: the test failed: %s", inp.operation, err)
+    return outcomes
+
+
+def _chained_result(future: Any) -> tuple[LayerFit, Any]:
+    """The chained task's (record, pieces); a task that raised becomes a failed record."""
+    try:
+        return future.result()
+    except Exception as err:
+        reason = f"the fit failed: {type(err).__name__}: {err}"
+        return LayerFit(layer="(chained)", status="failed", reason=reason), None
+
+
 @flow(name="build-report", log_prints=True)
 def report_flow(
-    result: AnalysisResult, out: str, db: str, lock_wait: float | None = None
+    analysis_json: str, out: str, db: str, lock_wait: float | None = None
 ) -> tuple[str, str, list[str]]:
     """Render the run's HTML and PDF report, refresh the index, link the report.
 
-    The report reads the database read-only, so it holds the file read-only: a run
-    that wants to write waits until the report is built. Returns the two paths and the
-    charts that could not be drawn (each a note in the report and a warning here).
+    The run is read from its `analysis.json` (the path, not the record, is the flow's
+    parameter: Prefect stores a flow's parameters on the server, at most 512 KB, and a
+    run's findings with their lot lists outgrow that from a few hundred lots). The report
+    reads the database read-only, so it holds the file read-only: a run that wants to write
+    waits until the report is built. Returns the two paths and the charts that could not be
+    drawn (each a note in the report and a warning here).
     """
     logger = get_run_logger()
+    result = AnalysisResult.from_json(analysis_json)
     run_dir = Path(out) / result.run_id
     emit_progress("report-start")
     with hold_database(db, lock_wait, read_only=True):
@@ -246,6 +302,7 @@ def yield_run(
     task_runner: str = "threads",
     seed: int = 0,
     lock_wait: float | None = None,
+    materiality: float | None = None,
 ) -> RunSummary:
     """Ingest drops (given, or what is new in `landing`), analyse the database, report.
 
@@ -272,7 +329,13 @@ def yield_run(
             return Failed(message=summary.message, data=summary)
 
         result = analyse_flow.with_options(task_runner=make_task_runner(task_runner))(
-            db, out, run_id=run_id, seed=seed, drops=summary.drops, lock_wait=lock_wait
+            db,
+            out,
+            run_id=run_id,
+            seed=seed,
+            drops=summary.drops,
+            lock_wait=lock_wait,
+            materiality=materiality,
         )
         summary.run_id = result.run_id
         summary.ranking = ranking_rows(result)
@@ -281,7 +344,7 @@ def yield_run(
         }
     # after the write hold ends: the report reads the database read-only
     summary.report_html, summary.report_pdf, summary.report_problems = report_flow(
-        result, out, db, lock_wait
+        str(Path(out) / result.run_id / "analysis.json"), out, db, lock_wait
     )
 
     logger.info("report: %s", summary.report_html)

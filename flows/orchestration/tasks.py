@@ -14,6 +14,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from flows.analysis.results import AnalysisResult, LayerFit
 from flows.orchestration.caching import fit_chained_cache_key, fit_layer_cache_key
@@ -148,10 +149,35 @@ def fit_layer_task(layer: str, frame: pa.Table, seed: int = 0) -> LayerFit:
 
 
 @task(name="fit-chained", cache_key_fn=fit_chained_cache_key, cache_expiration=timedelta(days=90))
-def fit_chained_task(frame: pa.Table, seed: int = 0) -> LayerFit:
-    from flows.analysis.layers import fit_chained
+def fit_chained_task(frame: pa.Table, seed: int = 0) -> tuple[LayerFit, Any]:
+    """The chained model's record and its per-wafer pieces (None when it could not be fitted)."""
+    from flows.analysis.layers import chained_model
 
-    return fit_chained(frame, seed=seed)
+    return chained_model(frame, seed=seed)
+
+
+# Not cached: its input is derived from the chained fit (cached itself), and hashing a
+# frame of every wafer for a key would cost about what the test does.
+@task(
+    name="test-operation",
+    task_run_name="test-operation-{inp.stage}-{inp.operation}",
+    cache_policy=NO_CACHE,
+)
+def test_operation_task(inp: Any, seed: int = 0) -> Any:
+    """One operation's tests and contrasts given the chained model (pure: a Dask worker can
+    run it); returns its `OperationOutcome`."""
+    from flows.analysis.attribution import test_operation
+
+    outcome = test_operation(inp, seed=seed)
+    get_run_logger().info(
+        "%s/%s: %d test(s), %d level(s) in %.1f s",
+        inp.layer,
+        inp.operation,
+        len(outcome.tests),
+        len(outcome.levels),
+        outcome.seconds,
+    )
+    return outcome
 
 
 @task(name="write-results", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_if_transient)
@@ -193,6 +219,8 @@ def ranking_rows(result: AnalysisResult) -> list[dict[str, Any]]:
             "ci_low": None if r.ci_low is None else round(r.ci_low, 3),
             "ci_high": None if r.ci_high is None else round(r.ci_high, 3),
             "p_value_adj": None if r.p_value is None else float(f"{r.p_value:.3g}"),
+            "significant": r.significant,
+            "material": r.material,
             "variance_share": None if r.variance_share is None else round(r.variance_share, 3),
             "status": r.status,
             "reason": r.reason or "",
@@ -212,26 +240,31 @@ def problems_markdown(summary: RunSummary) -> str:
 def findings_markdown(result: AnalysisResult, top: int = TOP_FINDINGS) -> str:
     lines = [f"# Top findings of run {_md(result.run_id)}", ""]
     ranked = [r for r in result.ranking if r.rank is not None]
-    if ranked:
-        best = min(ranked, key=lambda r: r.rank)
+    if ranked and ranked[0].significant:
+        best = ranked[0]
         lines += [
-            f"Sub-process that matters most: **{_md(best.layer)}**, "
-            f"{_num(best.yield_impact)} yield points "
+            f"Sub-process that loses the most: **{_md(best.layer)}**, "
+            f"{_num(best.yield_impact)} points of fab yield "
             f"(95 % CI {_num(best.ci_low)} to {_num(best.ci_high)}).",
             "",
         ]
-    findings = sorted(result.findings, key=lambda f: abs(f.yield_impact), reverse=True)[:top]
+    elif ranked:
+        lines += ["No sub-process has a significant yield loss.", ""]
+    # the findings in the ranking's order: significant losses first, by loss
+    findings = [f for f in result.findings if f.effect != "dispersion"][:top]
     if findings:
         lines += [
-            "| layer | effect | operation | tool | chamber | param | yield impact (pp) | 95 % CI | p |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| layer | effect | operation | tool | chamber | param | loss (pp of fab yield) "
+            "| 95 % CI | adjusted p | material |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for f in findings:
+            p = f.p_adjusted if f.p_adjusted is not None else f.p_value
             lines.append(
                 f"| {_md(f.layer)} | {_md(f.effect)} | {_md(f.operation or '')} | "
                 f"{_md(f.tool_id or '')} | {_md(f.chamber_id or '')} | {_md(f.param or '')} | "
                 f"{_num(f.yield_impact)} | {_num(f.ci_low)} to {_num(f.ci_high)} | "
-                f"{_num(f.p_value, '.3g')} |"
+                f"{_num(p, '.3g')} | {'yes' if f.material else ''} |"
             )
     else:
         lines.append("No localised findings.")

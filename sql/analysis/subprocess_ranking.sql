@@ -13,3 +13,8 @@ CREATE TABLE IF NOT EXISTS subprocess_ranking (
     status VARCHAR NOT NULL,
     reason VARCHAR
 );
+-- issue 14: significant = a loss finding with adjusted p < 0.05; material = significant and
+-- the interval's lower end above the run's materiality threshold; loss_label e.g. "no loss found"
+ALTER TABLE subprocess_ranking ADD COLUMN IF NOT EXISTS significant BOOLEAN;
+ALTER TABLE subprocess_ranking ADD COLUMN IF NOT EXISTS material BOOLEAN;
+ALTER TABLE subprocess_ranking ADD COLUMN IF NOT EXISTS loss_label VARCHAR;

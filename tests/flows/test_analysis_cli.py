@@ -53,3 +53,17 @@ def test_analyse_writes_the_contract_tables_and_files(tmp_path):
         assert n == (ranked,)
     finally:
         con.close()
+
+
+def test_analyse_refuses_a_negative_materiality(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    db = tmp_path / "fab.duckdb"
+    db.touch()
+    done = CliRunner().invoke(
+        app, ["analyse", "--db", str(db), "--out", str(tmp_path), "--materiality", "-1"]
+    )
+    assert done.exit_code == 2
+    assert "--materiality" in done.output and "-1" in done.output

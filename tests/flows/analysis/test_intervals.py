@@ -50,13 +50,16 @@ def test_every_written_interval_contains_its_estimate(
         "SELECT layer || ' ' || effect || ' ' || coalesce(tool_id, param, ''), yield_impact, "
         "ci_low, ci_high FROM findings WHERE yield_impact IS NOT NULL",
     )
-    (chained,) = [f for f in result.layers if f.layer == "(chained)"]
-    rows += [
-        (f"chained {layer}", e["yield_impact"], e["ci_low"], e["ci_high"])
-        for layer, e in chained.layer_effects.items()
-    ]
     ranked = [r for r in rows if r[1] is not None]
     assert len(ranked) >= 3 + 3  # every layer, and findings beside them
     outside = [r for r in ranked if not r[2] <= r[1] <= r[3]]
     assert outside == []
-    assert all(math.isfinite(r[3] - r[2]) and r[3] > r[2] for r in ranked)
+    # zero width only for a level that is its operation's typical one in every draw (the
+    # median tool loses nothing by definition, however its mean contrast leans)
+    flat = [
+        r
+        for r in ranked
+        if not (math.isfinite(r[3] - r[2]) and (r[3] > r[2] or r[1] == r[2] == r[3] == 0.0))
+    ]
+    assert flat == []
+    assert result.operation_tests, "the operation tests behind the numbers are recorded"

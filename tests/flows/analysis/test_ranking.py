@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from dataclasses import replace
 
@@ -27,7 +28,7 @@ from flows.analysis.ranking import (
     write_results,
     yield_impact,
 )
-from flows.analysis.results import AnalysisResult, Finding, LayerFit
+from flows.analysis.results import AnalysisResult, Finding, LayerFit, OperationTest
 
 
 def _group(estimates, index, se=0.0, kind="tool", op="OP"):
@@ -214,7 +215,7 @@ def _fit(layer, impact, p, status="ranked", findings=()):
     )
 
 
-def _finding(layer, impact, tool="T1", p=0.01):
+def _finding(layer, impact, tool="T1", p=0.01, p_adjusted=None):
     return Finding(
         layer=layer,
         effect="tool",
@@ -225,54 +226,99 @@ def _finding(layer, impact, tool="T1", p=0.01):
         p_value=p,
         operation="OP",
         tool_id=tool,
+        p_adjusted=p if p_adjusted is None else p_adjusted,
     )
 
 
-def test_rank_layers_orders_adjusts_and_keeps_unranked_layers():
+def _test(layer, p_adjusted, op="OP"):
+    return OperationTest(
+        layer=layer, operation=op, kind="equipment", p_value=p_adjusted, p_adjusted=p_adjusted
+    )
+
+
+def test_rank_layers_puts_significant_losses_first_by_loss_then_the_rest_by_p():
     fits = [
-        _fit("A", 0.4, 1e-6, findings=[_finding("A", 0.1, "T1"), _finding("A", 0.3, "T2")]),
-        _fit("B", 1.2, 0.30),
-        _fit("C", 0.9, 1e-4, findings=[_finding("C", 0.8)]),
+        _fit("A", 0.4, None, findings=[_finding("A", 0.1, "T1"), _finding("A", 0.3, "T2")]),
+        _fit("B", 0.0, None, findings=[_finding("B", 1.5, p=0.2)]),  # large, not significant
+        _fit("C", 0.9, None, findings=[_finding("C", 0.9)]),
+        _fit("E", 0.0, None),
         _fit("D", None, None, status="too_little_data"),
     ]
-    ranking, findings = rank_layers(fits, None)
-    assert [r.layer for r in ranking] == ["C", "A", "B", "D"]  # significant first, by impact
-    assert [r.rank for r in ranking] == [1, 2, 3, None]
+    tests = [
+        _test("A", 1e-6),
+        _test("A", 0.5, "OP2"),
+        _test("B", 0.2),
+        _test("C", 1e-4),
+        _test("E", 0.06),
+    ]
+    ranking, findings = rank_layers(fits, None, tests, materiality=0.25)
+    assert [r.layer for r in ranking] == ["C", "A", "E", "B", "D"]
+    assert [r.rank for r in ranking] == [1, 2, 3, 4, None]
     assert ranking[-1].status == "too_little_data" and ranking[-1].reason == "too few wafers"
-    adjusted = dict(zip("ABC", holm_adjust([1e-6, 0.30, 1e-4]), strict=True))
-    assert {r.layer: r.p_value for r in ranking[:3]} == pytest.approx(adjusted)
-    assert [(f.layer, f.tool_id) for f in findings] == [("C", "T1"), ("A", "T2"), ("A", "T1")]
+    # closed testing: a layer's p is the smallest adjusted p of its tests
+    assert {r.layer: r.p_value for r in ranking[:4]} == {"A": 1e-6, "B": 0.2, "C": 1e-4, "E": 0.06}
+    by = {r.layer: r for r in ranking}
+    assert by["C"].significant and by["C"].material  # interval 0.4 - 1.4 clears 0.25
+    assert by["A"].significant and not by["A"].material  # interval -0.1 - 0.9 does not
+    assert by["B"].loss_label == "no loss found" and by["B"].yield_impact == 0.0
+    assert not by["B"].significant and not by["B"].material
+    assert [(f.layer, f.tool_id) for f in findings] == [
+        ("C", "T1"),
+        ("A", "T2"),
+        ("A", "T1"),
+        ("B", "T1"),
+    ]
+
+
+def test_no_layer_shows_a_negative_cost():
+    fits = [_fit("A", -0.6, None, findings=[_finding("A", 0.2, p=0.4)])]
+    (row,), _ = rank_layers(fits, None, [_test("A", 0.4)])
+    assert row.yield_impact == 0.0 and row.loss_label == "no loss found"
+
+
+def test_records_of_older_runs_are_ranked_by_their_layer_tests():
+    # without operation tests the layers' own p-values are Holm-adjusted across the layers
+    fits = [_fit("A", 0.4, 1e-6, findings=[_finding("A", 0.4)]), _fit("B", 0.0, 0.3)]
+    ranking, _ = rank_layers(fits, None)
+    adjusted = dict(zip("AB", holm_adjust([1e-6, 0.3]), strict=True))
+    assert {r.layer: r.p_value for r in ranking} == pytest.approx(adjusted)
 
 
 def test_an_established_finding_outranks_a_larger_one_that_chance_explains():
     noisy_tool = _finding("A", 0.35, "T_BIG", p=0.5)
     clear_chamber = _finding("A", 0.27, "T_CH", p=1e-8)
-    middling = _finding("A", 0.30, "T_MID", p=0.03)  # Holm: 0.03 x 2 = 0.06, not established
+    middling = _finding("A", 0.30, "T_MID", p=0.03, p_adjusted=0.06)  # not established
     noisy_chamber = replace(clear_chamber, effect="dispersion", yield_impact=math.nan, p_value=1e-9)
     got = sort_findings([noisy_tool, middling, noisy_chamber, clear_chamber])
-    assert [f.tool_id for f in got][:3] == ["T_CH", "T_BIG", "T_MID"]
+    assert [f.tool_id for f in got][:3] == ["T_CH", "T_MID", "T_BIG"]  # then by adjusted p
     assert got[-1].effect == "dispersion"
     # rank_layers keeps each layer's findings in this order
     _, findings = rank_layers([_fit("A", 0.4, 1e-6, findings=[noisy_tool, clear_chamber])], None)
     assert [f.tool_id for f in findings] == ["T_CH", "T_BIG"]
 
 
-def test_chained_model_replaces_the_impact_of_significant_layers_only():
-    fits = [_fit("A", 0.4, 1e-6), _fit("B", 0.2, 0.5)]
-    chained = LayerFit(layer="(chained)", status="ranked")
-    chained.layer_effects = {
-        "A": {"yield_impact": 0.3, "ci_low": 0.1, "ci_high": 0.5, "variance_share": 0.2},
-        "B": {"yield_impact": 0.05, "ci_low": -0.1, "ci_high": 0.2, "variance_share": 0.01},
-    }
-    ranking, _ = rank_layers(fits, chained)
-    by = {r.layer: r for r in ranking}
-    assert by["A"].yield_impact == 0.3 and by["A"].variance_share == 0.2
-    assert by["B"].yield_impact == 0.2 and by["B"].variance_share == 0.01
+def test_analysis_json_of_an_older_version_still_reads(tmp_path):
+    old = _result("run-old")
+    path = old.to_json(tmp_path / "analysis.json")
+    raw = json.loads(path.read_text())
+    for f in raw["findings"] + [f for layer in raw["layers"] for f in layer["findings"]]:
+        for name in ("p_adjusted", "material", "lots", "aliases", "model", "bin"):
+            f.pop(name)
+    for r in raw["ranking"]:
+        r.pop("material"), r.pop("significant"), r.pop("loss_label")
+    raw.pop("operation_tests"), raw.pop("materiality")
+    raw["layers"][0]["layer_effects"] = {"A": {"yield_impact": 0.3}}  # a field since removed
+    raw["findings"][0]["some_future_field"] = 1
+    path.write_text(json.dumps(raw))
+    back = AnalysisResult.from_json(path)
+    assert back.findings[0].p_adjusted is None and back.findings[0].lots == []
+    assert back.operation_tests == [] and back.materiality == 0.25
+    assert back.ranking[0].layer == old.ranking[0].layer
 
 
 def _result(run_id, impact=0.5):
     fits = [
-        _fit("A", impact, 1e-6, findings=[_finding("A", 0.3)]),
+        _fit("A", impact, None, findings=[_finding("A", 0.3)]),
         _fit("B", None, None, status="not_converged"),
     ]
     nan_finding = Finding(
@@ -289,13 +335,15 @@ def _result(run_id, impact=0.5):
         param="CD",
     )
     fits[0].findings.append(nan_finding)
-    ranking, findings = rank_layers(fits, None)
+    tests = [_test("A", 1e-6)]
+    ranking, findings = rank_layers(fits, None, tests)
     return AnalysisResult(
         run_id=run_id,
         created_at="2026-01-01T00:00:00+00:00",
         ranking=ranking,
         findings=findings,
         layers=fits,
+        operation_tests=tests,
     )
 
 

@@ -170,7 +170,7 @@ def test_findings_markdown_is_inert_for_hostile_ids_and_lists_unranked_layers():
         run_id="r1",
         created_at="2026-03-01T00:00:00+00:00",
         ranking=[
-            LayerRanking("GATE", 1, 2.5, 1.0, 4.0, 0.001, 0.3),
+            LayerRanking("GATE", 1, 2.5, 1.0, 4.0, 0.001, 0.3, significant=True),
             LayerRanking(
                 "METAL1", None, None, None, None, None, None, "failed", "the fit failed: boom"
             ),

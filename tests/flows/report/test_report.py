@@ -275,7 +275,7 @@ def test_facts_the_run_did_not_record_come_from_the_database(run, fab, tmp_path)
     html = build_report(result, tmp_path / "thin", db_path=fab[1]).html.read_text()
     method = Page(html).text("method")
     assert "(not recorded by the analysis run; as defined by yieldrank" in method
-    assert "<strong>Yield impact</strong> of a sub-process" in html
+    assert "<strong>Loss</strong> of a finding" in html  # ranking.YIELD_IMPACT_DEFINITION
     summary = Page(html).text("summary")
     lots = fab[0].wafers["lot_id"].n_unique()
     assert f"lots (in the database) {lots}" in summary
