@@ -96,15 +96,6 @@ CHAIN_METHOD = (
 
 warnings.filterwarnings("ignore", category=hglm.ConvergenceWarning, module=__name__)
 
-_FINDING_FIELDS = {f.name for f in dataclasses.fields(Finding)}
-
-
-def _finding(**values: object) -> Finding:
-    # The fields of issue 14's interface (p_adjusted, model, n_wafers, n_lots, lots) are passed
-    # when `Finding` has them (branch attrib); before that merge they are left out.
-    return Finding(**{k: v for k, v in values.items() if k in _FINDING_FIELDS})  # type: ignore[arg-type]
-
-
 # --------------------------------------------------------------------------- process models
 
 
@@ -336,7 +327,7 @@ def _dispersion_findings(
         lots = sorted(str(x) for x in rows.get_column("lot_id").unique().to_list())
         tool, _, chamber = level.partition(":")
         out.append(
-            _finding(
+            Finding(
                 layer=layer,
                 effect="dispersion",
                 estimate=float(table.at[level, "log_phi_ratio"]),  # log(its phi / typical phi)
@@ -631,3 +622,40 @@ def chain_yield_cost(
     if on_its_wafers:
         gain = gain[mask]
     return float(100.0 * np.mean(gain)) if gain.size else 0.0
+
+
+def attach_chains(findings: list[Finding], frames: dict[str, pa.Table]) -> list[Finding]:
+    """Each metrology finding with its cause: the tool that moves the parameter, in its units.
+
+    Parameters
+    ----------
+    findings : one layer's findings (any effects; only `metrology` ones change)
+    frames : the layers' wide wafer frames, by layer
+
+    Returns
+    -------
+    The findings, each metrology finding with `cause` (see `metrology_chains`) looked for in the
+    costly direction (the yield coefficient's sign: a negative slope per sigma means larger
+    values cost yield) and `cause["yield_impact"]` = the finding's loss (the points of fab yield
+    the tools moving it the costly way cost). A finding whose chain cannot be estimated keeps
+    `cause = None`.
+    """
+    out = []
+    for f in findings:
+        frame = frames.get(f.layer)
+        if f.effect != "metrology" or frame is None or f.operation is None or f.param is None:
+            out.append(f)
+            continue
+        df = pl.from_arrow(frame)
+        assert isinstance(df, pl.DataFrame)
+        if "dies_total" in df.columns:  # the yield model's rows, so that sigma is its scale
+            df = df.filter(pl.col("dies_total").is_not_null() & (pl.col("dies_total") > 0))
+        sign = -1 if f.estimate > 0 else 1
+        try:
+            cause = metrology_chain(df, f.operation, f.param, sign)
+        except Exception:  # a parameter the LMM cannot fit has no chain, like one too sparse
+            cause = None
+        if cause is not None:
+            cause = {**cause, "yield_impact": f.yield_impact}
+        out.append(dataclasses.replace(f, cause=cause))
+    return out

@@ -91,6 +91,7 @@ def finish_attribution(
     pieces: Any,
     outcomes: list[Any],
     materiality: float,
+    frames: dict[str, Any] | None = None,
 ) -> tuple[list[LayerFit], list[LayerRanking], list[Finding], list[OperationTest], list[str]]:
     """From the operation outcomes to the layers' records, the ranking and the findings.
 
@@ -101,12 +102,14 @@ def finish_attribution(
     pieces : its `ChainedPieces`, or None when it could not be fitted
     outcomes : the operations' `OperationOutcome`s (empty without pieces)
     materiality : points of fab yield (see flows.settings.DEFAULT_MATERIALITY)
+    frames : the layers' wide frames (pyarrow tables), for the metrology findings' causes
 
     Returns
     -------
     (layer fits, ranking, findings, adjusted operation tests, notes)
     """
     from flows.analysis.findings import apply_to_layers, attribute, variance_shares
+    from flows.analysis.process import attach_chains
     from flows.analysis.ranking import rank_layers
 
     if pieces is None:  # no chained model: no yield numbers, every layer says why
@@ -118,6 +121,8 @@ def finish_attribution(
         return fits, ranking, findings, [], [why]
     dispersion = [f for fit in fits for f in fit.findings if f.effect == "dispersion"]
     att = attribute(outcomes, pieces, materiality=materiality, dispersion=dispersion)
+    if frames:
+        att.findings = {k: attach_chains(v, frames) for k, v in att.findings.items()}
     fits = apply_to_layers(fits, chained, att, variance_shares(pieces), pieces)
     ranking, findings = rank_layers(fits, chained, att.tests, materiality)
     return fits, ranking, findings, att.tests, att.notes
@@ -157,7 +162,7 @@ def run_analysis(
     chained, pieces = chained_model(chained_frame(frames), seed=seed)
     outcomes = test_operations(pieces, seed=seed) if pieces is not None else []
     fits, ranking, findings, tests, notes = finish_attribution(
-        fits, chained, pieces, outcomes, materiality
+        fits, chained, pieces, outcomes, materiality, frames
     )
     n_wafers = max((f.num_rows for f in frames.values()), default=0)
     result = AnalysisResult(

@@ -177,7 +177,7 @@ def analyse_flow(
         logger.info("%d operation tests done", len(outcomes))
 
         layer_fits, ranking, findings, tests, att_notes = finish_attribution(
-            [fits[layer] for layer in frames], chained, pieces, outcomes, materiality
+            [fits[layer] for layer in frames], chained, pieces, outcomes, materiality, frames
         )
         result = AnalysisResult(
             run_id=run_id,
