@@ -238,12 +238,12 @@ def alias_clause(f: Finding) -> str:
     text = f"Its lots also ran on {equipment(top)}" + (f" ({share})" if share else "")
     cost = field(top, "yield_impact")
     given = (
-        f"costs {fmt_pp(cost)} points given this one"
+        f"that tool's given this one is {fmt_pp(cost)} points"
         if finite(cost) and cost > 0
-        else "shows no loss given this one"
+        else "that tool shows no loss given this one"
     )
     text += (
-        f"; both are in the one model, so the cost above is its own, given that tool, which {given}"
+        f"; both are in the one model, so the cost above is its own given that tool, and {given}"
     )
     if len(aliases) > 1:
         text += f" ({len(aliases) - 1} more in the layer's alias table)"
@@ -264,34 +264,108 @@ def no_loss_sentence(r: LayerRanking, anchor: str, detectable: str | None) -> Se
 
 # ---- tables -------------------------------------------------------------------------------
 
+# What each column means, keyed by its header: every table below takes its legend from here,
+# one entry per column (a header without an entry is a KeyError, not a silent gap).
+COLUMNS = {
+    "rank": "layers with a significant loss first, by loss; then the others by adjusted p",
+    "layer": "a sub-process of the route: the tools, chambers and metrology of its operations",
+    "loss (points of fab yield)": (
+        "final yield, in percentage points of all the fab's sorted dies, that the fab would "
+        "gain if this equipment performed like the typical one of its operation (defined under "
+        f'Method); "{NO_LOSS}" when nothing significant costs yield. Never negative.'
+    ),
+    "95 % interval": (
+        "of the loss, in the same points; a bound below 0 is shown as 0 (a loss is not negative)"
+    ),
+    "adjusted p": (
+        "chance of a result this strong in a fab without any real effect, allowing for every "
+        "test of this run (family-wise over the whole fab; how: under Method). Below 0.05: "
+        "significant."
+    ),
+    "significant findings": "the layer's equipment and parameters with a significant loss",
+    "detectable shift (points)": (
+        "smallest shift of one tool, in yield points on that tool's own wafers, that this "
+        "fab's data would detect with 80 % power at the adjusted 5 % level (per layer: the "
+        "range over its operations). A smaller loss can hide below it."
+    ),
+    "variance share": (
+        "share of the wafer-to-wafer spread of final yield (on the log-odds scale) that the "
+        "layer's tools, chambers and metrology carry"
+    ),
+    "effect": "tool, chamber (against its tool's other chambers) or metrology parameter",
+    "where": "the tool, the chamber of a tool, or the metrology parameter, at its operation",
+    "loss on its wafers (points)": (
+        "how many points lower the yield of the wafers that ran on it is than on the typical "
+        "equipment of the operation"
+    ),
+    "wafers": "how many sorted wafers ran on it",
+    "lots": "how many lots ran on it (for a finding, their ids are listed below the table)",
+    "model": (
+        "the fit the numbers come from: chained = the one model of final yield with every "
+        "layer's terms; the others are fits conditional on it, or the parameter's process "
+        "model (Method)"
+    ),
+    "estimate": "the finding's effect on the model's own scale, named in the next column",
+    "scale": "the unit of the estimate (see the units below)",
+    "unadjusted p": "the finding's own test, before allowing for the run's other tests",
+    "parameter": "the inline metrology parameter whose site-to-site spread is larger",
+    "SD ratio (x)": (
+        "site-to-site standard deviation of the parameter on this equipment over its peers' "
+        "(x2: twice as noisy)"
+    ),
+    "finding": "the finding, as in the table above",
+    "its lots also ran on": (
+        "a tool or chamber at another operation that ran many of the same lots, so that the "
+        "data alone could blame either"
+    ),
+    "overlap": ("lots shared / lots of the smaller of the two (listed from 0.6 and 3 shared lots)"),
+    "shared lots": "how many lots ran on both",
+    "its loss given the finding (points)": (
+        "the other equipment's loss of fab yield in the same model, with the finding in it"
+    ),
+    "operation": "a process step of the layer",
+    "what is tested": "the operation's tools and chambers together, or one metrology parameter",
+    "tools": "how many tools ran the operation",
+    "chambers": "how many tool chambers ran the operation",
+    "test p": "the operation's own test, given every other operation's equipment",
+}
+UNITS = [  # the scales of the model-scale estimates
+    (
+        "log-odds (logit)",
+        "log of good over bad dies; -0.1 is about -1.3 points of yield at 85 % (< 0 costs yield)",
+    ),
+    (
+        "standardised slope",
+        "change of the log-odds of yield per standard deviation of the parameter",
+    ),
+    (
+        "log variance ratio (log-phi ratio)",
+        "log of the site-to-site variance over its peers'; the SD ratio is exp(estimate / 2)",
+    ),
+]
+SCALES = {
+    "tool": "log-odds (logit) vs the typical tool",
+    "chamber": "log-odds (logit) vs the tool's typical chamber",
+    "metrology": "logit per SD of the parameter (standardised slope)",
+    "dispersion": "log variance ratio (log-phi ratio) vs the median level",
+}
 
-LOSS_LEGEND = (
-    "loss (points of fab yield)",
-    "final yield, in percentage points of all the fab's sorted dies, the fab would gain if the "
-    "equipment performed like the typical one of its operation (defined under Method); "
-    f'"{NO_LOSS}" when nothing significant costs yield. Never negative.',
-)
-INTERVAL_LEGEND = (
-    "95 % interval",
-    "of the loss, in the same points; a bound below 0 is shown as 0 (a loss is not negative)",
-)
-ADJ_P_LEGEND = (
-    "adjusted p",
-    "chance of a result this strong in a fab without any real effect, allowing for every test "
-    "of this run (family-wise over the fab; how, under Method). Below 0.05: significant.",
-)
+
+def legend(header: Sequence[str], materiality: float | None = None) -> list[tuple[str, str]]:
+    """The legend of a table: every column's meaning, in the table's order."""
+    meanings = dict(COLUMNS, material=_material_meaning(materiality))
+    return [(h, meanings[h]) for h in header]
 
 
-def material_legend(materiality: float | None) -> tuple[str, str]:
+def _material_meaning(materiality: float | None) -> str:
     threshold = (
         f"{fmt_pp(materiality)} points of fab yield"
         if finite(materiality)
         else "the run's threshold (this run recorded none)"
     )
     return (
-        "material",
         f"yes when significant and the loss's 95 % interval lies above {threshold}; "
-        "– when the run did not decide it",
+        "– when the run did not decide it"
     )
 
 
@@ -322,40 +396,24 @@ def ranking_table(
         )
         if loss:
             flagged.add(i)
-    legend = [
-        ("rank", "layers with a significant loss first, by loss; then the others by adjusted p"),
-        LOSS_LEGEND,
-        INTERVAL_LEGEND,
-        ADJ_P_LEGEND,
-        material_legend(materiality),
-        ("significant findings", "the layer's equipment and parameters with a significant loss"),
-        (
-            "detectable shift (points)",
-            "smallest tool shift, in yield points on that tool's own wafers, that this data "
-            "would detect with 80 % power at the layer's operations (range over them)",
-        ),
-        (
-            "variance share",
-            "share of the wafer-to-wafer spread of final yield (log-odds scale) that the "
-            "layer's tools, chambers and metrology carry",
-        ),
+    header = [
+        "rank",
+        "layer",
+        "loss (points of fab yield)",
+        "95 % interval",
+        "adjusted p",
+        "material",
+        "significant findings",
+        "detectable shift (points)",
+        "variance share",
     ]
     return Table(
-        [
-            "rank",
-            "layer",
-            "loss (points of fab yield)",
-            "95 % interval",
-            "adjusted p",
-            "material",
-            "significant findings",
-            "detectable shift (points)",
-            "variance share",
-        ],
+        header,
         rows,
         numeric={0, 2, 3, 4, 7, 8},
         flagged=flagged,
-        legend=legend,
+        legend=legend(header, materiality),
+        legend_open=True,
     )
 
 
@@ -390,51 +448,26 @@ def findings_table(
         if finite(p) and p < ALPHA:
             flagged.add(i)
     more = len(findings) - limit
-    legend = [
-        ("where", "the tool, the chamber of a tool, or the metrology parameter, at its operation"),
-        (
-            "loss on its wafers (points)",
-            "how many points lower the yield of the wafers that ran on it is than on the "
-            "typical equipment of the operation",
-        ),
-        ("wafers, lots", "how many ran on it"),
-        LOSS_LEGEND,
-        INTERVAL_LEGEND,
-        ADJ_P_LEGEND,
-        material_legend(materiality),
-        (
-            "model",
-            "the fit the numbers come from: chained = the one model of final yield with every "
-            "layer's terms; others are fits conditional on it (Method)",
-        ),
+    header = [
+        "effect",
+        "where",
+        "loss on its wafers (points)",
+        "wafers",
+        "lots",
+        "loss (points of fab yield)",
+        "95 % interval",
+        "adjusted p",
+        "material",
+        "model",
     ]
     return Table(
-        [
-            "effect",
-            "where",
-            "loss on its wafers (points)",
-            "wafers",
-            "lots",
-            "loss (points of fab yield)",
-            "95 % interval",
-            "adjusted p",
-            "material",
-            "model",
-        ],
+        header,
         rows,
         numeric={2, 3, 4, 5, 6, 7},
         flagged=flagged,
         note=f"{more} smaller findings not shown (all are in findings.csv)" if more > 0 else None,
-        legend=legend,
+        legend=legend(header, materiality),
     )
-
-
-SCALES = {
-    "tool": "log-odds (logit) vs the typical tool",
-    "chamber": "log-odds (logit) vs the tool's typical chamber",
-    "metrology": "logit per SD of the parameter (standardised slope)",
-    "dispersion": "log variance ratio (log-phi ratio) vs the median level",
-}
 
 
 def estimates_table(findings: Sequence[Finding], limit: int) -> Table | Unavailable:
@@ -451,28 +484,8 @@ def estimates_table(findings: Sequence[Finding], limit: int) -> Table | Unavaila
         ]
         for f in findings[:limit]
     ]
-    legend = [
-        ("estimate", "the finding's effect on the model's own scale, named in the next column"),
-        (
-            "log-odds (logit)",
-            "log of good/bad dies; -0.1 is about -2 points of yield at 85 % (< 0 costs yield)",
-        ),
-        (
-            "standardised slope",
-            "change of the log-odds of yield per standard deviation of the parameter",
-        ),
-        (
-            "log variance ratio",
-            "log of the site-to-site variance over its peers'; the SD ratio is exp(estimate / 2)",
-        ),
-        ("unadjusted p", "the finding's own test, before allowing for the run's other tests"),
-    ]
-    return Table(
-        ["where", "effect", "estimate", "scale", "unadjusted p"],
-        rows,
-        numeric={2, 4},
-        legend=legend,
-    )
+    header = ["where", "effect", "estimate", "scale", "unadjusted p"]
+    return Table(header, rows, numeric={2, 4}, legend=legend(header) + UNITS)
 
 
 def dispersion_table(
@@ -488,22 +501,8 @@ def dispersion_table(
         )
         if finite(p) and p < ALPHA:
             flagged.add(i)
-    legend = [
-        (
-            "SD ratio",
-            "site-to-site standard deviation of the parameter on this equipment over "
-            "its peers' (x2: twice as noisy)",
-        ),
-        ADJ_P_LEGEND,
-        ("model", "the process model of the parameter (Method)"),
-    ]
-    return Table(
-        ["where", "parameter", "SD ratio (x)", "adjusted p", "model"],
-        rows,
-        numeric={2, 3},
-        flagged=flagged,
-        legend=legend,
-    )
+    header = ["where", "parameter", "SD ratio (x)", "adjusted p", "model"]
+    return Table(header, rows, numeric={2, 3}, flagged=flagged, legend=legend(header))
 
 
 def aliases_table(findings: Sequence[Finding]) -> Table | Unavailable:
@@ -522,31 +521,18 @@ def aliases_table(findings: Sequence[Finding]) -> Table | Unavailable:
             )
     if not rows:
         return Unavailable("no finding's lots overlap strongly with equipment at another operation")
-    legend = [
-        (
-            "overlap",
-            "lots shared / lots of the smaller of the two; listed from 0.6 and 3 shared lots",
-        ),
-        (
-            "its loss given the finding (points)",
-            "the other equipment's loss of fab yield in the same model, with the finding in it",
-        ),
+    header = [
+        "finding",
+        "its lots also ran on",
+        "overlap",
+        "shared lots",
+        "its loss given the finding (points)",
     ]
-    return Table(
-        [
-            "finding",
-            "its lots also ran on",
-            "overlap",
-            "shared lots",
-            "its loss given the finding (points)",
-        ],
-        rows,
-        numeric={2, 3, 4},
-        legend=legend,
-    )
+    return Table(header, rows, numeric={2, 3, 4}, legend=legend(header))
 
 
 def operation_tests(result: AnalysisResult, order: Sequence[str]) -> list[Any]:
+    """The run's per-operation tests, its layers in the ranking's order."""
     tests = list(field(result, "operation_tests", []))
     rank = {layer: i for i, layer in enumerate(order)}
     return sorted(tests, key=lambda t: rank.get(str(field(t, "layer", "")), len(rank)))
@@ -561,15 +547,15 @@ def operation_tests_table(tests: Sequence[Any]) -> Table | Unavailable:
         )
     rows, flagged = [], set()
     for i, t in enumerate(tests):
-        kind = field(t, "kind", "equipment")
         p_adj = field(t, "p_adjusted")
+        what = "tools and chambers"
+        if field(t, "kind", "equipment") == "metrology":
+            what = f"metrology {field(t, 'param', '')}".strip()
         rows.append(
             [
                 str(field(t, "layer", "–")),
                 str(field(t, "operation", "–")),
-                f"metrology {field(t, 'param', '')}".strip()
-                if kind == "metrology"
-                else "tools and chambers",
+                what,
                 fmt_num(field(t, "n_tools")),
                 fmt_num(field(t, "n_chambers")),
                 fmt_num(field(t, "n_lots")),
@@ -580,49 +566,29 @@ def operation_tests_table(tests: Sequence[Any]) -> Table | Unavailable:
         )
         if finite(p_adj) and p_adj < ALPHA:
             flagged.add(i)
-    legend = [
-        (
-            "what is tested",
-            "the operation's tools and chambers together, or one metrology parameter",
-        ),
-        ("test p", "the operation's own test, given every other operation's equipment"),
-        ADJ_P_LEGEND,
-        (
-            "detectable shift (points)",
-            "smallest shift of one tool, in yield points on that tool's wafers, that this test "
-            "finds with 80 % power at the run's adjusted 5 % level: a smaller loss can hide here",
-        ),
+    header = [
+        "layer",
+        "operation",
+        "what is tested",
+        "tools",
+        "chambers",
+        "lots",
+        "test p",
+        "adjusted p",
+        "detectable shift (points)",
     ]
-    return Table(
-        [
-            "layer",
-            "operation",
-            "what is tested",
-            "tools",
-            "chambers",
-            "lots",
-            "test p",
-            "adjusted p",
-            "detectable shift (points)",
-        ],
-        rows,
-        numeric={3, 4, 5, 6, 7, 8},
-        flagged=flagged,
-        legend=legend,
-    )
+    return Table(header, rows, numeric={3, 4, 5, 6, 7, 8}, flagged=flagged, legend=legend(header))
 
 
 def detectable_by_layer(tests: Sequence[Any]) -> dict[str, str]:
-    """Per layer, the range of its equipment tests' detectable shifts ("1.8 to 4.2")."""
+    """Per layer, the range of its equipment tests' detectable shifts ("1.80 to 4.20")."""
     shifts: dict[str, list[float]] = {}
     for t in tests:
         value = field(t, "detectable_shift")
         if field(t, "kind", "equipment") == "equipment" and finite(value):
             shifts.setdefault(str(field(t, "layer")), []).append(float(value))
     return {
-        layer: fmt_pp(min(v))
-        if len(v) == 1 or min(v) == max(v)
-        else f"{fmt_pp(min(v))} to {fmt_pp(max(v))}"
+        layer: fmt_pp(min(v)) if min(v) == max(v) else f"{fmt_pp(min(v))} to {fmt_pp(max(v))}"
         for layer, v in shifts.items()
     }
 

@@ -258,7 +258,9 @@ def pareto(bars: Sequence[ImpactBar]) -> Chart:
         "Loss by layer",
         draw,
         height=2.9,
-        alt="Pareto chart of the loss by layer, in the ranking's order, with 95 % intervals",
+        # the bars' order in words, from the very list drawn: what a reader (and a test) checks
+        alt="Pareto chart of the loss by layer with 95 % intervals, left to right: "
+        + ", ".join(b.label for b in bars),
     )
 
 

@@ -158,6 +158,7 @@ class Table:
     flagged: set[int] = field(default_factory=set)  # rows to highlight
     note: str | None = None  # printed under the table
     legend: list[tuple[str, str]] = field(default_factory=list)  # column or unit -> meaning
+    legend_open: bool = False  # HTML: the legend shown, not folded (the summary's ranking)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -349,6 +349,8 @@ def _hline(fig: Figure, y: float, colour: str, width: float) -> None:
 
 def _story(model: ReportModel, rendered: Rendered) -> Iterator[Block | TableBlocks]:
     s = model.sections
+    # a legend is printed under the first table that has it; the PDF cannot fold it away
+    tables = partial(_table_or_na, legends_printed=set())
     yield Paragraph(height=0.3, lines=[f"Yield report, run {model.run_id}"], size=15, weight="bold")
     yield paragraph(f"created {model.created_at} · yieldrank {model.version}", colour=MUTED)
     problems = chart_problems(model, rendered)
@@ -381,7 +383,7 @@ def _story(model: ReportModel, rendered: Rendered) -> Iterator[Block | TableBloc
     yield heading("Data quality", 3)
     yield paragraph(model.quality_outcome)
     yield heading("Ranking", 3)
-    yield from _table_or_na(model.ranking)
+    yield from tables(model.ranking)
     yield paragraph(
         "Highlighted rows: a significant loss. How each number is computed: Method.",
         size=SMALL,
@@ -400,7 +402,7 @@ def _story(model: ReportModel, rendered: Rendered) -> Iterator[Block | TableBloc
         size=SMALL,
         colour=MUTED,
     )
-    yield from _table_or_na(model.operation_tests)
+    yield from tables(model.operation_tests)
 
     yield PageBreak()
     yield heading(s["layers"], 1)
@@ -413,19 +415,19 @@ def _story(model: ReportModel, rendered: Rendered) -> Iterator[Block | TableBloc
         yield paragraph(layer.headline, weight="bold")
         yield from facts(layer.facts)
         yield heading("Findings", 4)
-        yield from _table_or_na(layer.findings)
+        yield from tables(layer.findings)
         if layer.lot_lists:
             yield heading("Lots of each finding", 4)
             for lots in layer.lot_lists:
                 yield from _lots(lots)
         yield heading("Equipment at other operations sharing the findings' lots", 4)
-        yield from _table_or_na(layer.aliases)
+        yield from tables(layer.aliases)
         yield heading("Noisy equipment (dispersion findings)", 4)
-        yield from _table_or_na(layer.dispersion)
+        yield from tables(layer.dispersion)
         for chart in layer.charts:
             yield from _chart(chart, rendered)
         yield heading("Estimates on the models' own scales", 4)
-        yield from _table_or_na(layer.estimates)
+        yield from tables(layer.estimates)
 
     yield PageBreak()
     yield heading(s["unranked"], 1)
@@ -437,12 +439,12 @@ def _story(model: ReportModel, rendered: Rendered) -> Iterator[Block | TableBloc
     yield heading(s["quality"], 1)
     yield paragraph(model.quality_outcome)
     yield heading("Drops", 3)
-    yield from _table_or_na(model.drops)
+    yield from tables(model.drops)
     if model.problems:
         yield heading("Rules broken", 3)
         yield table(model.problems)
     yield heading("Great Expectations results", 3)
-    yield from _table_or_na(model.expectations)
+    yield from tables(model.expectations)
     if model.failed_expectations:
         yield heading("Failing expectations", 3)
         yield table(model.failed_expectations)
@@ -464,14 +466,14 @@ def _story(model: ReportModel, rendered: Rendered) -> Iterator[Block | TableBloc
             colour=MUTED,
         )
         yield from facts(model.chained.facts)
-        yield from _table_or_na(model.chained.effects)
+        yield from tables(model.chained.effects)
     for layer in model.layers:
         yield heading(f"Model of layer {layer.name}", 3)
         yield from facts(layer.model_facts)
         yield heading("Fixed effects of the yield model", 4)
-        yield from _table_or_na(layer.fixed_effects)
+        yield from tables(layer.fixed_effects)
         yield heading("Process models", 4)
-        yield from _table_or_na(layer.process_models)
+        yield from tables(layer.process_models)
     yield heading("Versions", 3)
     yield table(model.versions)
 
@@ -497,14 +499,28 @@ def _chart(chart: object, rendered: Rendered) -> Iterator[Block]:
         yield picture(shows)
 
 
-def _table_or_na(t: Table | Unavailable) -> Iterator[Block | TableBlocks]:
+def _table_or_na(
+    t: Table | Unavailable, legends_printed: set[tuple[tuple[str, str], ...]] | None = None
+) -> Iterator[Block | TableBlocks]:
+    """A table, its note and its legend (only the first time that legend is met, when
+    `legends_printed` keeps track)."""
     if isinstance(t, Unavailable):
         yield not_available(t)
         return
     yield table(t)
     if t.note:
         yield paragraph(t.note, size=SMALL, colour=MUTED)
-    for key, meaning in t.legend:
+    legend = tuple(t.legend)
+    if not legend:
+        return
+    if legends_printed is not None and legend in legends_printed:
+        yield paragraph(
+            "Columns as explained under the first table like it.", size=SMALL, colour=MUTED
+        )
+        return
+    if legends_printed is not None:
+        legends_printed.add(legend)
+    for key, meaning in legend:
         yield paragraph(f"{key}: {meaning}", size=SMALL, colour=MUTED)
 
 

@@ -20,16 +20,17 @@ import pytest
 from pypdf import PdfReader
 
 from flows.analysis.results import AnalysisResult, Finding
-from flows.report.assemble import _findings_table, top_finding
+from flows.report.assemble import top_finding
+from flows.report.attribution import dispersion_table, findings_table
 from flows.report.build import build_report
 from flows.report.index import build_index
-from flows.report.model import MAX_FINDINGS, SECTIONS, fmt_pp
+from flows.report.model import MAX_FINDINGS, SECTIONS, fmt_pp, in_review_order
 from tests.flows import report_sample as sample
 
 ALLOWED_TAGS = {
     "html", "head", "meta", "title", "style", "body", "header", "nav", "main", "footer", "section",
     "article", "div", "h2", "h3", "h4", "p", "a", "ol", "ul", "li", "dl", "dt", "dd", "table",
-    "thead", "tbody", "tr", "th", "td", "figure", "img", "strong", "span",
+    "thead", "tbody", "tr", "th", "td", "figure", "img", "strong", "span", "details", "summary",
 }  # fmt: skip
 
 
@@ -81,9 +82,12 @@ def fab(tmp_path_factory: pytest.TempPathFactory) -> tuple[sample.Fab, Path]:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory, fab) -> tuple[AnalysisResult, Path, str]:
+    """The run with issue 14's attribution; its analysis.json is the same run in today's
+    schema (AnalysisResult.from_json reads the new fields once the attribution lands)."""
     fab_data, db_path = fab
-    result = sample.analysis_result(fab_data)
-    out = sample.write_run(tmp_path_factory.mktemp("runs") / result.run_id, result)
+    today = sample.analysis_result(fab_data)
+    result = sample.attributed_result(fab_data, today)
+    out = sample.write_run(tmp_path_factory.mktemp("runs") / result.run_id, today)
     paths = build_report(result, out, db_path=db_path)
     assert paths.html == out / "report.html" and paths.pdf == out / "report.pdf"
     return result, out, paths.html.read_text(encoding="utf-8")
@@ -117,18 +121,9 @@ def test_html_has_every_section_in_order(run):
     assert set(SECTIONS) <= page.ids
 
 
-def test_summary_states_the_top_layers_with_impact_interval_and_p(run):
-    result, _, html = run
+def test_summary_shows_the_run_data_and_quality(run):
+    _, _, html = run
     summary = Page(html).text("summary")
-    top = ranked(result)
-    assert top[0].layer == sample.PLANTED_LAYER, "the fixture's planted layer should rank first"
-    for r in top[:3]:
-        assert r.layer in summary
-        assert f"{fmt_pp(r.yield_impact)} yield points" in summary
-        assert f"{fmt_pp(r.ci_low)} to {fmt_pp(r.ci_high)}" in summary
-    # one sentence each, in rank order
-    sentences = re.findall(r"<li><a href=\"#(layer-\d+)\"><strong class=\"layer\">", html)
-    assert sentences == ["layer-1", "layer-2", "layer-3"]
     for fact in ("drops", "date range", "lots", "wafers", "2026-09-01"):
         assert fact in summary
     assert "1 rejected" in summary  # the data-quality outcome
@@ -156,13 +151,14 @@ def test_every_ranked_layer_has_its_charts_and_tables(run):
         else:
             assert f"no inline metrology with a sort result in layer {r.layer}" in layers
         assert set(expected) <= alts, set(expected) - alts
-    assert "Dispersion findings" in layers
-    assert "M1_THK" in layers and "noisier" in layers  # the noisy chamber, found in M1
-    assert "converged after" in layers and "cAIC" in layers
+    assert "dispersion findings" in layers
+    assert "M1_THK" in layers and "SD ratio" in layers  # the noisy chamber, found in M1
+    method = page.text("method")  # the fits' statistics are under Method
+    assert "converged after" in method and "cAIC" in method
     chained = next(f for f in result.layers if f.layer == "(chained)")
-    assert "Chained model across layers" in layers and "chained" in page.ids
+    assert "Chained model across layers" in method and "chained" in page.ids
     for layer, effect in chained.layer_effects.items():
-        assert f"{layer} {fmt_pp(effect['yield_impact'])}" in layers
+        assert f"{layer} {fmt_pp(effect['yield_impact'])}" in method
     n_images = sum(1 for tag, _ in page.tags if tag == "img")
     n_measured = sum(r.layer in measured for r in ranked(result))
     assert n_images == 1 + 5 * len(ranked(result)) + n_measured
@@ -189,7 +185,7 @@ def test_strings_from_data_are_escaped(run):
     assert "&#34;&gt;&lt;img src=x onerror=alert(2)&gt;" in html
     assert "M3 &amp; &lt;b&gt;co&lt;/b&gt;" in html
     assert "drop &lt;bad&gt; &amp; &#39;quoted&#39;" in html
-    assert f"tool {sample.MATH_TOOL} at CT_ETCH" in html  # printed as written, not evaluated
+    assert f"{sample.MATH_TOOL} chamber CH" in html  # printed as written, not evaluated
     page = Page(html)
     assert {tag for tag, _ in page.tags} <= ALLOWED_TAGS
     assert not [a for _, a in page.tags if any(k.startswith("on") for k in a)]
@@ -383,13 +379,15 @@ def test_a_long_findings_list_is_cut_with_a_note_and_missing_numbers_show_as_das
         Finding("L", "chamber", -0.1, 0.01 * i, 0.0, 0.02 * i, 0.5, "OP", "T1", f"CH{i}")
         for i in range(20)
     ] + [Finding("L", "dispersion", 0.4, math.nan, math.nan, math.nan, None, "OP", "T2", None)]
-    table = _findings_table(findings)
+    table = findings_table(in_review_order(findings[:-1]), {}, None, MAX_FINDINGS)
     assert len(table.rows) == MAX_FINDINGS
-    assert table.rows[0][1] == "chamber CH19 of tool T1 at OP"  # largest impact first
-    assert table.note == f"{21 - MAX_FINDINGS} smaller findings not shown (all are in findings.csv)"
-    dispersion = _findings_table(findings[-1:])
-    assert dispersion.rows[0][1] == "tool T2 is noisier on its metrology at OP"
-    assert dispersion.rows[0][3:] == ["–", "–", "–"]
+    assert table.rows[0][1] == "T1 chamber CH19 at OP"  # largest impact first
+    assert table.note == f"{20 - MAX_FINDINGS} smaller findings not shown (all are in findings.csv)"
+    assert table.rows[0][2:5] == ["–", "–", "–"]  # a run without the wafers of each finding
+    dispersion = dispersion_table(findings[-1:], {})
+    assert dispersion.rows[0][0] == "tool T2 at OP"
+    assert dispersion.rows[0][2] == f"{math.exp(0.2):.3g}"  # SD ratio from the log variance ratio
+    assert dispersion.rows[0][3] == "–"
 
 
 def test_an_established_finding_leads_its_layer_as_in_the_analysis():
@@ -404,7 +402,8 @@ def test_an_established_finding_leads_its_layer_as_in_the_analysis():
     ]
     findings = [tool, *others, chamber]
     assert top_finding(findings) is chamber
-    assert _findings_table(findings).rows[0][1] == "chamber CH3 of tool T7 at OP"
+    ordered = in_review_order(findings)
+    assert findings_table(ordered, {}, None, MAX_FINDINGS).rows[0][1] == "T7 chamber CH3 at OP"
     # without an established finding the largest impact leads
     assert top_finding([tool, *others]) is tool
 
@@ -422,14 +421,15 @@ def test_a_chart_that_fails_becomes_a_note_in_the_html_and_the_pdf(run, fab, tmp
         raise RuntimeError("injected chart failure")
 
     monkeypatch.setattr(report, "yield_by_tool", broken)
-    result = trimmed(run[0], keep=1)
+    # the run as its analysis.json holds it, which `yieldrank report` reads back below
+    result = trimmed(AnalysisResult.from_json(run[1] / "analysis.json"), keep=1)
     top = ranked(result)[0]
     missed = replace(top, ci_low=top.yield_impact + 0.1)  # an interval missing its point, as once
     result.ranking = [missed if r is top else r for r in result.ranking]
     paths = build_report(result, tmp_path / "broken", db_path=fab[1])
     pareto_failed, tools_failed = paths.problems
     assert re.fullmatch(
-        r"summary: chart not drawn: Yield impact by layer \(ValueError: 'yerr' must not "
+        r"summary: chart not drawn: Loss by layer \(ValueError: 'yerr' must not "
         r"contain negative values at charts\.py line \d+\)",
         pareto_failed,
     )
@@ -448,7 +448,7 @@ def test_a_chart_that_fails_becomes_a_note_in_the_html_and_the_pdf(run, fab, tmp
     pdf = re.sub(r"\s+", " ", " ".join(p.extract_text() for p in PdfReader(paths.pdf).pages))
     assert "This report is incomplete: 2 chart(s) could not be drawn." in pdf
     assert "chart not drawn: Yield by tool (RuntimeError: injected chart failure" in pdf
-    assert "chart not drawn: Yield impact by layer (ValueError:" in pdf
+    assert "chart not drawn: Loss by layer (ValueError:" in pdf
     # `yieldrank report` writes the report, names the problems and exits "degraded"
     run_dir = tmp_path / "cli-broken" / result.run_id
     run_dir.mkdir(parents=True)
