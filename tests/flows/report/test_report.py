@@ -1,7 +1,7 @@
 """The run report: sections, escaping, self-containment, the PDF, degradation, the index, the CLI.
 
 One simulated fab in a real DuckDB file (tests/flows/report_sample.py) and one analysis run over
-it serve every test of this module; the report is built once and read many ways.
+it serve every test of this package (conftest.py); the report is built once and read many ways.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import re
 import subprocess
 import sys
 from dataclasses import replace
-from html.parser import HTMLParser
 from pathlib import Path
 
 import duckdb
@@ -26,75 +25,13 @@ from flows.report.build import build_report
 from flows.report.index import build_index
 from flows.report.model import MAX_FINDINGS, SECTIONS, fmt_pp, in_review_order
 from tests.flows import report_sample as sample
+from tests.flows.report.pages import Page, ranked
 
 ALLOWED_TAGS = {
     "html", "head", "meta", "title", "style", "body", "header", "nav", "main", "footer", "section",
     "article", "div", "h2", "h3", "h4", "p", "a", "ol", "ul", "li", "dl", "dt", "dd", "table",
     "thead", "tbody", "tr", "th", "td", "figure", "img", "strong", "span", "details", "summary",
 }  # fmt: skip
-
-
-class Page(HTMLParser):
-    """The parts of a page the tests read: tags, attributes, ids, text per section."""
-
-    def __init__(self, html: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[tuple[str, dict[str, str | None]]] = []
-        self.ids: set[str] = set()
-        self.headings: list[tuple[str, str]] = []
-        self.section_text: dict[str, list[str]] = {}
-        self._section: str | None = None
-        self._heading: str | None = None
-        self._text: list[str] = []
-        self.feed(html)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = dict(attrs)
-        self.tags.append((tag, a))
-        if a.get("id"):
-            self.ids.add(a["id"])
-        if tag == "section":
-            self._section = a.get("id")
-        if tag in ("h2", "h3"):
-            self._heading, self._text = tag, []
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == self._heading:
-            self.headings.append((tag, "".join(self._text).strip()))
-            self._heading = None
-
-    def handle_data(self, data: str) -> None:
-        if self._heading:
-            self._text.append(data)
-        if self._section:
-            self.section_text.setdefault(self._section, []).append(data)
-
-    def text(self, section: str) -> str:
-        return re.sub(r"\s+", " ", " ".join(self.section_text.get(section, [])))
-
-
-@pytest.fixture(scope="module")
-def fab(tmp_path_factory: pytest.TempPathFactory) -> tuple[sample.Fab, Path]:
-    fab = sample.simulate(n_lots=40)
-    db_path = sample.write_database(fab, tmp_path_factory.mktemp("db") / "fab.duckdb")
-    return fab, db_path
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, fab) -> tuple[AnalysisResult, Path, str]:
-    """The run with issue 14's attribution; its analysis.json is the same run in today's
-    schema (AnalysisResult.from_json reads the new fields once the attribution lands)."""
-    fab_data, db_path = fab
-    today = sample.analysis_result(fab_data)
-    result = sample.attributed_result(fab_data, today)
-    out = sample.write_run(tmp_path_factory.mktemp("runs") / result.run_id, today)
-    paths = build_report(result, out, db_path=db_path)
-    assert paths.html == out / "report.html" and paths.pdf == out / "report.pdf"
-    return result, out, paths.html.read_text(encoding="utf-8")
-
-
-def ranked(result: AnalysisResult):
-    return sorted((r for r in result.ranking if r.rank is not None), key=lambda r: r.rank)
 
 
 def trimmed(result: AnalysisResult, keep: int = 2) -> AnalysisResult:
