@@ -30,6 +30,7 @@ import numpy as np
 
 from flows.analysis.results import AnalysisResult, Finding, LayerFit, LayerRanking
 from flows.report import attribution as say
+from flows.report import finding_tables as tables
 from flows.report.charts import (
     ImpactBar,
     caterpillar,
@@ -98,8 +99,8 @@ def assemble(
     significant = {
         layer: say.significant_findings(fs, p_adj) for layer, fs in findings_by_layer.items()
     }
-    tests = say.operation_tests(result, [r.layer for r in ranked])
-    detectable = say.detectable_by_layer(tests)
+    tests = tables.operation_tests(result, [r.layer for r in ranked])
+    detectable = tables.detectable_by_layer(tests)
     materiality = say.field(result, "materiality")
     context = _LayerContext(p_adj, significant, detectable, materiality, anchors)
 
@@ -117,11 +118,13 @@ def assemble(
     method = method_facts(result.method)
     if not recorded and result.findings:
         method.append(("adjusted p of findings", ADJUSTED_BY_REPORT))
+    lead, sentences = _sentences(ranked, significant, p_adj, anchors)
     return ReportModel(
         run_id=result.run_id,
         created_at=result.created_at,
         version=package_version("yieldrank"),
-        sentences=_sentences(ranked, significant, p_adj, anchors),
+        sentences_lead=lead,
+        sentences=sentences,
         quiet=[
             say.no_loss_sentence(r, anchors[r.layer], detectable.get(r.layer))
             for r in ranked
@@ -131,9 +134,9 @@ def assemble(
         no_ranking_reason=None if ranked else "no layer could be ranked in this run (see below)",
         data_facts=data_facts(result.data_summary, db_facts),
         quality_outcome=quality_outcome(quality.get("outcome"), drops, gx_runs),
-        ranking=say.ranking_table(ranked, significant, detectable, materiality),
+        ranking=tables.ranking_table(ranked, significant, detectable, materiality),
         pareto=_pareto(ranked),
-        operation_tests=say.operation_tests_table(tests),
+        operation_tests=tables.operation_tests_table(tests),
         layers=layers,
         unranked=_unranked_table(result, fits),
         drops=drops_table(drops),
@@ -164,14 +167,15 @@ def _sentences(
     significant: dict[str, list[Finding]],
     p_adj: dict[int, float | None],
     anchors: dict[str, str],
-) -> list[Sentence]:
-    """One sentence per significant finding: layers in the ranking's order, within a layer
-    the losses by size, then noisy equipment."""
-    return [
-        say.finding_sentence(f, p_adj.get(id(f)), anchors[r.layer])
-        for r in ranked
-        for f in significant.get(r.layer, [])
+) -> tuple[str, list[Sentence]]:
+    """The summary's lead-in and one sentence per significant finding: layers in the
+    ranking's order, within a layer the losses by size, then noisy equipment."""
+    stated = [(r, f) for r in ranked for f in significant.get(r.layer, [])]
+    said = say.common_model([f for _, f in stated])
+    sentences = [
+        say.finding_sentence(f, p_adj.get(id(f)), anchors[r.layer], said) for r, f in stated
     ]
+    return say.sentences_lead(said), sentences
 
 
 def top_finding(findings: Iterable[Finding]) -> Finding | None:
@@ -213,8 +217,8 @@ def _layer_section(
     if fit is None:
         gone = Unavailable(f"the run holds no model details for layer {r.layer}")
         return LayerSection(
-            anchor, r.layer, r.rank, headline, [], [gone], gone, gone, [], gone, gone, [],
-            gone, gone,
+            anchor, r.layer, r.rank, headline, [], [gone], gone, gone, [], gone, gone, gone,
+            [], gone, gone,
         )  # fmt: skip
     facts = [
         ("operations", ", ".join(fit.operations) or "–"),
@@ -246,11 +250,12 @@ def _layer_section(
         headline=headline,
         facts=facts,
         charts=_layer_charts(r, fit, findings, db),
-        findings=say.findings_table(yield_findings, ctx.p_adj, ctx.materiality, MAX_FINDINGS),
-        dispersion=say.dispersion_table(noisy, ctx.p_adj),
+        findings=tables.findings_table(yield_findings, ctx.p_adj, ctx.materiality, MAX_FINDINGS),
+        dispersion=tables.dispersion_table(noisy, ctx.p_adj),
         lot_lists=[lots for f in [*shown, *noisy] if (lots := say.lot_list(f)) is not None],
-        aliases=say.aliases_table(shown),
-        estimates=say.estimates_table([*shown, *noisy], MAX_FINDINGS + len(noisy)),
+        aliases=tables.aliases_table(shown),
+        chains=tables.chains_table(shown),
+        estimates=tables.estimates_table([*shown, *noisy], MAX_FINDINGS + len(noisy)),
         model_facts=model_facts,
         fixed_effects=_fixef_table(fit),
         process_models=records_table(

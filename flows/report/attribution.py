@@ -1,10 +1,10 @@
 """What the report says about each finding and each layer, in an engineer's words and units.
 
 One sentence per significant finding ("ETCH07 chamber CH3 at CT_ETCH: 4.8 points lower yield
-on its 128 wafers (10 lots), costing 0.51 points of fab yield ..."), the ranking and findings
-tables in yield points with a legend for every column, the model-scale estimates in a detail
-table of their own, each finding's lots, the tools whose lots overlap a finding's (aliases),
-and per operation what the data can see (its test and the smallest shift it would detect).
+on its 128 wafers (10 lots), costing 0.51 points of fab yield ..."), a metrology finding as
+its chain (the tool that moves the parameter, how far, what that costs), the equipment whose
+lots overlap a finding's (aliases), each finding's lots, and "no loss found" for a layer
+without a significant loss. The tables in the same words and units: `finding_tables`.
 
 The fields of the attribution (issue 14: `Finding.p_adjusted`, `material`, `loss_on_wafers`,
 `n_wafers`, `n_lots`, `lots`, `aliased_with`, `aliases`, `model`, `cause`;
@@ -22,17 +22,13 @@ from typing import Any
 
 from flows.analysis.ranking import holm_adjust
 from flows.analysis.results import AnalysisResult, Finding, LayerRanking
-from flows.report.data import Unavailable
 from flows.report.model import (
     ALPHA,
     LotList,
     Sentence,
-    Table,
     fmt_interval,
     fmt_num,
-    fmt_p,
     fmt_pp,
-    fmt_share,
     p_words,
 )
 
@@ -147,15 +143,46 @@ def sd_ratio(f: Finding) -> float | None:
     return math.exp(f.estimate / 2) if finite(f.estimate) else None
 
 
-def model_note(f: Finding) -> str:
+MODEL_WORDS = {  # Finding.model in words
+    CHAINED_MODEL: "the chained model",
+    "operation test": "the fit of its operation given the chained model",
+    "process model": "the parameter's process model",
+}
+
+
+def model_words(model: str) -> str:
+    return MODEL_WORDS.get(model, f"the {model}")
+
+
+def common_model(findings: Sequence[Finding]) -> str | None:
+    """The model most of the summary's numbers come from, when it is not the chained model:
+    named once before the sentences, and beside a sentence only where it differs."""
+    models = [field(f, "model") for f in findings if field(f, "model")]
+    if not models:
+        return None
+    most = max(dict.fromkeys(models), key=models.count)
+    return None if most == CHAINED_MODEL else most
+
+
+def model_note(f: Finding, said: str | None = None) -> str:
+    """Which model the sentence's numbers come from, unless the chained one or `said` already."""
     model = field(f, "model")
-    return "" if model in (None, CHAINED_MODEL) else f" (numbers from the {model})"
+    return "" if model in (None, CHAINED_MODEL, said) else f" (numbers from {model_words(model)})"
+
+
+def sentences_lead(model: str | None) -> str:
+    lead = "What costs yield, in the ranking's order"
+    if model:
+        lead += f" (numbers from {model_words(model)} unless a sentence says otherwise)"
+    return lead + ":"
 
 
 # ---- the summary's sentences ----------------------------------------------------------------
 
 
-def finding_sentence(f: Finding, p: float | None, anchor: str) -> Sentence:
+def finding_sentence(
+    f: Finding, p: float | None, anchor: str, said_model: str | None = None
+) -> Sentence:
     """One finding in one sentence, its numbers in engineering units (see the module doc)."""
     if f.effect == "dispersion":
         ratio = sd_ratio(f)
@@ -165,7 +192,7 @@ def finding_sentence(f: Finding, p: float | None, anchor: str) -> Sentence:
             if ratio is not None
             else f"noisier than its peers{on}"
         )
-        text = f"{subject(f)}: {text}; adjusted p {p_words(p)}{model_note(f)}."
+        text = f"{subject(f)}: {text}; adjusted p {p_words(p)}{model_note(f, said_model)}."
         return Sentence(f.layer, text, anchor, lot_list(f))
     cause = field(f, "cause")
     if f.effect == "metrology" and cause:
@@ -179,7 +206,7 @@ def finding_sentence(f: Finding, p: float | None, anchor: str) -> Sentence:
     material = field(f, "material")
     if material is not None:
         text += "; material" if material else "; below the materiality threshold"
-    text += model_note(f) + "."
+    text += model_note(f, said_model) + "."
     alias = alias_clause(f)
     if alias:
         text += " " + alias
@@ -199,8 +226,7 @@ def _on_its_wafers(f: Finding) -> str:
 def _cause_clause(f: Finding, cause: dict[str, Any]) -> str:
     shift = field(cause, "shift")
     low, high = field(cause, "shift_low"), field(cause, "shift_high")
-    unit = field(cause, "unit_note", "")
-    unit = f" {unit}" if unit else ""
+    unit = unit_of(cause)
     if finite(shift) and finite(low) and finite(high) and (low > 0 or high < 0):
         verb = "raises" if shift > 0 else "lowers"
         lo, hi = sorted((abs(low), abs(high)))
@@ -210,8 +236,10 @@ def _cause_clause(f: Finding, cause: dict[str, Any]) -> str:
         verb, amount = "shifts", f"{fmt_num(shift, 3)}{unit}"
         interval = f"95 % interval {fmt_num(low, 3)} to {fmt_num(high, 3)}"
     sigma = field(cause, "shift_sigma")
-    in_sigma = f"{fmt_num(abs(sigma), 2)} sigma; " if finite(sigma) else ""
-    text = f"{equipment(cause)} {verb} {f.param} by {amount} ({in_sigma}{interval}), which costs "
+    details = [] if unit else ["in its own units"]
+    details += [f"{fmt_num(abs(sigma), 2)} sigma"] if finite(sigma) else []
+    details.append(interval)
+    text = f"{equipment(cause)} {verb} {f.param} by {amount} ({'; '.join(details)}), which costs "
     cost = field(cause, "yield_impact")
     if not finite(cost) or abs(cost - f.yield_impact) < 0.005:
         return text + (
@@ -222,6 +250,13 @@ def _cause_clause(f: Finding, cause: dict[str, Any]) -> str:
         f"{fmt_pp(max(cost, 0.0))} points of fab yield ({f.param} in all: "
         f"{fmt_pp(f.yield_impact)} points, 95 % interval {loss_interval(f.ci_low, f.ci_high)})"
     )
+
+
+def unit_of(cause: dict[str, Any]) -> str:
+    """The parameter's unit when `unit_note` is one ("nm"); a longer note says how the shift
+    was measured and goes to the layer's chain table, not into the sentence."""
+    note = str(field(cause, "unit_note", ""))
+    return f" {note}" if note and len(note) <= 10 and " " not in note else ""
 
 
 def alias_clause(f: Finding) -> str:
@@ -260,337 +295,6 @@ def no_loss_sentence(r: LayerRanking, anchor: str, detectable: str | None) -> Se
     if detectable:
         text += f"; this data would detect a tool shift of {detectable} points on its wafers"
     return Sentence(r.layer, text + ").", anchor)
-
-
-# ---- tables -------------------------------------------------------------------------------
-
-# What each column means, keyed by its header: every table below takes its legend from here,
-# one entry per column (a header without an entry is a KeyError, not a silent gap).
-COLUMNS = {
-    "rank": "layers with a significant loss first, by loss; then the others by adjusted p",
-    "layer": "a sub-process of the route: the tools, chambers and metrology of its operations",
-    "loss (points of fab yield)": (
-        "final yield, in percentage points of all the fab's sorted dies, that the fab would "
-        "gain if this equipment performed like the typical one of its operation (defined under "
-        f'Method); "{NO_LOSS}" when nothing significant costs yield. Never negative.'
-    ),
-    "95 % interval": (
-        "of the loss, in the same points; a bound below 0 is shown as 0 (a loss is not negative)"
-    ),
-    "adjusted p": (
-        "chance of a result this strong in a fab without any real effect, allowing for every "
-        "test of this run (family-wise over the whole fab; how: under Method). Below 0.05: "
-        "significant."
-    ),
-    "significant findings": "the layer's equipment and parameters with a significant loss",
-    "detectable shift (points)": (
-        "smallest shift of one tool, in yield points on that tool's own wafers, that this "
-        "fab's data would detect with 80 % power at the adjusted 5 % level (per layer: the "
-        "range over its operations). A smaller loss can hide below it."
-    ),
-    "variance share": (
-        "share of the wafer-to-wafer spread of final yield (on the log-odds scale) that the "
-        "layer's tools, chambers and metrology carry"
-    ),
-    "effect": "tool, chamber (against its tool's other chambers) or metrology parameter",
-    "where": "the tool, the chamber of a tool, or the metrology parameter, at its operation",
-    "loss on its wafers (points)": (
-        "how many points lower the yield of the wafers that ran on it is than on the typical "
-        "equipment of the operation"
-    ),
-    "wafers": "how many sorted wafers ran on it",
-    "lots": "how many lots ran on it (for a finding, their ids are listed below the table)",
-    "model": (
-        "the fit the numbers come from: chained = the one model of final yield with every "
-        "layer's terms; the others are fits conditional on it, or the parameter's process "
-        "model (Method)"
-    ),
-    "estimate": "the finding's effect on the model's own scale, named in the next column",
-    "scale": "the unit of the estimate (see the units below)",
-    "unadjusted p": "the finding's own test, before allowing for the run's other tests",
-    "parameter": "the inline metrology parameter whose site-to-site spread is larger",
-    "SD ratio (x)": (
-        "site-to-site standard deviation of the parameter on this equipment over its peers' "
-        "(x2: twice as noisy)"
-    ),
-    "finding": "the finding, as in the table above",
-    "its lots also ran on": (
-        "a tool or chamber at another operation that ran many of the same lots, so that the "
-        "data alone could blame either"
-    ),
-    "overlap": ("lots shared / lots of the smaller of the two (listed from 0.6 and 3 shared lots)"),
-    "shared lots": "how many lots ran on both",
-    "its loss given the finding (points)": (
-        "the other equipment's loss of fab yield in the same model, with the finding in it"
-    ),
-    "operation": "a process step of the layer",
-    "what is tested": "the operation's tools and chambers together, or one metrology parameter",
-    "tools": "how many tools ran the operation",
-    "chambers": "how many tool chambers ran the operation",
-    "test p": "the operation's own test, given every other operation's equipment",
-}
-UNITS = [  # the scales of the model-scale estimates
-    (
-        "log-odds (logit)",
-        "log of good over bad dies; -0.1 is about -1.3 points of yield at 85 % (< 0 costs yield)",
-    ),
-    (
-        "standardised slope",
-        "change of the log-odds of yield per standard deviation of the parameter",
-    ),
-    (
-        "log variance ratio (log-phi ratio)",
-        "log of the site-to-site variance over its peers'; the SD ratio is exp(estimate / 2)",
-    ),
-]
-SCALES = {
-    "tool": "log-odds (logit) vs the typical tool",
-    "chamber": "log-odds (logit) vs the tool's typical chamber",
-    "metrology": "logit per SD of the parameter (standardised slope)",
-    "dispersion": "log variance ratio (log-phi ratio) vs the median level",
-}
-
-
-def legend(header: Sequence[str], materiality: float | None = None) -> list[tuple[str, str]]:
-    """The legend of a table: every column's meaning, in the table's order."""
-    meanings = dict(COLUMNS, material=_material_meaning(materiality))
-    return [(h, meanings[h]) for h in header]
-
-
-def _material_meaning(materiality: float | None) -> str:
-    threshold = (
-        f"{fmt_pp(materiality)} points of fab yield"
-        if finite(materiality)
-        else "the run's threshold (this run recorded none)"
-    )
-    return (
-        f"yes when significant and the loss's 95 % interval lies above {threshold}; "
-        "– when the run did not decide it"
-    )
-
-
-def ranking_table(
-    ranked: Sequence[LayerRanking],
-    significant: dict[str, list[Finding]],
-    detectable: dict[str, str],
-    materiality: float | None,
-) -> Table:
-    """The ranking in the ranking's order (the Pareto chart uses the same), losses in points."""
-    rows, flagged = [], set()
-    for i, r in enumerate(ranked):
-        loss = layer_has_loss(r)
-        label = field(r, "loss_label")
-        names = [subject(f) for f in significant.get(r.layer, []) if is_loss(f)]
-        rows.append(
-            [
-                str(r.rank),
-                r.layer,
-                fmt_pp(r.yield_impact) if loss else (label or NO_LOSS),
-                loss_interval(r.ci_low, r.ci_high),
-                fmt_p(r.p_value),
-                material_word(field(r, "material")),
-                "; ".join(names) or "–",
-                detectable.get(r.layer, "–"),
-                fmt_share(r.variance_share),
-            ]
-        )
-        if loss:
-            flagged.add(i)
-    header = [
-        "rank",
-        "layer",
-        "loss (points of fab yield)",
-        "95 % interval",
-        "adjusted p",
-        "material",
-        "significant findings",
-        "detectable shift (points)",
-        "variance share",
-    ]
-    return Table(
-        header,
-        rows,
-        numeric={0, 2, 3, 4, 7, 8},
-        flagged=flagged,
-        legend=legend(header, materiality),
-        legend_open=True,
-    )
-
-
-def findings_table(
-    findings: Sequence[Finding],
-    p_adj: dict[int, float | None],
-    materiality: float | None,
-    limit: int,
-) -> Table | Unavailable:
-    """A layer's yield findings in engineering units; the model-scale estimates are in
-    `estimates_table`."""
-    if not findings:
-        return Unavailable("no localised finding")
-    rows, flagged = [], set()
-    for i, f in enumerate(findings[:limit]):
-        p = p_adj.get(id(f))
-        loss_here = field(f, "loss_on_wafers")
-        rows.append(
-            [
-                f.effect,
-                subject(f),
-                fmt_num(float(loss_here), 3) if finite(loss_here) else "–",
-                fmt_num(field(f, "n_wafers")),
-                fmt_num(field(f, "n_lots")),
-                fmt_pp(f.yield_impact),
-                loss_interval(f.ci_low, f.ci_high),
-                fmt_p(p),
-                material_word(field(f, "material")),
-                field(f, "model", "–"),
-            ]
-        )
-        if finite(p) and p < ALPHA:
-            flagged.add(i)
-    more = len(findings) - limit
-    header = [
-        "effect",
-        "where",
-        "loss on its wafers (points)",
-        "wafers",
-        "lots",
-        "loss (points of fab yield)",
-        "95 % interval",
-        "adjusted p",
-        "material",
-        "model",
-    ]
-    return Table(
-        header,
-        rows,
-        numeric={2, 3, 4, 5, 6, 7},
-        flagged=flagged,
-        note=f"{more} smaller findings not shown (all are in findings.csv)" if more > 0 else None,
-        legend=legend(header, materiality),
-    )
-
-
-def estimates_table(findings: Sequence[Finding], limit: int) -> Table | Unavailable:
-    """The model-scale estimates behind the findings tables, each with its scale."""
-    if not findings:
-        return Unavailable("no finding")
-    rows = [
-        [
-            subject(f),
-            f.effect,
-            fmt_num(f.estimate, 3),
-            SCALES.get(f.effect, "model scale"),
-            fmt_p(f.p_value),
-        ]
-        for f in findings[:limit]
-    ]
-    header = ["where", "effect", "estimate", "scale", "unadjusted p"]
-    return Table(header, rows, numeric={2, 4}, legend=legend(header) + UNITS)
-
-
-def dispersion_table(
-    findings: Sequence[Finding], p_adj: dict[int, float | None]
-) -> Table | Unavailable:
-    if not findings:
-        return Unavailable("no chamber or tool is noisier than its peers in this layer's metrology")
-    rows, flagged = [], set()
-    for i, f in enumerate(findings):
-        p = p_adj.get(id(f))
-        rows.append(
-            [subject(f), f.param or "–", fmt_num(sd_ratio(f), 3), fmt_p(p), field(f, "model", "–")]
-        )
-        if finite(p) and p < ALPHA:
-            flagged.add(i)
-    header = ["where", "parameter", "SD ratio (x)", "adjusted p", "model"]
-    return Table(header, rows, numeric={2, 3}, flagged=flagged, legend=legend(header))
-
-
-def aliases_table(findings: Sequence[Finding]) -> Table | Unavailable:
-    rows = []
-    for f in findings:
-        for a in sorted(field(f, "aliases", []), key=lambda a: -float(field(a, "overlap", 0.0))):
-            cost = field(a, "yield_impact")
-            rows.append(
-                [
-                    subject(f),
-                    equipment(a),
-                    fmt_num(field(a, "overlap"), 2),
-                    fmt_num(field(a, "shared_lots")),
-                    fmt_pp(max(cost, 0.0)) if finite(cost) else "–",
-                ]
-            )
-    if not rows:
-        return Unavailable("no finding's lots overlap strongly with equipment at another operation")
-    header = [
-        "finding",
-        "its lots also ran on",
-        "overlap",
-        "shared lots",
-        "its loss given the finding (points)",
-    ]
-    return Table(header, rows, numeric={2, 3, 4}, legend=legend(header))
-
-
-def operation_tests(result: AnalysisResult, order: Sequence[str]) -> list[Any]:
-    """The run's per-operation tests, its layers in the ranking's order."""
-    tests = list(field(result, "operation_tests", []))
-    rank = {layer: i for i, layer in enumerate(order)}
-    return sorted(tests, key=lambda t: rank.get(str(field(t, "layer", "")), len(rank)))
-
-
-def operation_tests_table(tests: Sequence[Any]) -> Table | Unavailable:
-    """Per operation: its test, and the smallest tool shift this fab's data would detect."""
-    if not tests:
-        return Unavailable(
-            "this run recorded no per-operation tests (it predates them): nothing says how "
-            "large a shift it could have seen"
-        )
-    rows, flagged = [], set()
-    for i, t in enumerate(tests):
-        p_adj = field(t, "p_adjusted")
-        what = "tools and chambers"
-        if field(t, "kind", "equipment") == "metrology":
-            what = f"metrology {field(t, 'param', '')}".strip()
-        rows.append(
-            [
-                str(field(t, "layer", "–")),
-                str(field(t, "operation", "–")),
-                what,
-                fmt_num(field(t, "n_tools")),
-                fmt_num(field(t, "n_chambers")),
-                fmt_num(field(t, "n_lots")),
-                fmt_p(field(t, "p_value")),
-                fmt_p(p_adj),
-                fmt_pp(field(t, "detectable_shift")),
-            ]
-        )
-        if finite(p_adj) and p_adj < ALPHA:
-            flagged.add(i)
-    header = [
-        "layer",
-        "operation",
-        "what is tested",
-        "tools",
-        "chambers",
-        "lots",
-        "test p",
-        "adjusted p",
-        "detectable shift (points)",
-    ]
-    return Table(header, rows, numeric={3, 4, 5, 6, 7, 8}, flagged=flagged, legend=legend(header))
-
-
-def detectable_by_layer(tests: Sequence[Any]) -> dict[str, str]:
-    """Per layer, the range of its equipment tests' detectable shifts ("1.80 to 4.20")."""
-    shifts: dict[str, list[float]] = {}
-    for t in tests:
-        value = field(t, "detectable_shift")
-        if field(t, "kind", "equipment") == "equipment" and finite(value):
-            shifts.setdefault(str(field(t, "layer")), []).append(float(value))
-    return {
-        layer: fmt_pp(min(v)) if min(v) == max(v) else f"{fmt_pp(min(v))} to {fmt_pp(max(v))}"
-        for layer, v in shifts.items()
-    }
 
 
 def materiality_sentence(materiality: float | None) -> str:

@@ -191,6 +191,7 @@ class LayerSection:
     # model-scale estimates (logits, slopes, variance ratios) behind the findings tables
     lot_lists: list[LotList]
     aliases: Table | Unavailable
+    chains: Table | Unavailable  # metrology findings: the tool that shifts the parameter
     estimates: Table | Unavailable
     # the statistics of the layer's fits, shown under Method
     model_facts: list[tuple[str, str]]
@@ -211,6 +212,7 @@ class ReportModel:
     run_id: str
     created_at: str
     version: str
+    sentences_lead: str  # what the sentences are, and which model their numbers come from
     sentences: list[Sentence]  # one per significant finding, in the ranking's order
     quiet: list[Sentence]  # one per ranked layer without a significant loss
     materiality: str

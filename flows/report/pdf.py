@@ -368,7 +368,7 @@ def _story(model: ReportModel, rendered: Rendered) -> Iterator[Block | TableBloc
         yield paragraph(model.no_ranking_reason, colour=MUTED, style="italic")
     else:
         if model.sentences:
-            yield paragraph("What costs yield, in the ranking's order:")
+            yield paragraph(model.sentences_lead)
             for i, sentence in enumerate(model.sentences, 1):
                 yield paragraph(f"{i}. {sentence.layer} {sentence.text}", size=8.5)
                 if sentence.lots:
@@ -420,6 +420,8 @@ def _story(model: ReportModel, rendered: Rendered) -> Iterator[Block | TableBloc
             yield heading("Lots of each finding", 4)
             for lots in layer.lot_lists:
                 yield from _lots(lots)
+        yield heading("Metrology: what moves it", 4)
+        yield from tables(layer.chains)
         yield heading("Equipment at other operations sharing the findings' lots", 4)
         yield from tables(layer.aliases)
         yield heading("Noisy equipment (dispersion findings)", 4)

@@ -20,8 +20,8 @@ from pypdf import PdfReader
 
 from flows.analysis.results import AnalysisResult, Finding
 from flows.report.assemble import top_finding
-from flows.report.attribution import dispersion_table, findings_table
 from flows.report.build import build_report
+from flows.report.finding_tables import dispersion_table, findings_table
 from flows.report.index import build_index
 from flows.report.model import MAX_FINDINGS, SECTIONS, fmt_pp, in_review_order
 from tests.flows import report_sample as sample

@@ -20,8 +20,10 @@ from pypdf import PdfReader
 
 from flows.analysis.results import AnalysisResult, Finding, LayerRanking
 from flows.report.assemble import assemble
+from flows.report.attribution import common_model, finding_sentence, sentences_lead
 from flows.report.build import build_report
 from flows.report.data import Unavailable
+from flows.report.finding_tables import chains_table
 from flows.report.model import Table, fmt_num, fmt_p, fmt_pp
 from tests.flows import report_sample as sample
 from tests.flows.report.pages import Page, ranked, significant_in_order
@@ -122,7 +124,7 @@ def test_each_significant_finding_has_its_sentence_with_its_numbers_in_the_ranki
             assert number in text, f"{number!r} not in the sentence {text!r}"
     # which model a number comes from, where it is not the chained model
     noisy = next(t for f, t in zip(expected, items, strict=True) if f.effect == "dispersion")
-    assert "(numbers from the process model)" in noisy
+    assert "(numbers from the parameter's process model)" in noisy
     assert all(
         "numbers from" not in t
         for f, t in zip(expected, items, strict=True)
@@ -206,7 +208,7 @@ def test_every_column_of_every_table_has_its_legend(run, tmp_path):
     model = assemble(result, tmp_path)
     tables = [model.ranking, model.operation_tests]
     for layer in model.layers:
-        tables += [layer.findings, layer.dispersion, layer.aliases, layer.estimates]
+        tables += [layer.findings, layer.dispersion, layer.aliases, layer.chains, layer.estimates]
     tables = [t for t in tables if isinstance(t, Table)]
     with_findings = sum(isinstance(layer.findings, Table) for layer in model.layers)
     assert with_findings >= 2 and len(tables) >= 2 + 2 * with_findings
@@ -304,3 +306,71 @@ def test_a_run_without_findings_or_tests_still_reads(run, tmp_path):
     assert model.sentences == [] and isinstance(model.operation_tests, Unavailable)
     assert "predates" in model.operation_tests.why
     assert "no materiality threshold" in model.materiality
+
+
+def test_the_model_behind_the_numbers_is_named_once_and_where_a_sentence_differs():
+    # As the attribution writes them: losses from each operation's fit given the chained
+    # model, a noisy chamber from its parameter's process model.
+    loss = sample.AttributedFinding(
+        "L", "chamber", -0.3, 0.51, 0.30, 0.70, 1e-4, "CT_ETCH", "ETCH07", "CH3",
+        p_adjusted=0.002, material=True, loss_on_wafers=4.8, n_wafers=128, n_lots=10,
+        model="operation test",
+    )  # fmt: skip
+    noisy = sample.AttributedFinding(
+        "L", "dispersion", math.log(1.97**2), math.nan, math.nan, math.nan, 1e-4, "M1_ETCH",
+        "ETCH11", "CH2", "M1_THK", p_adjusted=0.01, model="process model",
+    )  # fmt: skip
+    said = common_model([loss, loss, noisy])
+    assert said == "operation test"
+    assert sentences_lead(said).endswith(
+        "(numbers from the fit of its operation given the chained model unless a sentence "
+        "says otherwise):"
+    )
+    text = finding_sentence(loss, loss.p_adjusted, "a", said).text
+    assert text == (
+        "ETCH07 chamber CH3 at CT_ETCH: 4.8 points lower yield on its 128 wafers (10 lots), "
+        "costing 0.51 points of fab yield (95 % interval 0.30 to 0.70); adjusted p = 0.0020; "
+        "material."
+    )
+    text = finding_sentence(noisy, noisy.p_adjusted, "a", said).text
+    assert text == (
+        "chamber ETCH11:CH2 at M1_ETCH: site-to-site SD x1.97 of its peers' on M1_THK; "
+        "adjusted p = 0.010 (numbers from the parameter's process model)."
+    )
+    assert common_model([replace(loss, model="chained")]) is None  # the chained model: unsaid
+
+
+def test_a_metrology_chain_in_the_parameters_own_units():
+    # The process models' cause: unit_note says how the shift was measured, not a unit.
+    note = (
+        "GATE_OX_THK in its measured units: the wafers of FURN04 against the typical tool at "
+        "GATE_OX; sigma = SD of the 410 measured wafer means"
+    )
+    cause = {
+        "operation": "GATE_OX", "tool_id": "FURN04", "chamber_id": None, "shift": 0.045,
+        "shift_low": 0.03, "shift_high": 0.06, "shift_sigma": 1.5, "sigma": 0.03,
+        "unit_note": note, "yield_impact": 0.9,
+    }  # fmt: skip
+    f = sample.AttributedFinding(
+        "GATE", "metrology", -0.2, 0.9, 0.55, 1.3, 1e-5, "GATE_OX", param="GATE_OX_THK",
+        p_adjusted=0.001, material=True, model="chained", cause=cause,
+    )  # fmt: skip
+    text = finding_sentence(f, f.p_adjusted, "a").text
+    assert text == (
+        "FURN04 at GATE_OX raises GATE_OX_THK by 0.045 (in its own units; 1.5 sigma; 95 % "
+        "interval 0.03 to 0.06), which costs 0.90 points of fab yield (95 % interval 0.55 to "
+        "1.30); adjusted p = 0.0010; material."
+    )
+    lowered = finding_sentence(
+        replace(f, cause={**cause, "shift": -0.045, "shift_low": -0.06, "shift_high": -0.03}),
+        f.p_adjusted,
+        "a",
+    ).text
+    assert (
+        "lowers GATE_OX_THK by 0.045 (in its own units; 1.5 sigma; 95 % interval 0.03 to 0.06)"
+        in lowered
+    )
+    table = chains_table([f])
+    assert table.rows == [
+        ["GATE_OX_THK", "FURN04 at GATE_OX", "0.045", "0.03 to 0.06", "1.5", "0.90", note]
+    ]
