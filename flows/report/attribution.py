@@ -214,13 +214,20 @@ def finding_sentence(
 
 
 def _on_its_wafers(f: Finding) -> str:
+    """ "4.8 points lower yield on its 128 wafers (10 lots), " for equipment; a metrology
+    parameter's wafers are all the measured ones, where this equals its fab cost."""
     loss, n_wafers, n_lots = field(f, "loss_on_wafers"), field(f, "n_wafers"), field(f, "n_lots")
-    if not finite(loss) or loss <= 0:
+    if f.effect == "metrology" or not finite(loss) or loss <= 0:
         return ""
-    text = f"{fmt_num(float(loss), 2)} points lower yield on its"
+    text = f"{fmt_points(float(loss))} points lower yield on its"
     text += f" {fmt_num(n_wafers)} wafers" if n_wafers else " wafers"
     text += f" ({fmt_num(n_lots)} lots)" if n_lots else ""
     return text + ", "
+
+
+def fmt_points(value: float) -> str:
+    """Yield points on a finding's own wafers: one decimal, two below one point."""
+    return f"{value:.1f}" if abs(value) >= 1 else f"{value:.2f}"
 
 
 def _cause_clause(f: Finding, cause: dict[str, Any]) -> str:
@@ -260,29 +267,36 @@ def unit_of(cause: dict[str, Any]) -> str:
 
 
 def alias_clause(f: Finding) -> str:
-    """What else the finding's lots ran on, strongest overlap first."""
+    """What else the finding's lots ran on, strongest overlap first, and what each costs given
+    the other (both are terms of the one model)."""
     aliases = sorted(field(f, "aliases", []), key=lambda a: -float(field(a, "overlap", 0.0)))
     if not aliases:
         named = field(f, "aliased_with")
         return f"Its lots largely also ran on {named.replace(';', ', ')}." if named else ""
     top = aliases[0]
-    shared, n_lots = field(top, "shared_lots"), field(f, "n_lots")
-    share = f"{fmt_num(shared)} of its {fmt_num(n_lots)} lots" if shared and n_lots else ""
-    if not share and finite(field(top, "overlap")):
-        share = f"overlap {fmt_num(float(top['overlap']), 2)}"
-    text = f"Its lots also ran on {equipment(top)}" + (f" ({share})" if share else "")
+    shared, overlap = field(top, "shared_lots"), field(top, "overlap")
+    share = [f"{fmt_num(shared)} lots shared"] if shared else []
+    share += [f"overlap {fmt_num(float(overlap), 2)}"] if finite(overlap) else []
+    mine, theirs = short_name(f), short_name(top)
+    text = f"Its lots also ran on {equipment(top)}" + (f" ({', '.join(share)})" if share else "")
     cost = field(top, "yield_impact")
     given = (
-        f"that tool's given this one is {fmt_pp(cost)} points"
+        f"{theirs}'s given {mine} is {fmt_pp(cost)} points"
         if finite(cost) and cost > 0
-        else "that tool shows no loss given this one"
+        else f"{theirs} shows no loss given {mine}"
     )
     text += (
-        f"; both are in the one model, so the cost above is its own given that tool, and {given}"
+        f"; both are in the one model: the cost above is {mine}'s own given {theirs}, and {given}"
     )
     if len(aliases) > 1:
-        text += f" ({len(aliases) - 1} more in the layer's alias table)"
+        text += f" ({len(aliases) - 1} more in the layer's table of shared lots)"
     return text + "."
+
+
+def short_name(record: Finding | dict[str, Any]) -> str:
+    """A tool or chamber by its ids alone ("ETCH07:CH3"), for a sentence that named it."""
+    tool, chamber = field(record, "tool_id", "?"), field(record, "chamber_id")
+    return f"{tool}:{chamber}" if chamber else str(tool)
 
 
 def lot_list(f: Finding) -> LotList | None:

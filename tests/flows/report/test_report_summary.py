@@ -20,7 +20,7 @@ from pypdf import PdfReader
 
 from flows.analysis.results import AnalysisResult, Finding, LayerRanking
 from flows.report.assemble import assemble
-from flows.report.attribution import common_model, finding_sentence, sentences_lead
+from flows.report.attribution import common_model, finding_sentence, fmt_points, sentences_lead
 from flows.report.build import build_report
 from flows.report.data import Unavailable
 from flows.report.finding_tables import chains_table
@@ -100,15 +100,14 @@ def expected_numbers(f: Finding) -> list[str]:
         numbers.append(f"chamber {f.chamber_id}")
     if f.loss_on_wafers:
         numbers.append(
-            f"{fmt_num(f.loss_on_wafers, 2)} points lower yield on its {f.n_wafers:,} wafers"
+            f"{fmt_points(f.loss_on_wafers)} points lower yield on its {f.n_wafers:,} wafers"
         )
         numbers.append(f"({f.n_lots} lots)")
+    me = f"{f.tool_id}:{f.chamber_id}" if f.chamber_id else f.tool_id
     for alias in f.aliases:
-        numbers += [
-            alias["tool_id"],
-            alias["operation"],
-            f"{alias['shared_lots']} of its {f.n_lots} lots",
-        ]
+        numbers += [alias["tool_id"], alias["operation"], f"{alias['shared_lots']} lots shared"]
+        numbers.append(f"overlap {fmt_num(alias['overlap'], 2)}")
+        numbers.append(f"{alias['tool_id']}'s given {me} is {fmt_pp(alias['yield_impact'])}")
     return numbers
 
 
