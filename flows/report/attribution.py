@@ -276,7 +276,7 @@ def alias_clause(f: Finding) -> str:
     top = aliases[0]
     shared, overlap = field(top, "shared_lots"), field(top, "overlap")
     share = [f"{fmt_num(shared)} lots shared"] if shared else []
-    share += [f"overlap {fmt_num(float(overlap), 2)}"] if finite(overlap) else []
+    share += [f"overlap {float(overlap):.2f}"] if finite(overlap) else []
     mine, theirs = short_name(f), short_name(top)
     text = f"Its lots also ran on {equipment(top)}" + (f" ({', '.join(share)})" if share else "")
     cost = field(top, "yield_impact")

@@ -106,7 +106,7 @@ def expected_numbers(f: Finding) -> list[str]:
     me = f"{f.tool_id}:{f.chamber_id}" if f.chamber_id else f.tool_id
     for alias in f.aliases:
         numbers += [alias["tool_id"], alias["operation"], f"{alias['shared_lots']} lots shared"]
-        numbers.append(f"overlap {fmt_num(alias['overlap'], 2)}")
+        numbers.append(f"overlap {alias['overlap']:.2f}")
         numbers.append(f"{alias['tool_id']}'s given {me} is {fmt_pp(alias['yield_impact'])}")
     return numbers
 
