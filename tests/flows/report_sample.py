@@ -716,7 +716,10 @@ def _attributed(
         extra["aliased_with"] = ";".join(
             f"{a['operation']}:{a['tool_id']}" for a in extra["aliases"]
         )
-    return AttributedFinding(**{k: getattr(f, k) for k in Finding.__dataclass_fields__}, **extra)
+    # once Finding has these fields itself, the attribution's values here replace its defaults
+    return AttributedFinding(
+        **{**{k: getattr(f, k) for k in Finding.__dataclass_fields__}, **extra}
+    )
 
 
 def _gate_cd_cause(fab: Fab, wafers: pl.DataFrame, f: Finding) -> dict[str, Any]:

@@ -18,10 +18,12 @@ import duckdb
 import pytest
 from pypdf import PdfReader
 
+from flows.analysis.ranking import YIELD_IMPACT_DEFINITION
 from flows.analysis.results import AnalysisResult, Finding
 from flows.report.assemble import top_finding
 from flows.report.build import build_report
 from flows.report.finding_tables import dispersion_table, findings_table
+from flows.report.html import bold_markdown
 from flows.report.index import build_index
 from flows.report.model import MAX_FINDINGS, SECTIONS, fmt_pp, in_review_order
 from tests.flows import report_sample as sample
@@ -208,7 +210,8 @@ def test_facts_the_run_did_not_record_come_from_the_database(run, fab, tmp_path)
     html = build_report(result, tmp_path / "thin", db_path=fab[1]).html.read_text()
     method = Page(html).text("method")
     assert "(not recorded by the analysis run; as defined by yieldrank" in method
-    assert "<strong>Yield impact</strong> of a sub-process" in html
+    # the analysis's own definition, bold markup and all (its wording is the analysis's)
+    assert str(bold_markdown(YIELD_IMPACT_DEFINITION.split(" is ")[0])) in html
     summary = Page(html).text("summary")
     lots = fab[0].wafers["lot_id"].n_unique()
     assert f"lots (in the database) {lots}" in summary
@@ -316,9 +319,10 @@ def test_a_long_findings_list_is_cut_with_a_note_and_missing_numbers_show_as_das
         Finding("L", "chamber", -0.1, 0.01 * i, 0.0, 0.02 * i, 0.5, "OP", "T1", f"CH{i}")
         for i in range(20)
     ] + [Finding("L", "dispersion", 0.4, math.nan, math.nan, math.nan, None, "OP", "T2", None)]
-    table = findings_table(in_review_order(findings[:-1]), {}, None, MAX_FINDINGS)
+    largest_first = sorted(findings[:-1], key=lambda f: -f.yield_impact)
+    table = findings_table(largest_first, {}, None, MAX_FINDINGS)  # keeps the order it is given
     assert len(table.rows) == MAX_FINDINGS
-    assert table.rows[0][1] == "T1 chamber CH19 at OP"  # largest impact first
+    assert table.rows[0][1] == "T1 chamber CH19 at OP"
     assert table.note == f"{20 - MAX_FINDINGS} smaller findings not shown (all are in findings.csv)"
     assert table.rows[0][2:5] == ["–", "–", "–"]  # a run without the wafers of each finding
     dispersion = dispersion_table(findings[-1:], {})
