@@ -22,13 +22,15 @@ keys are listed as they are. The Great Expectations results come from the databa
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from flows.analysis.results import AnalysisResult, Finding, LayerFit, LayerRanking
+from flows.report import attribution as say
+from flows.report import finding_tables as tables
 from flows.report.charts import (
     ImpactBar,
     caterpillar,
@@ -54,12 +56,10 @@ from flows.report.data_sections import (
     versions_table,
 )
 from flows.report.model import (
-    ALPHA,
     CHAINED,
     DIAGNOSTIC_POINTS,
     MAX_FINDINGS,
     STATUS_WORDS,
-    TOP_IN_SUMMARY,
     ChainedSection,
     ChartSlot,
     LayerSection,
@@ -68,11 +68,17 @@ from flows.report.model import (
     Table,
     fmt_interval,
     fmt_num,
-    fmt_p,
     fmt_pp,
+    fmt_share,
     in_review_order,
+    p_words,
     records_table,
-    where,
+)
+
+ADJUSTED_BY_REPORT = (
+    "this run recorded no adjusted p-value per finding (it predates them); the report "
+    "adjusted the recorded ones: Holm's method over all findings of the run, then the larger "
+    "of that and the layer's adjusted p"
 )
 
 
@@ -89,10 +95,18 @@ def assemble(
         if fit.layer not in findings_by_layer and fit.findings:
             findings_by_layer[fit.layer] = list(fit.findings)
     anchors = {r.layer: f"layer-{i + 1}" for i, r in enumerate(ranked)}
+    p_adj, recorded = say.adjusted_p(result)
+    significant = {
+        layer: say.significant_findings(fs, p_adj) for layer, fs in findings_by_layer.items()
+    }
+    tests = tables.operation_tests(result, [r.layer for r in ranked])
+    detectable = tables.detectable_by_layer(tests)
+    materiality = say.field(result, "materiality")
+    context = _LayerContext(p_adj, significant, detectable, materiality, anchors)
 
     with ReportDatabase.open(db_path) as db:
         layers = [
-            _layer_section(r, fits.get(r.layer), findings_by_layer.get(r.layer, []), anchors, db)
+            _layer_section(r, fits.get(r.layer), findings_by_layer.get(r.layer, []), context, db)
             for r in ranked
         ]
         drops = db.drops() if isinstance(db, ReportDatabase) else db
@@ -101,16 +115,28 @@ def assemble(
 
     quality = result.data_summary.get("data_quality")
     quality = quality if isinstance(quality, dict) else {"outcome": quality}
+    method = method_facts(result.method)
+    if not recorded and result.findings:
+        method.append(("adjusted p of findings", ADJUSTED_BY_REPORT))
+    lead, sentences = _sentences(ranked, significant, p_adj, anchors)
     return ReportModel(
         run_id=result.run_id,
         created_at=result.created_at,
         version=package_version("yieldrank"),
-        sentences=_sentences(ranked, findings_by_layer, anchors),
+        sentences_lead=lead,
+        sentences=sentences,
+        quiet=[
+            say.no_loss_sentence(r, anchors[r.layer], detectable.get(r.layer))
+            for r in ranked
+            if not say.layer_has_loss(r)
+        ],
+        materiality=say.materiality_sentence(materiality),
         no_ranking_reason=None if ranked else "no layer could be ranked in this run (see below)",
         data_facts=data_facts(result.data_summary, db_facts),
         quality_outcome=quality_outcome(quality.get("outcome"), drops, gx_runs),
-        ranking=_ranking_table(ranked, findings_by_layer),
+        ranking=tables.ranking_table(ranked, significant, detectable, materiality),
         pareto=_pareto(ranked),
+        operation_tests=tables.operation_tests_table(tests),
         layers=layers,
         unranked=_unranked_table(result, fits),
         drops=drops_table(drops),
@@ -119,116 +145,134 @@ def assemble(
         failed_expectations=failed_expectations_table(gx_runs),
         chained=_chained_section(fits.get(CHAINED)),
         data_docs=data_docs_link(quality.get("data_docs"), out_dir),
-        method=method_facts(result.method),
+        method=method,
         impact_definition=impact_definition(result.method),
         versions=versions_table(result.method),
     )
 
 
+@dataclass(frozen=True)
+class _LayerContext:
+    """What every layer section reads from the run as a whole."""
+
+    p_adj: dict[int, float | None]
+    significant: dict[str, list[Finding]]
+    detectable: dict[str, str]
+    materiality: float | None
+    anchors: dict[str, str]
+
+
 def _sentences(
-    ranked: Sequence[LayerRanking], findings: dict[str, list[Finding]], anchors: dict[str, str]
-) -> list[Sentence]:
-    out = []
-    for r in ranked[:TOP_IN_SUMMARY]:
-        text = (
-            f"costs an estimated {fmt_pp(r.yield_impact)} yield points "
-            f"(95 % interval {fmt_interval(r.ci_low, r.ci_high)}; adjusted p {_p_words(r.p_value)})"
-        )
-        if r.p_value is not None and r.p_value >= ALPHA:
-            text += ", not significant after adjustment across layers"
-        top = top_finding(findings.get(r.layer, []))
-        if top is not None:
-            text += f"; its top finding: {where(top)} ({fmt_pp(top.yield_impact)} points)"
-        out.append(Sentence(r.layer, text + ".", anchors[r.layer]))
-    return out
-
-
-def _p_words(p: float | None) -> str:
-    text = fmt_p(p)
-    return text if text.startswith("<") else f"= {text}"
+    ranked: Sequence[LayerRanking],
+    significant: dict[str, list[Finding]],
+    p_adj: dict[int, float | None],
+    anchors: dict[str, str],
+) -> tuple[str, list[Sentence]]:
+    """The summary's lead-in and one sentence per significant finding: layers in the
+    ranking's order, within a layer the losses by size, then noisy equipment."""
+    stated = [(r, f) for r in ranked for f in significant.get(r.layer, [])]
+    said = say.common_model([f for _, f in stated])
+    sentences = [
+        say.finding_sentence(f, p_adj.get(id(f)), anchors[r.layer], said) for r, f in stated
+    ]
+    return say.sentences_lead(said), sentences
 
 
 def top_finding(findings: Iterable[Finding]) -> Finding | None:
     return next((f for f in in_review_order(findings) if f.effect != "dispersion"), None)
 
 
-def _ranking_table(ranked: Sequence[LayerRanking], findings: dict[str, list[Finding]]) -> Table:
-    rows, flagged = [], set()
-    for i, r in enumerate(ranked):
-        top = top_finding(findings.get(r.layer, []))
-        rows.append(
-            [
-                str(r.rank),
-                r.layer,
-                fmt_pp(r.yield_impact),
-                fmt_interval(r.ci_low, r.ci_high),
-                fmt_p(r.p_value),
-                _share(r.variance_share),
-                where(top) if top else "–",
-            ]
-        )
-        if r.p_value is not None and r.p_value < ALPHA:
-            flagged.add(i)
-    return Table(
-        [
-            "rank",
-            "layer",
-            "yield impact (pp)",
-            "95 % interval",
-            "adj. p",
-            "variance share",
-            "top finding",
-        ],
-        rows,
-        numeric={0, 2, 3, 4, 5},
-        flagged=flagged,
-    )
-
-
 def _pareto(ranked: Sequence[LayerRanking]) -> ChartSlot:
-    bars = [
-        ImpactBar(
-            r.layer,
-            r.yield_impact,
-            r.ci_low,
-            r.ci_high,
-            r.p_value is not None and r.p_value < ALPHA,
-        )
-        for r in ranked
-        if r.yield_impact is not None and math.isfinite(r.yield_impact)
-    ]
+    """The layers' losses in the ranking's order (the table's): a layer without a significant
+    loss stands at 0, without an interval."""
+    bars = []
+    for r in ranked:
+        if say.layer_has_loss(r):
+            bars.append(ImpactBar(r.layer, r.yield_impact, r.ci_low, r.ci_high, True))
+        elif r.yield_impact is not None:
+            bars.append(ImpactBar(r.layer, 0.0, None, None, False))
     if not bars:
         return Unavailable("no layer has a yield impact in this run")
-    return guarded_chart("Yield impact by layer", pareto, sorted(bars, key=lambda b: -b.impact))
+    return guarded_chart("Loss by layer", pareto, bars)
 
 
 def _layer_section(
     r: LayerRanking,
     fit: LayerFit | None,
     findings: list[Finding],
-    anchors: dict[str, str],
+    ctx: _LayerContext,
     db: ReportDatabase | Unavailable,
 ) -> LayerSection:
-    headline = (
-        f"Yield impact {fmt_pp(r.yield_impact)} pp (95 % interval "
-        f"{fmt_interval(r.ci_low, r.ci_high)}), adjusted p {fmt_p(r.p_value)}"
-    )
+    if say.layer_has_loss(r):
+        headline = (
+            f"Loss {fmt_pp(r.yield_impact)} points of fab yield (95 % interval "
+            f"{say.loss_interval(r.ci_low, r.ci_high)}), adjusted p {p_words(r.p_value)}"
+        )
+        material = say.field(r, "material")
+        if material is not None:
+            headline += ", material" if material else ", below the materiality threshold"
+    else:
+        headline = f"{say.NO_LOSS.capitalize()} (adjusted p {p_words(r.p_value)})"
+    anchor = ctx.anchors[r.layer]
     if fit is None:
         gone = Unavailable(f"the run holds no model details for layer {r.layer}")
         return LayerSection(
-            anchors[r.layer], r.layer, r.rank, headline, [], [gone], gone, gone, gone, gone, "–"
-        )
+            anchor, r.layer, r.rank, headline, [], [gone], gone, gone, [], gone, gone, gone,
+            [], gone, gone,
+        )  # fmt: skip
     facts = [
         ("operations", ", ".join(fit.operations) or "–"),
         ("wafers", fmt_num(fit.n_wafers)),
         ("lots", fmt_num(fit.n_lots)),
-        ("model", fit.method or "–"),
-        ("variance share", _share(r.variance_share)),
+        ("variance share", fmt_share(r.variance_share)),
     ]
-    convergence = (
-        f"{'converged' if fit.converged else 'NOT converged'} after {fit.n_iter} iterations; "
-        f"cAIC {fmt_num(fit.caic, 6)}"
+    if r.layer in ctx.detectable:
+        facts.append(("detectable tool shift", f"{ctx.detectable[r.layer]} points on its wafers"))
+    model_facts = [
+        ("model", fit.method or "–"),
+        (
+            "convergence",
+            f"{'converged' if fit.converged else 'NOT converged'} after {fit.n_iter} "
+            f"iterations; cAIC {fmt_num(fit.caic, 6)}",
+        ),
+    ]
+    yield_findings = _in_order(
+        [f for f in findings if f.effect != "dispersion"], ctx.significant.get(r.layer, [])
     )
+    noisy = _in_order(
+        [f for f in findings if f.effect == "dispersion"], ctx.significant.get(r.layer, [])
+    )
+    shown = yield_findings[:MAX_FINDINGS]
+    return LayerSection(
+        anchor=anchor,
+        name=r.layer,
+        rank=r.rank,
+        headline=headline,
+        facts=facts,
+        charts=_layer_charts(r, fit, findings, db),
+        findings=tables.findings_table(yield_findings, ctx.p_adj, ctx.materiality, MAX_FINDINGS),
+        dispersion=tables.dispersion_table(noisy, ctx.p_adj),
+        lot_lists=[lots for f in [*shown, *noisy] if (lots := say.lot_list(f)) is not None],
+        aliases=tables.aliases_table(shown),
+        chains=tables.chains_table(shown),
+        estimates=tables.estimates_table([*shown, *noisy], MAX_FINDINGS + len(noisy)),
+        model_facts=model_facts,
+        fixed_effects=_fixef_table(fit),
+        process_models=records_table(
+            fit.process_models, empty="no process model was fitted for this layer"
+        ),
+    )
+
+
+def _in_order(findings: list[Finding], significant: list[Finding]) -> list[Finding]:
+    """The significant ones first (as in the summary), then the rest in the analysis's order."""
+    first = [f for f in significant if any(f is g for g in findings)]
+    return first + [f for f in in_review_order(findings) if not any(f is g for g in first)]
+
+
+def _layer_charts(
+    r: LayerRanking, fit: LayerFit, findings: list[Finding], db: ReportDatabase | Unavailable
+) -> list[ChartSlot]:
     charts: list[ChartSlot] = []
     charts.append(
         guarded_chart("Variance decomposition", variance_components, r.layer, fit.varcomp)
@@ -260,24 +304,7 @@ def _layer_section(
         else guarded_chart("Metrology vs yield", metrology_vs_yield, r.layer, metrology)
     )
     charts.append(guarded_chart("Model diagnostics", _diagnostics_chart, r.layer, fit))
-    return LayerSection(
-        anchor=anchors[r.layer],
-        name=r.layer,
-        rank=r.rank,
-        headline=headline,
-        facts=facts,
-        charts=charts,
-        findings=_findings_table([f for f in findings if f.effect != "dispersion"]),
-        dispersion=_findings_table(
-            [f for f in findings if f.effect == "dispersion"],
-            empty="no chamber or tool is noisier than its peers in this layer's process models",
-        ),
-        fixed_effects=_fixef_table(fit),
-        process_models=records_table(
-            fit.process_models, empty="no process model was fitted for this layer"
-        ),
-        convergence=convergence,
-    )
+    return charts
 
 
 def _diagnostics_chart(layer: str, fit: LayerFit) -> ChartSlot:
@@ -291,36 +318,6 @@ def _diagnostics_chart(layer: str, fit: LayerFit) -> ChartSlot:
         pick = np.random.default_rng(0).choice(len(fitted), DIAGNOSTIC_POINTS, replace=False)
         fitted, resid = fitted[pick], resid[pick]
     return diagnostics(layer, fitted, resid)
-
-
-def _findings_table(
-    findings: Sequence[Finding], empty: str = "no localised finding"
-) -> Table | Unavailable:
-    if not findings:
-        return Unavailable(empty)
-    rows, flagged = [], set()
-    ordered = in_review_order(findings)
-    for i, f in enumerate(ordered[:MAX_FINDINGS]):
-        rows.append(
-            [
-                f.effect,
-                where(f),
-                fmt_num(f.estimate, 3),
-                fmt_pp(f.yield_impact),
-                fmt_interval(f.ci_low, f.ci_high),
-                fmt_p(f.p_value),
-            ]
-        )
-        if f.p_value is not None and f.p_value < ALPHA:
-            flagged.add(i)
-    more = len(ordered) - MAX_FINDINGS
-    return Table(
-        ["effect", "where", "estimate", "yield impact (pp)", "95 % interval", "p"],
-        rows,
-        numeric={2, 3, 4, 5},
-        flagged=flagged,
-        note=f"{more} smaller findings not shown (all are in findings.csv)" if more > 0 else None,
-    )
 
 
 def _fixef_table(fit: LayerFit) -> Table | Unavailable:
@@ -356,7 +353,7 @@ def _chained_section(fit: LayerFit | None) -> ChainedSection | None:
             layer,
             fmt_pp(e.get("yield_impact")),
             fmt_interval(e.get("ci_low"), e.get("ci_high")),
-            _share(e.get("variance_share")),
+            fmt_share(e.get("variance_share")),
         ]
         for layer, e in ordered
     ]
@@ -366,10 +363,6 @@ def _chained_section(fit: LayerFit | None) -> ChainedSection | None:
         else Unavailable("the chained model gave no per-layer effects")
     )
     return ChainedSection(facts, effects)
-
-
-def _share(value: float | None) -> str:
-    return "–" if value is None else fmt_num(100 * value, 3) + " %"
 
 
 def _unranked_table(result: AnalysisResult, fits: dict[str, LayerFit]) -> Table | None:

@@ -211,7 +211,8 @@ class ImpactBar:
 
 
 def pareto(bars: Sequence[ImpactBar]) -> Chart:
-    """Yield impact per layer, largest first, with 95 % intervals and the cumulative share."""
+    """Loss per layer in the order given (the ranking's), with 95 % intervals and the cumulative
+    share; a layer without a significant loss stands at 0 without an interval."""
 
     def draw(axes: Sequence[Axes]) -> None:
         ax = axes[0]
@@ -219,32 +220,47 @@ def pareto(bars: Sequence[ImpactBar]) -> Chart:
         impact = np.array([b.impact for b in bars])
         colours = [RED if b.significant else BLUE for b in bars]
         ax.bar(x, impact, color=colours, width=0.65, zorder=2)
-        lo = np.array([b.ci_low if b.ci_low is not None else b.impact for b in bars])
+        lo = np.array([max(b.ci_low, 0.0) if b.ci_low is not None else b.impact for b in bars])
         hi = np.array([b.ci_high if b.ci_high is not None else b.impact for b in bars])
         ax.errorbar(
             x, impact, yerr=[impact - lo, hi - impact], fmt="none", ecolor=INK, lw=0.9, capsize=3
         )
         ax.axhline(0, color=MUTED, lw=0.8)
         ax.set_xticks(x, [short(b.label, 14) for b in bars], rotation=30 if len(bars) > 8 else 0)
-        ax.set_ylabel("yield impact (yield points)")
-        ax.set_title("Yield impact by layer, 95 % intervals (red: adjusted p < 0.05)")
+        for xi, b in zip(x, bars, strict=True):
+            if not b.significant:
+                ax.annotate(
+                    "no loss found",
+                    (xi, 0),
+                    ha="center",
+                    va="bottom",
+                    fontsize=6,
+                    color=MUTED,
+                    rotation=90,
+                    xytext=(0, 3),
+                    textcoords="offset points",
+                )
+        ax.set_ylabel("loss (points of fab yield)")
+        ax.set_title("Loss by layer in the ranking's order, 95 % intervals (red: significant)")
         total = np.clip(impact, 0, None).sum()
         if total > 0:
             share = ax.twinx()
             share.plot(x, 100 * np.cumsum(np.clip(impact, 0, None)) / total, color=MUTED, lw=1)
             share.plot(x, 100 * np.cumsum(np.clip(impact, 0, None)) / total, "o", ms=2.5, c=MUTED)
             share.set_ylim(0, 105)
-            share.set_ylabel("cumulative share of positive impact (%)", color=MUTED)
+            share.set_ylabel("cumulative share of the loss (%)", color=MUTED)
             share.grid(False)
             share.spines["right"].set_visible(True)
             share.tick_params(axis="y", colors=MUTED)
 
     return Chart(
         "pareto",
-        "Yield impact by layer",
+        "Loss by layer",
         draw,
         height=2.9,
-        alt="Pareto chart of yield impact by layer with 95 % intervals",
+        # the bars' order in words, from the very list drawn: what a reader (and a test) checks
+        alt="Pareto chart of the loss by layer with 95 % intervals, left to right: "
+        + ", ".join(b.label for b in bars),
     )
 
 

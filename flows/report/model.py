@@ -27,7 +27,8 @@ Rendered = dict[int, RenderedChart | ChartFailure]
 
 SECTIONS = {
     "summary": "Summary",
-    "pareto": "Yield impact by layer",
+    "pareto": "Loss by layer",
+    "sensitivity": "What the data can see",
     "layers": "Layers",
     "unranked": "Layers not ranked",
     "quality": "Data quality",
@@ -105,6 +106,17 @@ def fmt_interval(low: float | None, high: float | None) -> str:
     return f"{fmt_pp(low)} to {fmt_pp(high)}"
 
 
+def fmt_share(value: float | None) -> str:
+    """A share (0-1) as a percentage."""
+    return "–" if value is None else fmt_num(100 * value, 3) + " %"
+
+
+def p_words(p: float | None) -> str:
+    """A p-value after "p": "= 0.012" or "< 0.0001"."""
+    text = fmt_p(p)
+    return text if text.startswith("<") else f"= {text}"
+
+
 def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
@@ -145,6 +157,16 @@ class Table:
     numeric: set[int] = field(default_factory=set)  # right-aligned columns
     flagged: set[int] = field(default_factory=set)  # rows to highlight
     note: str | None = None  # printed under the table
+    legend: list[tuple[str, str]] = field(default_factory=list)  # column or unit -> meaning
+    legend_open: bool = False  # HTML: the legend shown, not folded (the summary's ranking)
+
+
+@dataclass(frozen=True)
+class LotList:
+    """The lots that ran on a finding's equipment, shown collapsed (HTML <details>)."""
+
+    label: str
+    lots: list[str]
 
 
 @dataclass(frozen=True)
@@ -152,6 +174,7 @@ class Sentence:
     layer: str
     text: str
     anchor: str
+    lots: LotList | None = None
 
 
 @dataclass
@@ -162,11 +185,18 @@ class LayerSection:
     headline: str
     facts: list[tuple[str, str]]
     charts: list[ChartSlot]  # in reading order
-    findings: Table | Unavailable
+    findings: Table | Unavailable  # in yield points
     dispersion: Table | Unavailable
+    # the lots of each finding shown, the equipment at other operations sharing them, and the
+    # model-scale estimates (logits, slopes, variance ratios) behind the findings tables
+    lot_lists: list[LotList]
+    aliases: Table | Unavailable
+    chains: Table | Unavailable  # metrology findings: the tool that shifts the parameter
+    estimates: Table | Unavailable
+    # the statistics of the layer's fits, shown under Method
+    model_facts: list[tuple[str, str]]
     fixed_effects: Table | Unavailable
     process_models: Table | Unavailable
-    convergence: str
 
 
 @dataclass
@@ -182,12 +212,16 @@ class ReportModel:
     run_id: str
     created_at: str
     version: str
-    sentences: list[Sentence]
+    sentences_lead: str  # what the sentences are, and which model their numbers come from
+    sentences: list[Sentence]  # one per significant finding, in the ranking's order
+    quiet: list[Sentence]  # one per ranked layer without a significant loss
+    materiality: str
     no_ranking_reason: str | None
     data_facts: list[tuple[str, str]]
     quality_outcome: str
     ranking: Table
     pareto: ChartSlot
+    operation_tests: Table | Unavailable
     layers: list[LayerSection]
     unranked: Table | None
     chained: ChainedSection | None

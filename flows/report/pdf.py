@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from PIL import Image
 
 from flows.report.charts import INK, MUTED, ChartFailure, RenderedChart, printable, report_style
 from flows.report.data import Unavailable
-from flows.report.model import Rendered, ReportModel, Table, chart_problems, shown
+from flows.report.model import LotList, Rendered, ReportModel, Table, chart_problems, shown
 
 PAGE_W, PAGE_H = 8.27, 11.69  # A4, inches
 LEFT, RIGHT, TOP, BOTTOM = 0.55, 0.55, 0.6, 0.65
@@ -349,6 +349,8 @@ def _hline(fig: Figure, y: float, colour: str, width: float) -> None:
 
 def _story(model: ReportModel, rendered: Rendered) -> Iterator[Block | TableBlocks]:
     s = model.sections
+    # a legend is printed under the first table that has it; the PDF cannot fold it away
+    tables = partial(_table_or_na, legends_printed=set())
     yield Paragraph(height=0.3, lines=[f"Yield report, run {model.run_id}"], size=15, weight="bold")
     yield paragraph(f"created {model.created_at} · yieldrank {model.version}", colour=MUTED)
     problems = chart_problems(model, rendered)
@@ -362,26 +364,45 @@ def _story(model: ReportModel, rendered: Rendered) -> Iterator[Block | TableBloc
     yield Spacer(0.1)
 
     yield heading(s["summary"], 1)
-    if model.sentences:
-        for i, sentence in enumerate(model.sentences, 1):
-            yield paragraph(f"{i}. {sentence.layer} {sentence.text}", size=8.5)
+    if model.no_ranking_reason:
+        yield paragraph(model.no_ranking_reason, colour=MUTED, style="italic")
     else:
-        yield paragraph(model.no_ranking_reason or "", colour=MUTED, style="italic")
+        if model.sentences:
+            yield paragraph(model.sentences_lead)
+            for i, sentence in enumerate(model.sentences, 1):
+                yield paragraph(f"{i}. {sentence.layer} {sentence.text}", size=8.5)
+                if sentence.lots:
+                    yield from _lots(sentence.lots, indent=0.2)
+        else:
+            yield paragraph("No finding of this run is significant.")
+        for sentence in model.quiet:
+            yield paragraph(f"- {sentence.layer}: {sentence.text}", size=8.5)
+        yield paragraph(model.materiality, size=SMALL, colour=MUTED)
     yield heading("Data of this run", 3)
     yield from facts(model.data_facts)
     yield heading("Data quality", 3)
     yield paragraph(model.quality_outcome)
     yield heading("Ranking", 3)
-    yield table(model.ranking)
+    yield from tables(model.ranking)
     yield paragraph(
-        "Yield impact in yield percentage points (pp), defined under Method; "
-        "p-values adjusted across layers; highlighted rows: adjusted p < 0.05.",
+        "Highlighted rows: a significant loss. How each number is computed: Method.",
         size=SMALL,
         colour=MUTED,
     )
 
     yield heading(s["pareto"], 1)
+    yield paragraph("In the ranking's order, as in the table above.", size=SMALL, colour=MUTED)
     yield from _chart(model.pareto, rendered)
+
+    yield heading(s["sensitivity"], 1)
+    yield paragraph(
+        "Per operation: its test, given every other operation's equipment, and the smallest "
+        'shift of one tool that this fab\'s data would detect, so that "no loss found" has a '
+        "size.",
+        size=SMALL,
+        colour=MUTED,
+    )
+    yield from tables(model.operation_tests)
 
     yield PageBreak()
     yield heading(s["layers"], 1)
@@ -394,28 +415,21 @@ def _story(model: ReportModel, rendered: Rendered) -> Iterator[Block | TableBloc
         yield paragraph(layer.headline, weight="bold")
         yield from facts(layer.facts)
         yield heading("Findings", 4)
-        yield from _table_or_na(layer.findings)
+        yield from tables(layer.findings)
+        if layer.lot_lists:
+            yield heading("Lots of each finding", 4)
+            for lots in layer.lot_lists:
+                yield from _lots(lots)
+        yield heading("Metrology: what moves it", 4)
+        yield from tables(layer.chains)
+        yield heading("Equipment at other operations sharing the findings' lots", 4)
+        yield from tables(layer.aliases)
+        yield heading("Noisy equipment (dispersion findings)", 4)
+        yield from tables(layer.dispersion)
         for chart in layer.charts:
             yield from _chart(chart, rendered)
-        yield heading("Dispersion findings (noisy chambers)", 4)
-        yield from _table_or_na(layer.dispersion)
-        yield heading("Fixed effects of the yield model", 4)
-        yield from _table_or_na(layer.fixed_effects)
-        yield heading("Process models", 4)
-        yield from _table_or_na(layer.process_models)
-        yield heading("Convergence", 4)
-        yield paragraph(layer.convergence)
-
-    if model.chained:
-        yield PageBreak()
-        yield heading("Chained model across layers", 2)
-        yield paragraph(
-            "Final yield on every layer's tool, chamber and metrology terms in one model, so "
-            "that lots sharing tools across layers do not count an effect twice.",
-            colour=MUTED,
-        )
-        yield from facts(model.chained.facts)
-        yield from _table_or_na(model.chained.effects)
+        yield heading("Estimates on the models' own scales", 4)
+        yield from tables(layer.estimates)
 
     yield PageBreak()
     yield heading(s["unranked"], 1)
@@ -427,12 +441,12 @@ def _story(model: ReportModel, rendered: Rendered) -> Iterator[Block | TableBloc
     yield heading(s["quality"], 1)
     yield paragraph(model.quality_outcome)
     yield heading("Drops", 3)
-    yield from _table_or_na(model.drops)
+    yield from tables(model.drops)
     if model.problems:
         yield heading("Rules broken", 3)
         yield table(model.problems)
     yield heading("Great Expectations results", 3)
-    yield from _table_or_na(model.expectations)
+    yield from tables(model.expectations)
     if model.failed_expectations:
         yield heading("Failing expectations", 3)
         yield table(model.failed_expectations)
@@ -446,8 +460,35 @@ def _story(model: ReportModel, rendered: Rendered) -> Iterator[Block | TableBloc
     yield paragraph(model.impact_definition.replace("**", ""))
     yield heading("Models and methods", 3)
     yield from facts(model.method)
+    if model.chained:
+        yield heading("Chained model across layers", 3)
+        yield paragraph(
+            "Final yield on every layer's tool, chamber and metrology terms in one model, so "
+            "that lots sharing tools across layers do not count an effect twice.",
+            colour=MUTED,
+        )
+        yield from facts(model.chained.facts)
+        yield from tables(model.chained.effects)
+    for layer in model.layers:
+        yield heading(f"Model of layer {layer.name}", 3)
+        yield from facts(layer.model_facts)
+        yield heading("Fixed effects of the yield model", 4)
+        yield from tables(layer.fixed_effects)
+        yield heading("Process models", 4)
+        yield from tables(layer.process_models)
     yield heading("Versions", 3)
     yield table(model.versions)
+
+
+def _lots(lots: LotList, indent: float = 0.0) -> Iterator[Block]:
+    """A finding's lots: the PDF cannot fold them away, so they are printed small."""
+    n = len(lots.lots)
+    yield paragraph(
+        f"{n} lot{'s' if n != 1 else ''} of {lots.label}: {', '.join(lots.lots)}",
+        size=SMALL,
+        colour=MUTED,
+        indent=indent,
+    )
 
 
 def _chart(chart: object, rendered: Rendered) -> Iterator[Block]:
@@ -460,13 +501,29 @@ def _chart(chart: object, rendered: Rendered) -> Iterator[Block]:
         yield picture(shows)
 
 
-def _table_or_na(t: Table | Unavailable) -> Iterator[Block | TableBlocks]:
+def _table_or_na(
+    t: Table | Unavailable, legends_printed: set[tuple[tuple[str, str], ...]] | None = None
+) -> Iterator[Block | TableBlocks]:
+    """A table, its note and its legend (only the first time that legend is met, when
+    `legends_printed` keeps track)."""
     if isinstance(t, Unavailable):
         yield not_available(t)
         return
     yield table(t)
     if t.note:
         yield paragraph(t.note, size=SMALL, colour=MUTED)
+    legend = tuple(t.legend)
+    if not legend:
+        return
+    if legends_printed is not None and legend in legends_printed:
+        yield paragraph(
+            "Columns as explained under the first table like it.", size=SMALL, colour=MUTED
+        )
+        return
+    if legends_printed is not None:
+        legends_printed.add(legend)
+    for key, meaning in legend:
+        yield paragraph(f"{key}: {meaning}", size=SMALL, colour=MUTED)
 
 
 def paginate(story: Sequence[Block | TableBlocks]) -> list[list[tuple[float, Block]]]:

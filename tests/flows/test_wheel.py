@@ -92,5 +92,5 @@ def test_the_wheel_installs_in_a_fresh_venv_and_runs_the_demo(tmp_path):
     report = Path(last.removeprefix("report: "))
     assert report.is_file() and report.is_relative_to(outside / "demo")
     html = report.read_text(encoding="utf-8")
-    assert "<style>" in html and "Yield impact by layer" in html  # the template and its CSS
+    assert "<style>" in html and "Loss by layer" in html  # the template and its CSS
     assert report.with_suffix(".pdf").is_file()

@@ -1,7 +1,7 @@
 """The run report: sections, escaping, self-containment, the PDF, degradation, the index, the CLI.
 
 One simulated fab in a real DuckDB file (tests/flows/report_sample.py) and one analysis run over
-it serve every test of this module; the report is built once and read many ways.
+it serve every test of this package (conftest.py); the report is built once and read many ways.
 """
 
 from __future__ import annotations
@@ -12,85 +12,28 @@ import re
 import subprocess
 import sys
 from dataclasses import replace
-from html.parser import HTMLParser
 from pathlib import Path
 
 import duckdb
 import pytest
 from pypdf import PdfReader
 
+from flows.analysis.ranking import YIELD_IMPACT_DEFINITION
 from flows.analysis.results import AnalysisResult, Finding
-from flows.report.assemble import _findings_table, top_finding
+from flows.report.assemble import top_finding
 from flows.report.build import build_report
+from flows.report.finding_tables import dispersion_table, findings_table
+from flows.report.html import bold_markdown
 from flows.report.index import build_index
-from flows.report.model import MAX_FINDINGS, SECTIONS, fmt_pp
+from flows.report.model import MAX_FINDINGS, SECTIONS, fmt_pp, in_review_order
 from tests.flows import report_sample as sample
+from tests.flows.report.pages import Page, ranked
 
 ALLOWED_TAGS = {
     "html", "head", "meta", "title", "style", "body", "header", "nav", "main", "footer", "section",
     "article", "div", "h2", "h3", "h4", "p", "a", "ol", "ul", "li", "dl", "dt", "dd", "table",
-    "thead", "tbody", "tr", "th", "td", "figure", "img", "strong", "span",
+    "thead", "tbody", "tr", "th", "td", "figure", "img", "strong", "span", "details", "summary",
 }  # fmt: skip
-
-
-class Page(HTMLParser):
-    """The parts of a page the tests read: tags, attributes, ids, text per section."""
-
-    def __init__(self, html: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[tuple[str, dict[str, str | None]]] = []
-        self.ids: set[str] = set()
-        self.headings: list[tuple[str, str]] = []
-        self.section_text: dict[str, list[str]] = {}
-        self._section: str | None = None
-        self._heading: str | None = None
-        self._text: list[str] = []
-        self.feed(html)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = dict(attrs)
-        self.tags.append((tag, a))
-        if a.get("id"):
-            self.ids.add(a["id"])
-        if tag == "section":
-            self._section = a.get("id")
-        if tag in ("h2", "h3"):
-            self._heading, self._text = tag, []
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == self._heading:
-            self.headings.append((tag, "".join(self._text).strip()))
-            self._heading = None
-
-    def handle_data(self, data: str) -> None:
-        if self._heading:
-            self._text.append(data)
-        if self._section:
-            self.section_text.setdefault(self._section, []).append(data)
-
-    def text(self, section: str) -> str:
-        return re.sub(r"\s+", " ", " ".join(self.section_text.get(section, [])))
-
-
-@pytest.fixture(scope="module")
-def fab(tmp_path_factory: pytest.TempPathFactory) -> tuple[sample.Fab, Path]:
-    fab = sample.simulate(n_lots=40)
-    db_path = sample.write_database(fab, tmp_path_factory.mktemp("db") / "fab.duckdb")
-    return fab, db_path
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, fab) -> tuple[AnalysisResult, Path, str]:
-    fab_data, db_path = fab
-    result = sample.analysis_result(fab_data)
-    out = sample.write_run(tmp_path_factory.mktemp("runs") / result.run_id, result)
-    paths = build_report(result, out, db_path=db_path)
-    assert paths.html == out / "report.html" and paths.pdf == out / "report.pdf"
-    return result, out, paths.html.read_text(encoding="utf-8")
-
-
-def ranked(result: AnalysisResult):
-    return sorted((r for r in result.ranking if r.rank is not None), key=lambda r: r.rank)
 
 
 def trimmed(result: AnalysisResult, keep: int = 2) -> AnalysisResult:
@@ -117,18 +60,9 @@ def test_html_has_every_section_in_order(run):
     assert set(SECTIONS) <= page.ids
 
 
-def test_summary_states_the_top_layers_with_impact_interval_and_p(run):
-    result, _, html = run
+def test_summary_shows_the_run_data_and_quality(run):
+    _, _, html = run
     summary = Page(html).text("summary")
-    top = ranked(result)
-    assert top[0].layer == sample.PLANTED_LAYER, "the fixture's planted layer should rank first"
-    for r in top[:3]:
-        assert r.layer in summary
-        assert f"{fmt_pp(r.yield_impact)} yield points" in summary
-        assert f"{fmt_pp(r.ci_low)} to {fmt_pp(r.ci_high)}" in summary
-    # one sentence each, in rank order
-    sentences = re.findall(r"<li><a href=\"#(layer-\d+)\"><strong class=\"layer\">", html)
-    assert sentences == ["layer-1", "layer-2", "layer-3"]
     for fact in ("drops", "date range", "lots", "wafers", "2026-09-01"):
         assert fact in summary
     assert "1 rejected" in summary  # the data-quality outcome
@@ -156,13 +90,14 @@ def test_every_ranked_layer_has_its_charts_and_tables(run):
         else:
             assert f"no inline metrology with a sort result in layer {r.layer}" in layers
         assert set(expected) <= alts, set(expected) - alts
-    assert "Dispersion findings" in layers
-    assert "M1_THK" in layers and "noisier" in layers  # the noisy chamber, found in M1
-    assert "converged after" in layers and "cAIC" in layers
+    assert "dispersion findings" in layers
+    assert "M1_THK" in layers and "SD ratio" in layers  # the noisy chamber, found in M1
+    method = page.text("method")  # the fits' statistics are under Method
+    assert "converged after" in method and "cAIC" in method
     chained = next(f for f in result.layers if f.layer == "(chained)")
-    assert "Chained model across layers" in layers and "chained" in page.ids
+    assert "Chained model across layers" in method and "chained" in page.ids
     for layer, effect in chained.layer_effects.items():
-        assert f"{layer} {fmt_pp(effect['yield_impact'])}" in layers
+        assert f"{layer} {fmt_pp(effect['yield_impact'])}" in method
     n_images = sum(1 for tag, _ in page.tags if tag == "img")
     n_measured = sum(r.layer in measured for r in ranked(result))
     assert n_images == 1 + 5 * len(ranked(result)) + n_measured
@@ -189,7 +124,7 @@ def test_strings_from_data_are_escaped(run):
     assert "&#34;&gt;&lt;img src=x onerror=alert(2)&gt;" in html
     assert "M3 &amp; &lt;b&gt;co&lt;/b&gt;" in html
     assert "drop &lt;bad&gt; &amp; &#39;quoted&#39;" in html
-    assert f"tool {sample.MATH_TOOL} at CT_ETCH" in html  # printed as written, not evaluated
+    assert f"{sample.MATH_TOOL} chamber CH" in html  # printed as written, not evaluated
     page = Page(html)
     assert {tag for tag, _ in page.tags} <= ALLOWED_TAGS
     assert not [a for _, a in page.tags if any(k.startswith("on") for k in a)]
@@ -275,7 +210,8 @@ def test_facts_the_run_did_not_record_come_from_the_database(run, fab, tmp_path)
     html = build_report(result, tmp_path / "thin", db_path=fab[1]).html.read_text()
     method = Page(html).text("method")
     assert "(not recorded by the analysis run; as defined by yieldrank" in method
-    assert "<strong>Loss</strong> of a finding" in html  # ranking.YIELD_IMPACT_DEFINITION
+    # the analysis's own definition, bold markup and all (its wording is the analysis's)
+    assert str(bold_markdown(YIELD_IMPACT_DEFINITION.split(" is ")[0])) in html
     summary = Page(html).text("summary")
     lots = fab[0].wafers["lot_id"].n_unique()
     assert f"lots (in the database) {lots}" in summary
@@ -383,13 +319,16 @@ def test_a_long_findings_list_is_cut_with_a_note_and_missing_numbers_show_as_das
         Finding("L", "chamber", -0.1, 0.01 * i, 0.0, 0.02 * i, 0.5, "OP", "T1", f"CH{i}")
         for i in range(20)
     ] + [Finding("L", "dispersion", 0.4, math.nan, math.nan, math.nan, None, "OP", "T2", None)]
-    table = _findings_table(findings)
+    largest_first = sorted(findings[:-1], key=lambda f: -f.yield_impact)
+    table = findings_table(largest_first, {}, None, MAX_FINDINGS)  # keeps the order it is given
     assert len(table.rows) == MAX_FINDINGS
-    assert table.rows[0][1] == "chamber CH19 of tool T1 at OP"  # largest impact first
-    assert table.note == f"{21 - MAX_FINDINGS} smaller findings not shown (all are in findings.csv)"
-    dispersion = _findings_table(findings[-1:])
-    assert dispersion.rows[0][1] == "tool T2 is noisier on its metrology at OP"
-    assert dispersion.rows[0][3:] == ["–", "–", "–"]
+    assert table.rows[0][1] == "T1 chamber CH19 at OP"
+    assert table.note == f"{20 - MAX_FINDINGS} smaller findings not shown (all are in findings.csv)"
+    assert table.rows[0][2:5] == ["–", "–", "–"]  # a run without the wafers of each finding
+    dispersion = dispersion_table(findings[-1:], {})
+    assert dispersion.rows[0][0] == "tool T2 at OP"
+    assert dispersion.rows[0][2] == f"{math.exp(0.2):.3g}"  # SD ratio from the log variance ratio
+    assert dispersion.rows[0][3] == "–"
 
 
 def test_an_established_finding_leads_its_layer_as_in_the_analysis():
@@ -404,7 +343,8 @@ def test_an_established_finding_leads_its_layer_as_in_the_analysis():
     ]
     findings = [tool, *others, chamber]
     assert top_finding(findings) is chamber
-    assert _findings_table(findings).rows[0][1] == "chamber CH3 of tool T7 at OP"
+    ordered = in_review_order(findings)
+    assert findings_table(ordered, {}, None, MAX_FINDINGS).rows[0][1] == "T7 chamber CH3 at OP"
     # without an established finding the largest impact leads
     assert top_finding([tool, *others]) is tool
 
@@ -422,14 +362,15 @@ def test_a_chart_that_fails_becomes_a_note_in_the_html_and_the_pdf(run, fab, tmp
         raise RuntimeError("injected chart failure")
 
     monkeypatch.setattr(report, "yield_by_tool", broken)
-    result = trimmed(run[0], keep=1)
+    # the run as its analysis.json holds it, which `yieldrank report` reads back below
+    result = trimmed(AnalysisResult.from_json(run[1] / "analysis.json"), keep=1)
     top = ranked(result)[0]
     missed = replace(top, ci_low=top.yield_impact + 0.1)  # an interval missing its point, as once
     result.ranking = [missed if r is top else r for r in result.ranking]
     paths = build_report(result, tmp_path / "broken", db_path=fab[1])
     pareto_failed, tools_failed = paths.problems
     assert re.fullmatch(
-        r"summary: chart not drawn: Yield impact by layer \(ValueError: 'yerr' must not "
+        r"summary: chart not drawn: Loss by layer \(ValueError: 'yerr' must not "
         r"contain negative values at charts\.py line \d+\)",
         pareto_failed,
     )
@@ -448,7 +389,7 @@ def test_a_chart_that_fails_becomes_a_note_in_the_html_and_the_pdf(run, fab, tmp
     pdf = re.sub(r"\s+", " ", " ".join(p.extract_text() for p in PdfReader(paths.pdf).pages))
     assert "This report is incomplete: 2 chart(s) could not be drawn." in pdf
     assert "chart not drawn: Yield by tool (RuntimeError: injected chart failure" in pdf
-    assert "chart not drawn: Yield impact by layer (ValueError:" in pdf
+    assert "chart not drawn: Loss by layer (ValueError:" in pdf
     # `yieldrank report` writes the report, names the problems and exits "degraded"
     run_dir = tmp_path / "cli-broken" / result.run_id
     run_dir.mkdir(parents=True)

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from flows.analysis.results import AnalysisResult
-from flows.report.build import build_report
 from flows.report.index import build_index
+from flows.report.model import ReportPaths
 from tests.flows import report_sample as sample
+from tests.flows.report.pages import significant_in_order
 from tests.flows.report_browser import open_page
 
 ARTIFACTS = Path(__file__).resolve().parents[3] / "runs" / "test-artifacts"
@@ -26,17 +27,30 @@ PAGE_FACTS = {
     "body": "document.body.innerText",
     "scripts": "document.scripts.length",
     "title": "document.title",
+    "headline": "Array.from(document.querySelectorAll('#summary ol.headline > li'))"
+    ".map(li => li.querySelector('strong').innerText)",
+    "table_layers": "Array.from(document.querySelectorAll('#summary table tbody tr'))"
+    ".map(tr => tr.cells[1].innerText)",
+    "pareto_alt": "document.querySelector('#pareto img').alt",
+    "lot_lists": "Array.from(document.querySelectorAll('details.lots'))"
+    ".map(d => [d.open, d.querySelector('summary').innerText, d.innerText.length])",
+    # a folded list shows its summary only; unfolded (as a click would) its lots too
+    "unfolded": "(() => { const d = document.querySelector('#summary details.lots');"
+    " const folded = d.innerText; d.open = true; return [folded, d.innerText]; })()",
+    "legend_shown": "document.querySelector('#summary details.legend').open"
+    " && document.querySelector('#summary dl.legend').getClientRects().length > 0",
 }
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory):
-    tmp = tmp_path_factory.mktemp("browser")
-    fab = sample.simulate(n_lots=40)
-    db_path = sample.write_database(fab, tmp / "fab.duckdb")
-    result = sample.analysis_result(fab)
-    out = sample.write_run(tmp / "runs" / result.run_id, result)
-    return result, build_report(result, out, db_path=db_path), tmp
+def report(run, tmp_path_factory: pytest.TempPathFactory):
+    """The package's run (with issue 14's attribution) and its report (conftest.py)."""
+    result, out, _ = run
+    return (
+        result,
+        ReportPaths(out / "report.html", out / "report.pdf"),
+        tmp_path_factory.mktemp("browser"),
+    )
 
 
 def keep(artifact: Path) -> None:
@@ -62,10 +76,25 @@ def test_report_renders_cleanly_in_headless_chromium(report):
     assert len(images) > 10
     broken = [alt for alt, complete, width in images if not (complete and width > 0)]
     assert broken == [], f"images not decoded: {broken}"
-    top = min((r for r in result.ranking if r.rank is not None), key=lambda r: r.rank)
-    assert top.layer == sample.PLANTED_LAYER
-    assert page.values["first_sentence_layer"] == sample.PLANTED_LAYER
-    assert sample.PLANTED_LAYER in page.values["summary"]
+    ranked = sorted((r for r in result.ranking if r.rank is not None), key=lambda r: r.rank)
+    significant = [f for f in result.findings if f.p_adjusted is not None and f.p_adjusted < 0.05]
+    # one sentence per significant finding, its layer first, in the ranking's order
+    headline = page.values["headline"]
+    assert len(headline) == len(significant)
+    assert page.values["first_sentence_layer"] == ranked[0].layer == headline[0]
+    order = [r.layer for r in ranked]
+    assert [order.index(x) for x in headline] == sorted(order.index(x) for x in headline)
+    # the chart and the table show the layers in one order
+    assert page.values["table_layers"] == order
+    assert page.values["pareto_alt"].endswith("left to right: " + ", ".join(order))
+    # every lot list starts folded and unfolds without any script
+    lot_lists = page.values["lot_lists"]
+    assert len(lot_lists) >= sum(1 for f in significant if f.lots)
+    assert not any(is_open for is_open, _, _ in lot_lists)
+    folded, unfolded = page.values["unfolded"]
+    first = next(f for f in significant_in_order(result) if f.lots)
+    assert ", ".join(first.lots) not in folded and ", ".join(first.lots) in unfolded
+    assert page.values["legend_shown"] is True
     # data shows as the text it is, and nothing of it runs
     assert page.values["scripts"] == 0
     body = page.values["body"]
