@@ -174,6 +174,14 @@ def simulate_command(
             "(ingest them with --stdf-wafer-id '{lot}-{wafer:02d}').",
         ),
     ] = False,
+    dies: Annotated[
+        bool,
+        typer.Option(
+            "--dies",
+            help="Die-level sort results for every wafer: random defects (D0, alpha), an "
+            "edge-ring and a centre-spot chamber, a fail bin per mechanism (truth.json: dies).",
+        ),
+    ] = False,
 ) -> None:
     """Simulate a fab with planted effects; writes contract drops and truth.json to OUT."""
     from flows.fabsim.config import DEFAULT_PLANTED, FabConfig
@@ -189,6 +197,7 @@ def simulate_command(
                 fmt=fmt,
                 wafers_per_lot=wafers_per_lot,
                 stdf=stdf,
+                dies=dies,
             ),
             seed=seed,
         )
@@ -199,6 +208,11 @@ def simulate_command(
     for e in truth.planted:
         where = " ".join(x for x in (e.operation, e.tool_id, e.chamber_id, e.param) if x)
         typer.echo(f"planted {e.effect} in {e.layer} ({where}): {e.yield_impact:.2f} yield points")
+    for s in (truth.dies or {}).get("signatures", []):
+        typer.echo(
+            f"planted {s['signature']} in {s['layer']} ({s['operation']} {s['tool_id']} "
+            f"{s['chamber_id']}): {s['n_wafers_affected']} wafers, bin {s['bin']}"
+        )
     for d in truth.drop_dirs:
         typer.echo(f"drop: {d}")
 

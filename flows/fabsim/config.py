@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from flows.fabsim.catalogue import DEFAULT_LAYERS, FORMATS, Format
+from flows.fabsim.die_model import DEFAULT_DIE_MODEL, DieModel
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,10 @@ class FabConfig:
     # die-level sort results as the testers' STDF V4 files in each drop's sort/ folder
     # (wafer ids `{lot}-{wafer:02d}`), instead of sort_die Parquet/CSV; same dies either way
     stdf: bool = False
+    # every sorted wafer as sort_die rows from the die-level mechanisms (flows/fabsim/dies.py):
+    # random defects, edge-ring and centre-spot chambers, a fail bin per mechanism
+    dies: bool = False
+    die_model: DieModel = DEFAULT_DIE_MODEL
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))

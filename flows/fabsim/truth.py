@@ -67,6 +67,7 @@ class SimulationTruth:
     layer_yield_impact: dict[str, float]
     drops: list[DropInfo]
     out_dir: Path = field(default=Path("."), compare=False)
+    dies: dict[str, Any] | None = None  # the die model (FabConfig(dies=True)); absent else
 
     @property
     def drop_dirs(self) -> list[Path]:
@@ -79,6 +80,8 @@ class SimulationTruth:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("out_dir")
+        if d["dies"] is None:  # a fab without dies writes the truth.json it always wrote
+            d.pop("dies")
         return d
 
     def write(self, path: Path) -> None:
