@@ -43,8 +43,7 @@ from flows.fabsim.die_model import (
     WAFER_AREA_CM2,
     ZONES,
     DieModel,
-    grid_radius,
-    zone_index,
+    grid_zones,
 )
 from flows.fabsim.fab import Fab, Site, WaferTruth, _candidates, _on, _tool_shares, expit
 from flows.fabsim.tables import BAD_BIN_P, BAD_BINS, BIN_NAMES, SCHEMAS, Rows, die_grid, sort_times
@@ -75,8 +74,8 @@ class ProductGrid:
     @classmethod
     def of(cls, n_dies: int) -> ProductGrid:
         x, y, _ = die_grid(n_dies)
-        r = grid_radius(x, y)
-        return cls(x, y, r, zone_index(r), WAFER_AREA_CM2 / n_dies)
+        r, zone = grid_zones(x, y)
+        return cls(x, y, r, zone, WAFER_AREA_CM2 / n_dies)
 
     @property
     def zone_sizes(self) -> np.ndarray:
