@@ -13,13 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
 WAFER_AREA_CM2 = math.pi * 14.0**2  # usable area of a 300 mm wafer, 10 mm edge exclusion
-
-# zones of the data contract ("Die geometry and zones"): r normalised to the outermost die,
-# center r <= 0.5, middle 0.5 < r <= 0.8, edge r > 0.8 (see `grid_zones`)
-ZONES = ("center", "middle", "edge")
 
 
 @dataclass(frozen=True)
@@ -62,31 +56,3 @@ DEFAULT_DIE_MODEL = DieModel()
 # test: continuity before leakage before parametric), so the defect bin counts every defect.
 MECHANISM_BINS = {"random_defect": 9, "edge_ring": 10, "center_spot": 11, "bad_tool": 12}
 MECHANISM_BIN_NAMES = {9: "PARTICLE_SHORT", 10: "EDGE_OPEN", 11: "CENTER_VT", 12: "TOOL_LEAK"}
-
-
-def grid_zones(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each die's radius and zone as the contract defines them: the distance from the centre
-    of the product's grid (the midpoint of its bounding box) over the largest such distance.
-
-    The zone is decided on exact integers, as `sql/marts/08_die_position.sql` decides it:
-    with doubled coordinates the squared distance D2 = (2x - xmin - xmax)^2 + (...)^2 is an
-    integer, and r <= 0.5 is 4 D2 <= max D2, r > 0.8 is 25 D2 > 16 max D2; so a die on a zone
-    border falls on the same side in Python and SQL, whatever the floating point rounding.
-
-    Parameters
-    ----------
-    x, y : integer die coordinates of one product's grid (every position once)
-
-    Returns
-    -------
-    (np.ndarray, np.ndarray) : r in [0, 1] and the zone index (0 center, 1 middle, 2 edge; `ZONES`)
-    """
-    x = np.asarray(x, dtype=np.int64)
-    y = np.asarray(y, dtype=np.int64)
-    if len(x) == 0:
-        raise ValueError("a die grid needs at least one die")
-    d2 = (2 * x - x.min() - x.max()) ** 2 + (2 * y - y.min() - y.max()) ** 2
-    top = d2.max()
-    r = np.sqrt(d2 / top) if top > 0 else np.zeros(len(x))
-    zone = np.where(4 * d2 <= top, 0, np.where(25 * d2 <= 16 * top, 1, 2))
-    return r, zone

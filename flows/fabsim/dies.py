@@ -41,12 +41,11 @@ from flows.fabsim.die_model import (
     MECHANISM_BIN_NAMES,
     MECHANISM_BINS,
     WAFER_AREA_CM2,
-    ZONES,
     DieModel,
-    grid_zones,
 )
 from flows.fabsim.fab import Fab, Site, WaferTruth, _candidates, _on, _tool_shares, expit
 from flows.fabsim.tables import BAD_BIN_P, BAD_BINS, BIN_NAMES, SCHEMAS, Rows, die_grid, sort_times
+from flows.warehouse.die_geometry import ZONES, grid_zones
 
 DIES_STREAM_KEY = 1016  # spawn key of the die streams: apart from simulation.STREAMS' indices
 DIE_BIN_NAMES = {**BIN_NAMES, **MECHANISM_BIN_NAMES}

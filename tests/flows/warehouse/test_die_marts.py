@@ -13,9 +13,9 @@ import polars as pl
 import pytest
 
 from flows.fabsim.config import FabConfig
-from flows.fabsim.die_model import ZONES, grid_zones
 from flows.fabsim.simulation import simulate_fab
 from flows.warehouse.db import connect
+from flows.warehouse.die_geometry import ZONES, grid_quadrants, grid_zones
 from flows.warehouse.marts import check_marts
 from tests.flows.conftest import ingest
 from tests.flows.drops import fab_tables, write_drop
@@ -85,6 +85,7 @@ def test_radius_zone_and_quadrant_follow_the_contract_on_the_zone_borders(grid_d
     xy = np.array(list(GRID))
     _, zone = grid_zones(xy[:, 0], xy[:, 1])
     assert [ZONES[z] for z in zone] == [z for _, z, _ in GRID.values()]
+    assert grid_quadrants(xy[:, 0], xy[:, 1]).tolist() == [q for *_, q in GRID.values()]
 
 
 def test_zone_and_bin_counts_use_the_bin_rule(grid_db):
