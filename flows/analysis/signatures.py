@@ -27,7 +27,7 @@ So `random` means "fails not spatially clustered beyond the wafer's zone rates".
 
 Everything is vectorised over the wafers of one die grid (one product): a (wafers x dies)
 matrix of fails, the joins as index pairs, the bands as a sparse membership matrix. The
-geometry (radius, zone, quadrant) is the contract's, as `flows.warehouse.die_geometry` and
+geometry (radius, zone, quadrant) is the contract's, as `flows.analysis.die_geometry` and
 `marts.die_position` compute it; a product's grid is the union of the positions delivered
 for it, and a die missing from a wafer counts as untested (in no rate and no join).
 """
@@ -41,7 +41,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from flows.warehouse.die_geometry import ZONES, grid_quadrants, grid_zones
+from flows.analysis.die_geometry import ZONES, grid_quadrants, grid_zones
 
 SIGNATURE_CLASSES = ("none", "center", "edge_ring", "cluster", "scratch", "random")
 CENTER, EDGE = ZONES.index("center"), ZONES.index("edge")

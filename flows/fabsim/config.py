@@ -60,6 +60,8 @@ class FabConfig:
     `chunk_lots` is how many lots are generated and written at a time (memory), and is part of
     the random streams, so it must stay fixed for identical drops. `equipment_events` and
     `bin_defs` add those optional tables (v2 of the contract) from random streams of their own.
+    `dies` sorts every wafer by die with the mechanisms of `flows.fabsim.dies` (sizes in
+    `die_model`), from streams of its own: no other table of the seed changes.
     """
 
     lots: int = 300

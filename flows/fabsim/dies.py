@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from flows.analysis.die_geometry import ZONES, grid_zones
 from flows.fabsim.catalogue import PRODUCTS
 from flows.fabsim.die_model import (
     MECHANISM_BIN_NAMES,
@@ -45,7 +46,6 @@ from flows.fabsim.die_model import (
 )
 from flows.fabsim.fab import Fab, Site, WaferTruth, _candidates, _on, _tool_shares, expit
 from flows.fabsim.tables import BAD_BIN_P, BAD_BINS, BIN_NAMES, SCHEMAS, Rows, die_grid, sort_times
-from flows.warehouse.die_geometry import ZONES, grid_zones
 
 DIES_STREAM_KEY = 1016  # spawn key of the die streams: apart from simulation.STREAMS' indices
 DIE_BIN_NAMES = {**BIN_NAMES, **MECHANISM_BIN_NAMES}

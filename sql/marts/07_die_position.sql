@@ -4,7 +4,7 @@
 -- distance of the product. Zones are decided on exact integers: with doubled coordinates the
 -- squared distance d2 = (2 x - xmin - xmax)^2 + (2 y - ymin - ymax)^2 is an integer, and
 -- center r <= 0.5 <=> 4 d2 <= max_d2; edge r > 0.8 <=> 25 d2 > 16 max_d2; else middle
--- (`flows.warehouse.die_geometry.grid_zones` decides the same way).
+-- (`flows.analysis.die_geometry.grid_zones` decides the same way).
 -- Quadrants in die coordinates, counter-clockwise from +x, each half-axis in one quadrant so a
 -- symmetric grid splits evenly: 1 dx > 0, dy >= 0; 2 dx <= 0, dy > 0; 3 dx < 0, dy <= 0;
 -- 4 dx >= 0, dy < 0; the centre (dx = dy = 0) is quadrant 1.

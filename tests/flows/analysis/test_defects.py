@@ -8,11 +8,11 @@ import polars as pl
 import pytest
 
 from flows.analysis.defects import fit_defect_density, zone_fail_counts
+from flows.analysis.die_geometry import ZONES, grid_zones
 from flows.fabsim.config import FabConfig
 from flows.fabsim.die_model import MECHANISM_BINS, DieModel
 from flows.fabsim.simulation import simulate_fab
 from flows.warehouse.db import connect
-from flows.warehouse.die_geometry import ZONES, grid_zones
 from tests.flows.conftest import ingest
 
 DEFECT_BIN = MECHANISM_BINS["random_defect"]

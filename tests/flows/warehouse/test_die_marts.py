@@ -12,10 +12,10 @@ import numpy as np
 import polars as pl
 import pytest
 
+from flows.analysis.die_geometry import ZONES, grid_quadrants, grid_zones
 from flows.fabsim.config import FabConfig
 from flows.fabsim.simulation import simulate_fab
 from flows.warehouse.db import connect
-from flows.warehouse.die_geometry import ZONES, grid_quadrants, grid_zones
 from flows.warehouse.marts import check_marts
 from tests.flows.conftest import ingest
 from tests.flows.drops import fab_tables, write_drop
