@@ -206,27 +206,24 @@ def _zone_test(f: np.ndarray, t: np.ndarray, grid: DieGrid, zone: int, rules: Si
 
 def _line_test(f: np.ndarray, t: np.ndarray, grid: DieGrid, rules: SignatureRules):
     """Per wafer the largest z of a band with at least `line_min_excess` excess failing dies."""
-    n_band = (grid.bands.T @ t.T.astype(np.float64)).T
-    f_band = (grid.bands.T @ (f & t).T.astype(np.float64)).T
-    rate = (f & t).sum(1) / np.maximum(t.sum(1), 1)
-
-    def flank(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ok = idx >= 0
-        nf = np.where(ok, n_band[:, np.maximum(idx, 0)], 0.0)
-        ff = np.where(ok, f_band[:, np.maximum(idx, 0)], 0.0)
-        return nf, ff
-
-    n_lo, f_lo = flank(grid.band_flank_lo)
-    n_hi, f_hi = flank(grid.band_flank_hi)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        flank_rate = np.where(n_lo + n_hi > 0, (f_lo + f_hi) / (n_lo + n_hi), 0.0)
-    q = np.clip(np.maximum(rate[:, None], flank_rate), 1e-9, 1 - 1e-9)
+    n_cols = grid.bands.shape[1]
+    # counts per band, plus a last all-zero column that stands for a missing flank
+    n_band = np.zeros((len(f), n_cols + 1), dtype=np.float32)
+    f_band = np.zeros_like(n_band)
+    n_band[:, :n_cols] = (grid.bands.T @ t.T.astype(np.float32)).T
+    f_band[:, :n_cols] = (grid.bands.T @ (f & t).T.astype(np.float32)).T
+    lo = np.where(grid.band_flank_lo >= 0, grid.band_flank_lo, n_cols)
+    hi = np.where(grid.band_flank_hi >= 0, grid.band_flank_hi, n_cols)
+    n_flank = n_band[:, lo] + n_band[:, hi]
+    f_flank = f_band[:, lo] + f_band[:, hi]
+    n_band, f_band = n_band[:, :n_cols], f_band[:, :n_cols]
+    rate = ((f & t).sum(1) / np.maximum(t.sum(1), 1)).astype(np.float32)
+    q = np.maximum(rate[:, None], f_flank / np.maximum(n_flank, 1))
+    np.clip(q, 1e-6, 1 - 1e-6, out=q)
     excess = f_band - n_band * q
-    z = np.divide(
-        excess, np.sqrt(n_band * q * (1 - q)), out=np.zeros_like(excess), where=n_band > 0
-    )
-    z = np.where(excess >= rules.line_min_excess, z, -np.inf)
-    best = z.max(axis=1)
+    z = excess / np.sqrt(np.maximum(n_band * q * (1 - q), 1e-12))
+    z[(excess < rules.line_min_excess) | (n_band == 0)] = -np.inf
+    best = z.max(axis=1).astype(np.float64)
     return np.where(np.isfinite(best), best, 0.0)
 
 
@@ -316,7 +313,11 @@ def classify_grid(
 
 
 def classify_wafers(
-    dies: pl.DataFrame, rules: SignatureRules = DEFAULT_RULES, *, grid_by: str | None = "product"
+    dies: pl.DataFrame,
+    rules: SignatureRules = DEFAULT_RULES,
+    *,
+    grid_by: str | None = "product",
+    positions: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """The signature of every wafer of a die frame (e.g. `marts.die_frame`).
 
@@ -326,6 +327,9 @@ def classify_wafers(
         fails), plus the `grid_by` column (wafers of one value share a die grid)
     rules : the thresholds
     grid_by : the column naming each wafer's grid (None: every wafer on one grid)
+    positions : each grid's die positions (`grid_by`, die_x, die_y; e.g. marts.die_position);
+        default the positions `dies` holds. Give them when `dies` is a part of the wafers, so
+        the grid (its centre, zones and joins) is the product's whole grid
 
     Returns
     -------
@@ -339,30 +343,48 @@ def classify_wafers(
     if dies.select(pl.col(needed).null_count().sum()).to_series().sum():
         nulls = [c for c in needed if dies[c].null_count()]
         raise ValueError(f"the die frame has nulls in {nulls}")
-    if dies.select("wafer_id", "die_x", "die_y").is_duplicated().any():
-        raise ValueError("the die frame repeats a (wafer_id, die_x, die_y)")
+    key = grid_by or "__grid"
+    if grid_by is None:
+        dies = dies.with_columns(pl.lit("").alias(key))
+    if positions is None:
+        positions = dies.select(key, "die_x", "die_y").unique()
+    elif grid_by is None:
+        positions = positions.with_columns(pl.lit("").alias(key))
+    positions = positions.select(key, "die_x", "die_y").sort(key, "die_x", "die_y")
     frames = []
-    groups = dies.partition_by(grid_by, as_dict=False) if grid_by else [dies]
-    for group in groups:
-        positions = group.select("die_x", "die_y").unique().sort("die_x", "die_y")
+    for (name,), grid_positions in positions.group_by([key], maintain_order=True):
+        grid_positions = grid_positions.with_row_index("die")
         grid = DieGrid.of(
-            positions["die_x"].to_numpy(), positions["die_y"].to_numpy(), rules.line_angles
+            grid_positions["die_x"].to_numpy(),
+            grid_positions["die_y"].to_numpy(),
+            rules.line_angles,
         )
-        indexed = group.join(positions.with_row_index("die"), on=["die_x", "die_y"])
+        group = dies.filter(pl.col(key) == name)
+        indexed = group.join(grid_positions, on=[key, "die_x", "die_y"], how="left")
+        if indexed["die"].null_count():
+            raise ValueError(f"the die frame has dies outside the positions of grid {name!r}")
         wafers = indexed["wafer_id"].unique().sort()
-        for first in range(0, len(wafers), WAFERS_PER_BLOCK):
-            block = wafers[first : first + WAFERS_PER_BLOCK]
-            rows = indexed.filter(pl.col("wafer_id").is_in(block.implode())).join(
-                pl.DataFrame({"wafer_id": block}).with_row_index("w"), on="wafer_id"
-            )
-            w = rows["w"].to_numpy()
-            d = rows["die"].to_numpy()
-            tested = np.zeros((len(block), len(grid.x)), dtype=bool)
+        indexed = indexed.join(
+            pl.DataFrame({"wafer_id": wafers}).with_row_index("wafer"), on="wafer_id"
+        ).sort("wafer")
+        w_all = indexed["wafer"].to_numpy()
+        d_all = indexed["die"].to_numpy()
+        fail_all = ~indexed["good"].to_numpy()
+        bounds = np.searchsorted(
+            w_all, np.arange(0, len(wafers) + WAFERS_PER_BLOCK, WAFERS_PER_BLOCK)
+        )
+        for b, first in enumerate(range(0, len(wafers), WAFERS_PER_BLOCK)):
+            rows = slice(bounds[b], bounds[b + 1])
+            n_block = min(WAFERS_PER_BLOCK, len(wafers) - first)
+            w, d = w_all[rows] - first, d_all[rows]
+            if np.bincount(w * len(grid.x) + d).max(initial=0) > 1:
+                raise ValueError("the die frame repeats a (wafer_id, die_x, die_y)")
+            tested = np.zeros((n_block, len(grid.x)), dtype=bool)
             fails = np.zeros_like(tested)
             tested[w, d] = True
-            fails[w, d] = ~rows["good"].to_numpy()
+            fails[w, d] = fail_all[rows]
             out = classify_grid(fails, grid, tested, rules)
-            frames.append(pl.DataFrame({"wafer_id": block, **out}))
+            frames.append(pl.DataFrame({"wafer_id": wafers[first : first + n_block], **out}))
     if not frames:
         return pl.DataFrame(
             schema={"wafer_id": pl.String, "signature": pl.String, "score": pl.Float64}
@@ -370,24 +392,53 @@ def classify_wafers(
     return pl.concat(frames).sort("wafer_id")
 
 
-DIE_FRAME_SQL = "SELECT wafer_id, product, die_x, die_y, good FROM marts.die_frame"
+DIE_ROWS_SQL = """
+SELECT wafer_id, product, die_x, die_y, good FROM marts.die_frame
+WHERE wafer_id >= $first AND wafer_id <= $last
+"""
+SORTED_WAFERS_SQL = """
+SELECT DISTINCT wafer_id FROM core.sort_die ORDER BY wafer_id
+"""
 
 
 def wafer_signatures_from_db(
-    con: duckdb.DuckDBPyConnection, rules: SignatureRules = DEFAULT_RULES
+    con: duckdb.DuckDBPyConnection,
+    rules: SignatureRules = DEFAULT_RULES,
+    wafers_per_query: int = 8_000,
 ) -> pl.DataFrame:
     """The signature of every wafer with die data in the database (`marts.die_frame`).
+
+    The dies are read a range of wafer ids at a time (`wafers_per_query` wafers), so memory
+    is bounded by that range, not by the database; every range is classified on its
+    products' whole grids (`marts.die_position`).
 
     Parameters
     ----------
     con : a connection to the database (read-only is enough)
     rules : the thresholds
+    wafers_per_query : wafers read per query
 
     Returns
     -------
     pl.DataFrame : as `classify_wafers`; empty without die data
     """
-    return classify_wafers(pl.from_arrow(con.sql(DIE_FRAME_SQL).to_arrow_table()), rules)
+    positions = pl.from_arrow(
+        con.sql("SELECT product, die_x, die_y FROM marts.die_position").to_arrow_table()
+    )
+    wafers = con.sql(SORTED_WAFERS_SQL).fetchnumpy()["wafer_id"]
+    frames = []
+    for first in range(0, len(wafers), wafers_per_query):
+        ids = wafers[first : first + wafers_per_query]
+        params = {"first": str(ids[0]), "last": str(ids[-1])}
+        dies = pl.from_arrow(con.sql(DIE_ROWS_SQL, params=params).to_arrow_table())
+        frames.append(classify_wafers(dies, rules, positions=positions))
+    if not frames:
+        return classify_wafers(
+            pl.DataFrame(schema={"wafer_id": pl.String, "product": pl.String, "die_x": pl.Int64,
+                                 "die_y": pl.Int64, "good": pl.Boolean}),
+            rules,
+        )  # fmt: skip
+    return pl.concat(frames)
 
 
 def store_wafer_signatures(

@@ -219,7 +219,7 @@ def test_signatures_from_the_database_are_stored_per_run(tmp_path):
         assert ingest(drop, db).status == "merged"
     con = connect(db)
     try:
-        found = wafer_signatures_from_db(con)
+        found = wafer_signatures_from_db(con, wafers_per_query=70)  # 300 wafers: 5 queries
         assert found.height == sim.wafers
         assert found.equals(classify_wafers(_die_frame(sim)))  # the mart = the delivered dies
         assert store_wafer_signatures(con, "run-1", found) == sim.wafers
@@ -235,3 +235,15 @@ def test_signatures_from_the_database_are_stored_per_run(tmp_path):
             )
     finally:
         con.close()
+
+
+def test_a_part_of_the_wafers_is_classified_on_the_whole_grid(null_dies):
+    whole = classify_wafers(null_dies)
+    positions = null_dies.select("product", "die_x", "die_y").unique()
+    some = whole["wafer_id"].gather(np.arange(0, whole.height, 7))
+    part = null_dies.filter(pl.col("wafer_id").is_in(some.implode()))
+    assert classify_wafers(part, positions=positions).equals(
+        whole.filter(pl.col("wafer_id").is_in(some.implode()))
+    )
+    with pytest.raises(ValueError, match="outside the positions of grid 'P-ALPHA'"):
+        classify_wafers(part, positions=positions.filter(pl.col("die_x") > pl.col("die_x").min()))
