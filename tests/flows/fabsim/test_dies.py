@@ -182,3 +182,25 @@ def test_dies_are_reproduced_by_the_seed_and_the_model_is_checked(tmp_path):
         DieModel(alpha=0)
     with pytest.raises(ValueError, match=r"edge_ring_fail must lie in \[0, 1\]"):
         DieModel(edge_ring_fail=1.5)
+
+
+def test_dies_as_stdf_ingest_to_the_rows_and_bin_names_of_the_parquet_path(tmp_path):
+    from flows.fabsim.stdf_writer import SIM_STDF_WAFER_ID
+    from tests.flows.conftest import ingest, query
+
+    dbs = {}
+    for way, stdf in (("parquet", False), ("stdf", True)):
+        sim = simulate_fab(
+            tmp_path / way, FabConfig(lots=4, n_drops=2, dies=True, stdf=stdf), seed=6
+        )
+        dbs[way] = tmp_path / f"{way}.duckdb"
+        for drop in sim.drop_dirs:
+            result = ingest(drop, dbs[way], stdf_wafer_id=SIM_STDF_WAFER_ID)
+            assert result.status == "merged", [str(p) for p in result.problems]
+    for sql in (
+        "SELECT wafer_id, die_x, die_y, bin FROM core.sort_die ORDER BY ALL",
+        "SELECT bin, name, good FROM core.bin_defs ORDER BY bin",
+    ):
+        assert query(dbs["stdf"], sql) == query(dbs["parquet"], sql)
+    names = dict(query(dbs["stdf"], "SELECT bin, name FROM core.bin_defs"))
+    assert names == DIE_BIN_NAMES
