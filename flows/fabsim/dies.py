@@ -121,6 +121,7 @@ class DieSimulation:
                 self.tool_term = self.tool_term + term
         self.signatures = [] if null else _signature_sites(die_stream(seed, 0), fab, sites, model)
         self.hit = {s.kind: _on(self.fab, s.site, wafers) for s in self.signatures}
+        self.bin_counts = np.zeros(max(DIE_BIN_NAMES) + 1, dtype=np.int64)  # of the dies drawn
 
     def sort_die_chunks(self, wafers: np.ndarray) -> Iterator[Rows]:
         """`sort_die` rows of `wafers`, one `Rows` per chunk of `wafers_per_chunk` wafers."""
@@ -135,6 +136,7 @@ class DieSimulation:
         for k in np.unique(product):
             wk = wafers[product == k]
             bins = self.draw_bins(wk, self.grids[k], rng)
+            self.bin_counts += np.bincount(bins.ravel(), minlength=len(self.bin_counts))
             g = self.grids[k]
             parts.append((np.repeat(wk, len(g.x)), np.tile(g.x, len(wk)), np.tile(g.y, len(wk)),
                           bins.ravel()))  # fmt: skip
@@ -150,7 +152,9 @@ class DieSimulation:
         )
         return Rows("sort_die", data, sort_times(self.fab)[w])
 
-    def draw_bins(self, wafers: np.ndarray, grid: ProductGrid, rng: np.random.Generator):
+    def draw_bins(
+        self, wafers: np.ndarray, grid: ProductGrid, rng: np.random.Generator
+    ) -> np.ndarray:
         """(wafer, die) -> hard bin for wafers of one product; 1 = good.
 
         Returns
@@ -196,6 +200,14 @@ class DieSimulation:
             "mechanism_bins": dict(MECHANISM_BINS),
             "general_fail_bins": [int(b) for b in BAD_BINS],
             "bin_names": {str(b): name for b, name in DIE_BIN_NAMES.items()},
+            # of every die written: the yield and each bin's share (a bin Pareto's truth)
+            "dies_written": int(self.bin_counts.sum()),
+            "yield_pct": _pct(self.bin_counts[1], self.bin_counts.sum()),
+            "bin_pct": {
+                str(b): _pct(n, self.bin_counts.sum())
+                for b, n in enumerate(self.bin_counts)
+                if b in DIE_BIN_NAMES and b != 1
+            },
             "signatures": [
                 {
                     "signature": s.kind,
@@ -211,6 +223,10 @@ class DieSimulation:
                 for s in self.signatures
             ],
         }
+
+
+def _pct(part: int, whole: int) -> float:
+    return float(100.0 * part / whole) if whole else 0.0
 
 
 def random_defect_mask(

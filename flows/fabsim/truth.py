@@ -48,7 +48,10 @@ class SimulationTruth:
     `planted` (the PlantedEffect fields), `layer_yield_impact` (every layer -> yield points:
     the ranking's impact definition at the true effects, see `_layer_impacts`; 0.0 where nothing
     is planted) and `drops` (name, path relative to the folder, rows per
-    table). Timestamps in the drops are UTC without an offset.
+    table); with `FabConfig(dies=True)` also `dies` (D0 and its unit, alpha, die areas and zone
+    sizes, the mechanisms' bins and names, the signature chambers, the yield and each bin's
+    share of the dies written: `flows.fabsim.dies.DieSimulation.truth_record`). Timestamps in
+    the drops are UTC without an offset.
     """
 
     schema: str

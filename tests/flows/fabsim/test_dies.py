@@ -117,6 +117,12 @@ def test_every_wafer_has_every_die_of_its_product_and_named_bins(fab):
     bin_defs = _read(sim, "bin_defs")
     assert dict(bin_defs.select("bin", "name").iter_rows()) == DIE_BIN_NAMES
     assert set(dies["bin"].unique()) <= set(DIE_BIN_NAMES)
+    assert sim.dies["dies_written"] == dies.height
+    share = dies["bin"].value_counts(normalize=True)
+    for b, pct in sim.dies["bin_pct"].items():
+        mine = share.filter(pl.col("bin") == int(b))["proportion"]
+        assert pct == pytest.approx(100 * (mine[0] if len(mine) else 0.0)), b
+    assert sim.dies["yield_pct"] + sum(sim.dies["bin_pct"].values()) == pytest.approx(100)
     zones = dies.group_by("product", "zone").agg(pl.len() // pl.col("wafer_id").n_unique())
     for p in sim.dies["products"]:  # the truth's zone sizes are the contract's zones
         mine = dict(zones.filter(pl.col("product") == p["product"]).select("zone", "len").rows())
