@@ -210,3 +210,20 @@ def test_dies_as_stdf_ingest_to_the_rows_and_bin_names_of_the_parquet_path(tmp_p
         assert query(dbs["stdf"], sql) == query(dbs["parquet"], sql)
     names = dict(query(dbs["stdf"], "SELECT bin, name FROM core.bin_defs"))
     assert names == DIE_BIN_NAMES
+
+
+def test_the_simulate_command_with_dies(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from flows.fabsim.truth import SimulationTruth
+
+    done = CliRunner().invoke(app, ["simulate", str(tmp_path / "d"), "--lots", "20", "--dies"])
+    assert done.exit_code == 0, done.output
+    truth = SimulationTruth.load(tmp_path / "d")
+    edge = next(s for s in truth.dies["signatures"] if s["signature"] == "edge_ring")
+    assert (
+        f"planted edge_ring in {edge['layer']} ({edge['operation']} {edge['tool_id']}"
+        in done.output
+    )
+    assert truth.dies["d0_per_cm2"] == 0.05 and truth.dies["alpha"] == 2.0
