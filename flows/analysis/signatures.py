@@ -234,13 +234,16 @@ def robust_zone_rates(f: np.ndarray, t: np.ndarray, grid: DieGrid) -> np.ndarray
     defect density is not taken for clustering; the median over quadrants keeps a cluster
     (which sits in one or two quadrants) from raising its own zone's rate and hiding itself.
     """
+    failed = f & t
     rates = np.zeros((len(f), len(ZONES), 4))
     for z in range(len(ZONES)):
+        in_zone = grid.zone == z
+        # a quadrant without tested dies takes the zone's overall rate
+        overall = failed[:, in_zone].sum(1) / np.maximum(t[:, in_zone].sum(1), 1)
         for q in range(4):
-            cols = (grid.zone == z) & (grid.quadrant == q + 1)
+            cols = in_zone & (grid.quadrant == q + 1)
             n = t[:, cols].sum(1)
-            overall = (f & t)[:, grid.zone == z].sum(1) / np.maximum(t[:, grid.zone == z].sum(1), 1)
-            rates[:, z, q] = np.where(n > 0, (f & t)[:, cols].sum(1) / np.maximum(n, 1), overall)
+            rates[:, z, q] = np.where(n > 0, failed[:, cols].sum(1) / np.maximum(n, 1), overall)
     return np.median(rates, axis=2)
 
 
@@ -262,8 +265,8 @@ def classify_grid(
     Returns
     -------
     dict of arrays, one entry per wafer: `signature` (a class of SIGNATURE_CLASSES), `score`
-    (what decided it: the zone's relative loss 1 - Y_zone / Y_rest for center/edge_ring, the line's z for
-    scratch, the join-count z for cluster and random, the fail rate for none), and the
+    (what decided it: the zone's relative loss 1 - Y_zone / Y_rest for center/edge_ring, the
+    line's z for scratch, the join-count z for cluster and random, the fail rate for none), and the
     statistics: `n_dies`, `n_fail`, `center_loss`, `center_z`, `edge_loss`, `edge_z`,
     `line_z`, `join_z`
     """
@@ -275,17 +278,15 @@ def classify_grid(
         )
     n_dies = t.sum(1)
     n_fail = (f & t).sum(1)
-    c_ex, c_z, c_q = _zone_test(f, t, grid, CENTER, rules)
-    e_ex, e_z, e_q = _zone_test(f, t, grid, EDGE, rules)
+    c_loss, c_z, c_q = _zone_test(f, t, grid, CENTER, rules)
+    e_loss, e_z, e_q = _zone_test(f, t, grid, EDGE, rules)
     line_z = _line_test(f, t, grid, rules)
     _, _, join_z = join_count_test(f, t, robust_zone_rates(f, t, grid)[:, grid.zone], grid)
 
-    def zone_hit(excess, z, quadrants):
-        return (
-            (excess >= rules.zone_loss) & (z >= rules.zone_z) & (quadrants >= rules.zone_quadrants)
-        )
+    def zone_hit(loss, z, quadrants):
+        return (loss >= rules.zone_loss) & (z >= rules.zone_z) & (quadrants >= rules.zone_quadrants)
 
-    center, edge = zone_hit(c_ex, c_z, c_q), zone_hit(e_ex, e_z, e_q)
+    center, edge = zone_hit(c_loss, c_z, c_q), zone_hit(e_loss, e_z, e_q)
     rate = n_fail / np.maximum(n_dies, 1)
     conditions = [
         n_fail < rules.min_fails,
@@ -297,15 +298,15 @@ def classify_grid(
     signature = np.select(
         conditions, ["none", "edge_ring", "center", "scratch", "cluster"], "random"
     )
-    score = np.select(conditions, [rate, e_ex, c_ex, line_z, join_z], join_z)
+    score = np.select(conditions, [rate, e_loss, c_loss, line_z, join_z], join_z)
     return {
         "signature": signature,
         "score": score,
         "n_dies": n_dies,
         "n_fail": n_fail,
-        "center_loss": c_ex,
+        "center_loss": c_loss,
         "center_z": c_z,
-        "edge_loss": e_ex,
+        "edge_loss": e_loss,
         "edge_z": e_z,
         "line_z": line_z,
         "join_z": join_z,
