@@ -320,7 +320,7 @@ def classify_wafers(
     grid_by: str | None = "product",
     positions: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """The signature of every wafer of a die frame (e.g. `marts.die_frame`).
+    """The signature of every wafer of a die frame (e.g. `marts.die_result`).
 
     Parameters
     ----------
@@ -393,8 +393,9 @@ def classify_wafers(
     return pl.concat(frames).sort("wafer_id")
 
 
+# the dies of a range of wafers, without geometry (the grids come from marts.die_position once)
 DIE_ROWS_SQL = """
-SELECT wafer_id, product, die_x, die_y, good FROM marts.die_frame
+SELECT wafer_id, product, die_x, die_y, good FROM marts.die_result
 WHERE wafer_id >= $first AND wafer_id <= $last
 """
 SORTED_WAFERS_SQL = """
@@ -407,7 +408,7 @@ def wafer_signatures_from_db(
     rules: SignatureRules = DEFAULT_RULES,
     wafers_per_query: int = 8_000,
 ) -> pl.DataFrame:
-    """The signature of every wafer with die data in the database (`marts.die_frame`).
+    """The signature of every wafer with die data in the database (`marts.die_result`).
 
     The dies are read a range of wafer ids at a time (`wafers_per_query` wafers), so memory
     is bounded by that range, not by the database; every range is classified on its
