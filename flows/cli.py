@@ -197,6 +197,14 @@ def simulate_command(
             "in another layer (the shadow, named in truth.json); 0 is off."
         ),
     ] = 0.0,
+    dies: Annotated[
+        bool,
+        typer.Option(
+            "--dies",
+            help="Die-level sort results for every wafer: random defects (D0, alpha), an "
+            "edge-ring and a centre-spot chamber, a fail bin per mechanism (truth.json: dies).",
+        ),
+    ] = False,
 ) -> None:
     """Simulate a fab with planted effects; writes contract drops and truth.json to OUT."""
     from flows.fabsim.config import DEFAULT_PLANTED, FabConfig
@@ -214,6 +222,7 @@ def simulate_command(
                 stdf=stdf,
                 equipment_sd=equipment_sd,
                 correlated_dispatch=correlated_dispatch,
+                dies=dies,
             ),
             seed=seed,
         )
@@ -229,6 +238,11 @@ def simulate_command(
         typer.echo(
             f"shadow: {sh['operation']} {sh['tool_id']} ({sh['layer']}) shares "
             f"{sh['shared_lots']} of the bad tool's {sh['source_lots']} lots"
+        )
+    for s in (truth.dies or {}).get("signatures", []):
+        typer.echo(
+            f"planted {s['signature']} in {s['layer']} ({s['operation']} {s['tool_id']} "
+            f"{s['chamber_id']}): {s['n_wafers_affected']} wafers, bin {s['bin']}"
         )
     for d in truth.drop_dirs:
         typer.echo(f"drop: {d}")

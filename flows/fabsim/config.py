@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from flows.fabsim.catalogue import DEFAULT_LAYERS, FORMATS, Format
+from flows.fabsim.die_model import DEFAULT_DIE_MODEL, DieModel
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ class FabConfig:
     `chunk_lots` is how many lots are generated and written at a time (memory), and is part of
     the random streams, so it must stay fixed for identical drops. `equipment_events` and
     `bin_defs` add those optional tables (v2 of the contract) from random streams of their own.
+    `dies` sorts every wafer by die with the mechanisms of `flows.fabsim.dies` (sizes in
+    `die_model`), from streams of its own: no other table of the seed changes.
     """
 
     lots: int = 300
@@ -97,6 +100,10 @@ class FabConfig:
     # size on the yield logit. About 60 days of processing: lots=300, lots_per_day=5.
     excursions: tuple[str, ...] = ()
     excursion_logit: float = -0.6
+    # every sorted wafer as sort_die rows from the die-level mechanisms (flows/fabsim/dies.py):
+    # random defects, edge-ring and centre-spot chambers, a fail bin per mechanism
+    dies: bool = False
+    die_model: DieModel = DEFAULT_DIE_MODEL
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))

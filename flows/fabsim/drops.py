@@ -25,8 +25,17 @@ class DropWriter:
     instead, as the testers deliver it.
     """
 
-    def __init__(self, out_dir: Path, cuts: np.ndarray, fmt: str, *, stdf: bool = False):
+    def __init__(
+        self,
+        out_dir: Path,
+        cuts: np.ndarray,
+        fmt: str,
+        *,
+        stdf: bool = False,
+        bin_names: dict[int, str] = BIN_NAMES,
+    ):
         self.out_dir = out_dir
+        self.bin_names = bin_names
         self.cuts = cuts
         self.fmt = fmt
         self.stdf = stdf
@@ -41,7 +50,7 @@ class DropWriter:
             key = (int(d), rows.table)
             if self.stdf and rows.table == "sort_die":
                 times = rows.known_at[drop == d] if len(self.cuts) else rows.known_at
-                names = {b: (name, b == 1) for b, name in BIN_NAMES.items()}
+                names = {b: (name, b == 1) for b, name in self.bin_names.items()}
                 write_sort_stdf(part, self.out_dir / self.names[d] / "sort", names, times)
                 self.rows[key] = self.rows.get(key, 0) + part.num_rows
                 continue

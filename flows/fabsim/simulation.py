@@ -40,6 +40,7 @@ import numpy as np
 
 from flows.fabsim.catalogue import PRODUCTS
 from flows.fabsim.config import DEFAULT_FAB, FabConfig, PlantedSizes
+from flows.fabsim.dies import DIE_BIN_NAMES, DieSimulation
 from flows.fabsim.drops import DropWriter
 from flows.fabsim.equipment import draw_equipment, plan_dispatch, true_losses
 from flows.fabsim.excursions import plant_excursions
@@ -55,6 +56,7 @@ from flows.fabsim.fab import (
 )
 from flows.fabsim.route import build_route
 from flows.fabsim.tables import (
+    BIN_NAMES,
     bin_def_rows,
     equipment_event_rows,
     lot_rows,
@@ -147,7 +149,11 @@ def simulate_fab(
     # three or more drops some lots first appear in a later drop.
     known = np.concatenate([fab.lot_start, fab.sort_start])
     cuts = np.quantile(known, np.arange(1, n_drops) / n_drops).astype(np.int64)
-    writer = DropWriter(out_dir, cuts, fmt, stdf=c.stdf)
+    dies = None
+    if c.dies:
+        dies = DieSimulation(seed, fab, truth, sites, c.die_model, null=planted is None)
+    bin_names = DIE_BIN_NAMES if dies else BIN_NAMES
+    writer = DropWriter(out_dir, cuts, fmt, stdf=c.stdf, bin_names=bin_names)
     for rows in lot_rows(fab):
         writer.write(rows)
     step_total = 0
@@ -168,17 +174,22 @@ def simulate_fab(
             )
         )
     die_lots = _stream(seed, "die").random(lots) < c.sort_die_fraction
+    die_lots |= c.dies  # with the die model every sorted wafer has its dies
     die_wafers = np.flatnonzero(die_lots[fab.wafer_lot])
     yield_wafers = np.flatnonzero(~die_lots[fab.wafer_lot])
     writer.write(
         sort_yield_rows(fab, truth, yield_wafers, cuts, _stream(seed, "retest"), c.retest_fraction)
     )
     for k, first in enumerate(range(0, len(die_wafers), 2000)):
+        if dies:  # the die model's chunks have streams and a size of their own
+            break
         writer.write(
             sort_die_rows(fab, truth, die_wafers[first : first + 2000], _stream(seed, "die", k))
         )
-    if c.bin_defs and len(die_wafers):
-        writer.write(bin_def_rows(sort_times(fab)[die_wafers].min()))
+    for rows in dies.sort_die_chunks(die_wafers) if dies else ():
+        writer.write(rows)
+    if (c.bin_defs or dies) and len(die_wafers):  # the mechanisms' bins are named
+        writer.write(bin_def_rows(sort_times(fab)[die_wafers].min(), bin_names))
     if c.equipment_events:
         writer.write(equipment_event_rows(fab, _stream(seed, "events")))
     if exc is not None and exc.events:
@@ -238,6 +249,7 @@ def simulate_fab(
         },
         out_dir=out_dir,
         excursions=[] if exc is None else exc.truth(truth.eta),
+        dies=dies.truth_record() if dies else None,
     )
     result.write(out_dir / "truth.json")
     return result

@@ -330,13 +330,14 @@ BIN_NAMES = {1: "PASS", 2: "OPEN_VIA", 3: "SHORT_M1", 4: "LEAKAGE", 5: "IDDQ", 6
              7: "SPEED", 8: "PARAM"}  # fmt: skip
 
 
-def bin_def_rows(known_at: float) -> Rows:
-    """The definitions of the bins `sort_die_rows` writes, known with the first die data."""
-    bins = sorted(BIN_NAMES)
+def bin_def_rows(known_at: float, names: dict[int, str] = BIN_NAMES) -> Rows:
+    """The definitions of the bins `sort_die_rows` writes (or `names`), known with the first
+    die data."""
+    bins = sorted(names)
     data = pa.table(
         {
             "bin": pa.array(bins, type=pa.int64()),
-            "name": _strings([BIN_NAMES[b] for b in bins]),
+            "name": _strings([names[b] for b in bins]),
             "good": pa.array([b == 1 for b in bins], type=pa.bool_()),
         },
         schema=SCHEMAS["bin_defs"],

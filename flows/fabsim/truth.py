@@ -56,8 +56,11 @@ class SimulationTruth:
     and `equipment_offsets` (every tool's and multi-chamber tool's chamber's true logit
     offset), `shadow` (the correlated-dispatch shadow tool and its lot overlap with the bad
     tool, or None) and `layer_loss` (every layer -> the sum of its planted findings' true
-    `loss`, the design's layer loss at the true effects). Timestamps in the drops are UTC
-    without an offset.
+    `loss`, the design's layer loss at the true effects); with planted excursions also
+    `excursions`; with `FabConfig(dies=True)` also `dies` (D0 and its unit, alpha, die areas and zone
+    sizes, the mechanisms' bins and names, the signature chambers, the yield and each bin's
+    share of the dies written: `flows.fabsim.dies.DieSimulation.truth_record`). Timestamps in
+    the drops are UTC without an offset.
     """
 
     schema: str
@@ -84,6 +87,7 @@ class SimulationTruth:
     # the planted excursions (`flows.fabsim.excursions.PlantedExcursion` fields); the key is
     # written only when some were planted, so other simulations' truth.json stay as they were
     excursions: list[dict[str, Any]] = field(default_factory=list)
+    dies: dict[str, Any] | None = None  # the die model (FabConfig(dies=True)); absent else
 
     @property
     def drop_dirs(self) -> list[Path]:
@@ -98,6 +102,8 @@ class SimulationTruth:
         d.pop("out_dir")
         if not d["excursions"]:
             d.pop("excursions")
+        if d["dies"] is None:  # a fab without dies writes the truth.json it always wrote
+            d.pop("dies")
         return d
 
     def write(self, path: Path) -> None:
