@@ -21,7 +21,9 @@ its own wafers, everything else as is. Levels and typical level, at the true eff
   contrast); typical = the median of these over every chamber of the operation;
 - metrology: the parameter's true level on the tool's wafers (tool and mean chamber effect plus
   the planted shift, in unit_sd); typical = the median tool level (of two, the one with the
-  better yield); the loss moves the shifting tool's wafers to the typical level.
+  better yield); the loss moves the wafers of every tool whose level costs yield (the
+  shifting tool and any other on the costly side of the typical one) to the typical level, as
+  the analysis's metrology loss does; `loss_on_wafers` is the shifting tool's alone.
 """
 
 from __future__ import annotations
@@ -258,6 +260,21 @@ def true_losses(
             shift = level[tools == s.tool][0] - typical
             diff = slope * shift
             shift_vs_typical = float(shift * r.params[p].unit_sd)
+            costly = np.zeros(len(wafers))
+            for t, lv in zip(tools, level, strict=True):
+                cost = slope * (lv - typical)
+                if cost < 0:  # this tool's level costs yield against the typical tool
+                    costly[fab.wafer_tool(wafers, s.op) == t] = cost
+            on_tool = np.zeros(len(wafers))
+            on_tool[hit] = diff
+            out.append(
+                TrueLoss(
+                    loss=yield_gain_points(truth.eta, costly),
+                    loss_on_wafers=yield_gain_points(truth.eta, on_tool, hit),
+                    param_shift_vs_typical=shift_vs_typical,
+                )
+            )
+            continue
         else:
             out.append(None)
             continue
