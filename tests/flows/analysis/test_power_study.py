@@ -8,8 +8,7 @@ issue-14 analysis adds (a subclass of today's `Finding`) and without them ("n/a"
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -26,14 +25,24 @@ from flows.analysis.results import AnalysisResult, Finding, LayerRanking
 from flows.fabsim.config import FabConfig
 from flows.fabsim.simulation import simulate_fab
 
+NewFinding = Finding  # the issue-14 interface: p_adjusted, material, cause
+
 
 @dataclass(frozen=True)
-class NewFinding(Finding):
-    """A finding with the fields of the issue-14 interface the harness reads."""
+class OldFinding:
+    """A finding as an analysis before issue 14 wrote it (no p_adjusted, material, cause)."""
 
-    p_adjusted: float | None = None
-    material: bool | None = None
-    cause: dict[str, Any] | None = None
+    layer: str
+    effect: str
+    estimate: float
+    yield_impact: float
+    ci_low: float
+    ci_high: float
+    p_value: float | None
+    operation: str | None = None
+    tool_id: str | None = None
+    chamber_id: str | None = None
+    param: str | None = None
 
 
 def test_the_fabs_of_a_run_and_their_seeds():
@@ -130,7 +139,9 @@ def test_a_planted_fab_is_scored_on_the_new_fields(truth):
 
 
 def test_todays_findings_give_na_where_a_field_is_missing(truth):
-    findings = [_found_at(truth, k) for k in ("tool", "chamber", "metrology", "dispersion")]
+    findings = [
+        _found_at(truth, k, OldFinding) for k in ("tool", "chamber", "metrology", "dispersion")
+    ]
     out = SeedOutcome("planted", truth.seed, truth.lots, 1.0)
     score(_result(truth, findings, layer_ci=(0.1, 0.5)), truth, out)
     assert out.found == {"tool": None, "chamber": None, "chain": None, "noisy": True}
@@ -142,7 +153,7 @@ def test_todays_findings_give_na_where_a_field_is_missing(truth):
     assert null.any_material is None and null.any_layer_rejected is False
     assert null.finding_p_values == [0.001] * 4
     null = SeedOutcome("null", 1, truth.lots, 1.0)
-    material = [replace(NewFinding(**vars(findings[0])), material=True)]
+    material = [NewFinding(**vars(findings[0]), material=True)]
     score(_result(truth, material), truth, null)
     assert null.any_material is True
 
