@@ -101,7 +101,7 @@ def finish_attribution(
     chained : the chained model's record
     pieces : its `ChainedPieces`, or None when it could not be fitted
     outcomes : the operations' `OperationOutcome`s (empty without pieces)
-    materiality : points of fab yield (see flows.settings.DEFAULT_MATERIALITY)
+    materiality : points of fab yield (see flows.analysis.results.DEFAULT_MATERIALITY)
     frames : the layers' wide frames (pyarrow tables), for the metrology findings' causes
 
     Returns
@@ -144,7 +144,7 @@ def run_analysis(
     out_dir : the run folder for `analysis.json` and the CSV tables
     run_id : the run's id (default: UTC time and a random suffix)
     seed : seed of the interval draws and diagnostics
-    materiality : points of fab yield (default flows.settings.DEFAULT_MATERIALITY)
+    materiality : points of fab yield (default flows.analysis.results.DEFAULT_MATERIALITY)
 
     Returns
     -------

