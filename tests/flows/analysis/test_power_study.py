@@ -177,7 +177,15 @@ def test_the_table_counts_judges_and_says_na():
         for i in range(20)
     ]
     outcomes += [
-        SeedOutcome("exact", 1, 300, 5.0, finding_p_values=list(rng.uniform(size=400))),
+        SeedOutcome(
+            "exact",
+            1,
+            300,
+            5.0,
+            finding_p_values=list(rng.uniform(size=400)),
+            quiet_layers=8,
+            quiet_excluding_zero=1,
+        ),
         SeedOutcome("exact", 1, 48, 5.0, finding_p_values=list(rng.uniform(size=400) ** 2)),
     ]
     outcomes += [SeedOutcome("corr", i, 300, 5.0, source_first=i > 0) for i in range(20)]
@@ -193,7 +201,12 @@ def test_the_table_counts_judges_and_says_na():
     assert rows["planted layers' 95% intervals cover truth"].endswith("FAIL")  # 100 %
     assert "2/20" in rows["null fabs with a material finding"]
     assert rows["null fabs with a material finding"].endswith("FAIL")
-    assert "1/100 1%" in rows["layers without effect: interval excludes 0"]
+    # the criterion counts exact-null fabs only (1 of 8: 12 % > 7 %); the planted fabs' 100
+    # layers without a planted effect, whose true loss is not zero, are informational
+    assert "1/8 12%" in rows["exact-null layers: interval excludes 0"]
+    assert rows["exact-null layers: interval excludes 0"].endswith("FAIL")
+    (info,) = [line for line in table.splitlines() if "small real differences" in line]
+    assert "1/100 1%" in info
     ks = rows["exact null: finding p-values uniform (KS p)"]
     assert ks.endswith("FAIL") and "n=400" in ks  # the squared uniforms are not uniform
     assert rows["correlated dispatch (80%): source before shadow"].endswith("PASS")
