@@ -323,7 +323,9 @@ def test_an_exact_null_fab_has_no_significant_finding(tmp_path, seed):
     from flows.fabsim.config import FabConfig
 
     _, ranking, findings, tests = _analyse(
-        tmp_path, FabConfig(lots=80, layers=LAYERS, planted=None), seed=seed
+        tmp_path,
+        FabConfig(lots=80, layers=LAYERS, planted=None, equipment_sd=(0.0, 0.0)),
+        seed=seed,
     )
     yield_findings = [f for f in findings if f.effect in ("tool", "chamber", "metrology")]
     assert yield_findings and all(f.p_adjusted >= 0.05 for f in yield_findings)
