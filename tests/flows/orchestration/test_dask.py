@@ -25,14 +25,17 @@ pytestmark = pytest.mark.slow
 def _same(a, b, path="") -> list[str]:
     """Where two JSON-like trees differ: empty when equal.
 
-    Floats to 1e-6 relative: Dask workers run BLAS on one thread, the flow's process on
-    several, so sums are rounded in a different order (seen: 6e-9 relative).
+    Floats to 1e-4 relative (1e-7 absolute): Dask workers run BLAS on one thread, the flow's
+    process on several, so sums are rounded in a different order (seen: 6e-9 relative), and
+    since issue 14 the operation tests refit from the chained model's estimates: a rounding
+    difference there moves the refits' stopping point within their convergence tolerance
+    (seen: 1.3e-6 relative on a finding's estimate, 1e-9 absolute on a residual).
     """
     if isinstance(a, float) and isinstance(b, float):
         both_nan = math.isnan(a) and math.isnan(b)
         return (
             []
-            if both_nan or math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+            if both_nan or math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-7)
             else [f"{path}: {a} != {b}"]
         )
     if isinstance(a, dict) and isinstance(b, dict):
