@@ -293,18 +293,35 @@ class OperationOutcome:
     base: object = field(default=None, repr=False)  # the last base fit, a warm start (dropped)
 
 
-def _fit(
-    formula: str, data: pd.DataFrame, offset: str, method: str, start: object = None
+def fit_final_yield(
+    formula: str,
+    data: pd.DataFrame,
+    method: str,
+    *,
+    offset: str | None = None,
+    start: object = None,
 ) -> hglm.HGLMResult:
-    """Final yield given the offset column `offset`; `start`: a fit of the same formula (the
-    base fits of one operation differ only in their offsets, and start from each other)."""
+    """The final-yield model of the analysis (binomial on dies, beta wafer effects), fitted.
+
+    Parameters
+    ----------
+    formula, data, method : as `hglm.fit`
+    offset : the column holding a fixed part of the linear predictor, if any
+    start : a fit of the same formula (the base fits of one operation differ only in their
+        offsets, and start from each other)
+
+    Returns
+    -------
+    hglm.HGLMResult, with ML dispersions for HL(1,1) (p_v(h) is maximised by both fits of a
+    test; ignored by EQL).
+    """
     return hglm.fit(
         formula,
         data,
         family="binomial",
         rand_family={"wafer_id": "beta"},
         method=method,
-        reml=False,  # ML dispersions: p_v(h) is maximised by both fits of a test
+        reml=False,
         trials="dies_total",
         offset=offset,
         start=start,
@@ -377,10 +394,10 @@ def _equipment(inp: OperationInput, out: OperationOutcome, seed: int) -> None:
         out.tests.append(inp.screen_test)
     else:
         try:
-            base = _fit(BASE, data, "off", TEST_METHOD)
+            base = fit_final_yield(BASE, data, TEST_METHOD, offset="off")
             out.base = base
             formula = BASE.replace("(1|wafer_id)", " + ".join([*terms, "(1|wafer_id)"]))
-            full = _fit(formula, data, "off", TEST_METHOD)
+            full = fit_final_yield(formula, data, TEST_METHOD, offset="off")
             test = _with_lrt(test, hglm.lrt(base, full))
         except Exception as exc:  # a test that cannot be computed says why; the run goes on
             test = _replace(test, reason=f"the {TEST_METHOD} ML fits of the test failed: {exc}")
@@ -411,7 +428,9 @@ def _replace(test: OperationTest, **changes: object) -> OperationTest:
 
 def _contrasts(inp: OperationInput, out: OperationOutcome, tools: list[str], seed: int) -> None:
     data = inp.data
-    res = _fit("dies_good ~ 0 + cell + (1|lot_id) + (1|wafer_id)", data, "off", CONTRAST_METHOD)
+    res = fit_final_yield(
+        "dies_good ~ 0 + cell + (1|lot_id) + (1|wafer_id)", data, CONTRAST_METHOD, offset="off"
+    )
     if not res.converged:
         out.notes.append(f"{inp.operation}: the fixed-effect contrast fit did not converge")
         return
@@ -509,9 +528,9 @@ def _metrology(
         n_lots=int(data["lot_id"].nunique()),
     )
     try:
-        base = _fit(BASE, data, off, TEST_METHOD, start=out.base)
+        base = fit_final_yield(BASE, data, TEST_METHOD, offset=off, start=out.base)
         out.base = base
-        full = _fit(BASE.replace("1 +", f"1 + {zcol} +"), data, off, TEST_METHOD)
+        full = fit_final_yield(BASE.replace("1 +", f"1 + {zcol} +"), data, TEST_METHOD, offset=off)
         lr = hglm.lrt(base, full)
         test = _with_lrt(test, lr)
     except Exception as exc:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,7 +29,12 @@ import polars as pl
 import pyarrow as pa
 
 import hglm
-from flows.analysis.attribution import ChainedPieces, chained_pieces, one_blas_thread
+from flows.analysis.attribution import (
+    ChainedPieces,
+    chained_pieces,
+    fit_final_yield,
+    one_blas_thread,
+)
 from flows.analysis.frames import CHAMBER, MEAS, SITES, TOOL, FrameLayout, layer_operations
 from flows.analysis.process import PROCESS_METHOD as PROCESS_METHOD  # re-exported for run.py
 from flows.analysis.process import process_models
@@ -159,23 +163,10 @@ def yield_design(frame: pa.Table | pl.DataFrame) -> _Design:
     return _Design(data, formula, base, groups, metrology, n_wafers, n_lots)
 
 
-# Every fit here is checked (`res.converged`) and a layer that did not converge is reported
-# with the reason, so the engine's warning would only repeat it. The filter names this module
-# (the engine warns at its caller) and is installed once: `warnings.catch_warnings` around each
-# fit is not thread-safe, and the layers are fitted on threads.
-warnings.filterwarnings("ignore", category=hglm.ConvergenceWarning, module=__name__)
-
-
+# The engine's convergence warning is silenced where it is raised, in `fit_final_yield`'s
+# module: every fit here is checked (`res.converged`) and reported with its reason.
 def _fit_binomial(formula: str, data: object, method: str = YIELD_METHOD) -> hglm.HGLMResult:
-    return hglm.fit(
-        formula,
-        data,
-        family="binomial",
-        rand_family={"wafer_id": "beta"},
-        method=method,
-        reml=False,  # for HL(1,1): ML dispersions, p_v(h) (ignored by EQL)
-        trials="dies_total",
-    )
+    return fit_final_yield(formula, data, method)  # type: ignore[arg-type]
 
 
 def _with_groups(design: _Design, groups: dict[str, tuple[str, str]]) -> _Design:

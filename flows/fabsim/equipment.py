@@ -260,29 +260,21 @@ def true_losses(
             shift = level[tools == s.tool][0] - typical
             diff = slope * shift
             shift_vs_typical = float(shift * r.params[p].unit_sd)
-            costly = np.zeros(len(wafers))
+            # the fab's loss moves every tool on the costly side of the typical one
+            fab_term = np.zeros(len(wafers))
             for t, lv in zip(tools, level, strict=True):
-                cost = slope * (lv - typical)
-                if cost < 0:  # this tool's level costs yield against the typical tool
-                    costly[fab.wafer_tool(wafers, s.op) == t] = cost
-            on_tool = np.zeros(len(wafers))
-            on_tool[hit] = diff
-            out.append(
-                TrueLoss(
-                    loss=yield_gain_points(truth.eta, costly),
-                    loss_on_wafers=yield_gain_points(truth.eta, on_tool, hit),
-                    param_shift_vs_typical=shift_vs_typical,
-                )
-            )
-            continue
+                if slope * (lv - typical) < 0:
+                    fab_term[fab.wafer_tool(wafers, s.op) == t] = slope * (lv - typical)
         else:
             out.append(None)
             continue
         term = np.zeros(len(wafers))
         term[hit] = diff
+        if s.kind != "metrology":
+            fab_term = term
         out.append(
             TrueLoss(
-                loss=yield_gain_points(truth.eta, term),
+                loss=yield_gain_points(truth.eta, fab_term),
                 loss_on_wafers=yield_gain_points(truth.eta, term, hit),
                 param_shift_vs_typical=shift_vs_typical,
             )
